@@ -1,0 +1,52 @@
+# fluxrec: `make demo` and `make test` install what is missing, then run.
+# Everything is idempotent and quick when already installed.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# the venv is rebuilt when pyproject.toml changes
+STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: help deps venv demo test check lint typecheck unit clean
+
+help:
+	@echo "make demo    bring the stack up and run the pipeline demo"
+	@echo "make test    lint, type-check and run the test suite on real services"
+	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
+	@echo "make check   ruff + mypy only"
+	@echo "make clean   stop the demo stack and remove the venv and local state"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "fluxrec needs Python 3.11+; run: make PYTHON=/path/to/python3.11"; exit 1; }
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+deps: venv
+	@$(BIN)/fluxrec setup
+
+demo: deps
+	$(BIN)/fluxrec demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+test: deps check
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest -m 'not kafka and not redis and not s3 and not flink and not stack'
+
+clean:
+	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
+	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Parameter deltas to object storage and the delta consumer SDK (no torch, no pyflink)."""

@@ -1,0 +1,372 @@
+"""Object stores behind one URL scheme.
+
+=====================  =================================================  ==============
+URL                    backend                                            extra needed
+=====================  =================================================  ==============
+``file:///abs/dir``    a local directory; put = temp file + fsync + rename  none
+``s3://bucket/prefix`` S3 or an S3-compatible server (``endpoint_url``)    ``fluxrec[s3]``
+``oss://bucket/pfx``   Alibaba Cloud OSS through ``oss2``                   none (base)
+=====================  =================================================  ==============
+
+Keys are relative, ``/``-separated (``versions/00000042/manifest.json``). Every backend
+guarantees that :meth:`ObjectStore.put` is atomic for readers: a ``get`` returns either
+the previous object or the complete new one, never a part. That is what the
+"write payloads, then publish a pointer" pattern relies on.
+
+Transient failures (connection errors, HTTP 5xx, throttling) are retried with
+exponential backoff; credentials come from the config (which may read the environment)
+and never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from exporter.errors import BadKey, ObjectNotFound, StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from fluxrec.config import ObjectStoreConfig
+
+__all__ = ["FileStore", "ObjectStore", "OssStore", "S3Store", "open_store"]
+
+_T = TypeVar("_T")
+_TMP_PREFIX = ".tmp-"
+
+
+def _check_key(key: str) -> str:
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
+    ):
+        raise BadKey(f"invalid object key {key!r}: use a relative path like 'a/b.bin'")
+    return key
+
+
+def _retry(
+    fn: Callable[[], _T],
+    transient: Callable[[Exception], bool],
+    what: str,
+    attempts: int = 5,
+    base_s: float = 0.1,
+) -> _T:
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:
+            if not transient(e):
+                raise
+            if i == attempts - 1:
+                raise StoreUnavailable(f"{what} failed {attempts} times: {type(e).__name__}") from e
+            time.sleep(base_s * (2**i) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ObjectStore(ABC):
+    """A flat namespace of immutable-by-convention objects under one URL."""
+
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key``, replacing it atomically."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read a whole object; raises :class:`ObjectNotFound`."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys that start with ``prefix``, sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.get(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def ensure_container(self) -> None:
+        """Create the directory or bucket if needed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class FileStore(ObjectStore):
+    """``file://`` — a directory. ``put`` writes a temp file beside the target, fsyncs it,
+    and renames it over the target (atomic on POSIX)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def ensure_container(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                key = os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    out.append(key)
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # remove emptied directories up to the root
+        parent = path.parent
+        while parent != self.root and parent.is_dir():
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+
+def _split_bucket(url: str, scheme: str) -> tuple[str, str]:
+    rest = url[len(scheme) + 3 :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StoreError(f"{url}: no bucket; use {scheme}://BUCKET/PREFIX")
+    prefix = prefix.strip("/")
+    return bucket, (prefix + "/" if prefix else "")
+
+
+class S3Store(ObjectStore):
+    """``s3://bucket/prefix`` through boto3; path-style addressing for custom endpoints."""
+
+    def __init__(
+        self,
+        url: str,
+        endpoint_url: str | None,
+        region: str,
+        access_key: str | None,
+        secret_key: str | None,
+    ) -> None:
+        try:
+            import boto3
+            from botocore.config import Config as BotoConfig
+        except ImportError as e:
+            raise StoreError("s3:// needs boto3: pip install 'fluxrec[s3]'") from e
+        self.url = url
+        self.bucket, self.prefix = _split_bucket(url, "s3")
+        cfg = BotoConfig(
+            retries={"max_attempts": 6, "mode": "standard"},
+            # S3-compatible servers reject the aws-chunked checksums newer clients send
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=cfg,
+            aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None,
+        )
+
+    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn()
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"{self.url}: {what}: not found") from None
+            raise StoreError(f"{self.url}: {what}: {code or e}") from None
+        except BotoCoreError as e:  # retries exhausted inside botocore
+            raise StoreUnavailable(f"{self.url}: {what}: {type(e).__name__}") from None
+
+    def ensure_container(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._call("create bucket", lambda: self._client.create_bucket(Bucket=self.bucket))
+
+    def put(self, key: str, data: bytes) -> None:
+        k = self.prefix + _check_key(key)
+        self._call(
+            f"put {key}", lambda: self._client.put_object(Bucket=self.bucket, Key=k, Body=data)
+        )
+
+    def get(self, key: str) -> bytes:
+        k = self.prefix + _check_key(key)
+        body = self._call(f"get {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=k))
+        return bytes(body["Body"].read())
+
+    def list(self, prefix: str = "") -> list[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+
+        def run() -> None:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                keys.extend(o["Key"][len(self.prefix) :] for o in page.get("Contents", []))
+
+        self._call(f"list {prefix!r}", run)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        k = self.prefix + _check_key(key)
+        self._call(f"delete {key}", lambda: self._client.delete_object(Bucket=self.bucket, Key=k))
+
+
+class OssStore(ObjectStore):
+    """``oss://bucket/prefix`` through ``oss2`` (Alibaba Cloud OSS)."""
+
+    def __init__(
+        self,
+        url: str,
+        endpoint: str,
+        access_key_id: str,
+        access_key_secret: str,
+        bucket_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        import oss2
+
+        if not endpoint:
+            raise StoreError(
+                "oss:// needs object_store.oss.endpoint "
+                "(e.g. https://oss-cn-hangzhou.aliyuncs.com) or FLUXREC_OSS_ENDPOINT"
+            )
+        if not (access_key_id and access_key_secret):
+            raise StoreError(
+                "oss:// needs object_store.oss.access_key_id and access_key_secret "
+                "(or OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET)"
+            )
+        self.url = url
+        self.bucket_name, self.prefix = _split_bucket(url, "oss")
+        factory = bucket_factory or oss2.Bucket
+        self._bucket: Any = factory(
+            oss2.Auth(access_key_id, access_key_secret),
+            endpoint,
+            self.bucket_name,
+            connect_timeout=10,
+        )
+
+    @staticmethod
+    def _transient(e: Exception) -> bool:
+        import oss2
+
+        if isinstance(e, oss2.exceptions.RequestError):  # connection-level failure
+            return True
+        return isinstance(e, oss2.exceptions.ServerError) and (e.status >= 500 or e.status == 429)
+
+    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
+        import oss2
+
+        try:
+            return _retry(fn, self._transient, f"{self.url}: {what}")
+        except oss2.exceptions.NoSuchKey:
+            raise ObjectNotFound(f"{self.url}: {what}: not found") from None
+        except oss2.exceptions.OssError as e:
+            raise StoreError(
+                f"{self.url}: {what}: {getattr(e, 'code', '')} (HTTP {getattr(e, 'status', '?')})"
+            ) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        k = self.prefix + _check_key(key)
+        self._call(f"put {key}", lambda: self._bucket.put_object(k, data))
+
+    def get(self, key: str) -> bytes:
+        k = self.prefix + _check_key(key)
+        return bytes(self._call(f"get {key}", lambda: self._bucket.get_object(k).read()))
+
+    def list(self, prefix: str = "") -> list[str]:
+        import oss2
+
+        def run() -> list[str]:
+            return [
+                o.key[len(self.prefix) :]
+                for o in oss2.ObjectIterator(self._bucket, prefix=self.prefix + prefix)
+            ]
+
+        return sorted(self._call(f"list {prefix!r}", run))
+
+    def delete(self, key: str) -> None:
+        k = self.prefix + _check_key(key)
+        self._call(f"delete {key}", lambda: self._bucket.delete_object(k))
+
+
+def open_store(url: str, cfg: ObjectStoreConfig | None = None) -> ObjectStore:
+    """The store for ``url``; client settings and credentials come from ``cfg``."""
+    if url.startswith("file://"):
+        root = Path(url[len("file://") :])
+        if not root.is_absolute():
+            raise StoreError(
+                f"{url}: file:// URLs must be absolute here (the config resolves "
+                "relative ones against its own directory)"
+            )
+        store: ObjectStore = FileStore(root)
+        store.ensure_container()
+        return store
+    if url.startswith("s3://"):
+        s3 = cfg.s3 if cfg else None
+        return S3Store(
+            url,
+            s3.endpoint_url if s3 else None,
+            s3.region if s3 else "us-east-1",
+            s3.access_key.get() if s3 and s3.access_key else None,
+            s3.secret_key.get() if s3 and s3.secret_key else None,
+        )
+    if url.startswith("oss://"):
+        oss = cfg.oss if cfg else None
+        return OssStore(
+            url,
+            oss.endpoint if oss else "",
+            oss.access_key_id.get() if oss and oss.access_key_id else "",
+            oss.access_key_secret.get() if oss and oss.access_key_secret else "",
+        )
+    raise StoreError(f"unsupported object store URL {url!r}: use file://, s3:// or oss://")

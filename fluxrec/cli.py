@@ -1,0 +1,301 @@
+"""``fluxrec``: the command line. Only argument parsing lives here; each subcommand calls
+one function of the package that does the work.
+
+Exit codes: 0 success, 1 a fluxrec error (one line on stderr), 2 bad usage,
+3 ``stack status`` found a service not healthy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fluxrec.errors import FluxrecError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _arg(
+    p: argparse.ArgumentParser,
+    *flags: str,
+    env: str,
+    default: Any = None,
+    help: str = "",
+    **kw: Any,
+) -> None:
+    """An option whose default falls back to ``$env`` (shown in ``--help``)."""
+    typ = kw.get("type", str)
+    if kw.get("action") == "store_true":
+        value: Any = os.environ.get(env, "").lower() in ("1", "true", "yes") or bool(default)
+    elif env in os.environ:
+        value = typ(os.environ[env])
+    else:
+        value = default
+    p.add_argument(*flags, default=value, help=f"{help} [env {env}]", **kw)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    from fluxrec.config import default_config_path
+
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="deployment YAML [env FLUXREC_CONFIG; default: configs/local.yaml "
+        f"in the working directory, else {default_config_path()}]",
+    )
+
+
+def _sub(
+    subs: Any,
+    name: str,
+    handler: Handler,
+    help: str,
+    config: bool = True,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subs.add_parser(
+        name, help=help, description=help, formatter_class=_Formatter
+    )
+    if config:
+        _config_arg(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _load(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fluxrec.config import load_config
+
+    return load_config(ns.config)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _cmd_setup(ns: argparse.Namespace) -> int:
+    from fluxrec.stack.setup import ensure_debian_packages, find_java, resolve_all
+
+    cfg = _load(ns)
+    if not ns.no_apt:
+        installed = ensure_debian_packages()
+        if installed:
+            print(f"installed Debian packages: {' '.join(installed)}")
+    find_java()
+    for name, changed in resolve_all(cfg.stack.jars_dir, force=ns.force).items():
+        where = cfg.stack.jars_dir / name
+        print(f"{name:8} jars {'resolved into' if changed else 'up to date in'} {where}")
+    return 0
+
+
+def _cmd_stack_up(ns: argparse.Namespace) -> int:
+    from fluxrec.stack import Stack
+
+    stack = Stack(_load(ns))
+    started = stack.up(only=ns.only)
+    for st in stack.status():
+        if ns.only and st.name not in ns.only:
+            continue
+        note = "started" if st.name in started else "already running"
+        print(f"{st.name:8} {st.address:32} pid {st.pid}  {st.state} ({note})")
+    return 0
+
+
+def _cmd_stack_down(ns: argparse.Namespace) -> int:
+    from fluxrec.stack import Stack
+
+    stopped = Stack(_load(ns)).down(purge=ns.purge)
+    print(
+        "stopped: "
+        + (", ".join(stopped) if stopped else "nothing was running")
+        + (" (data purged)" if ns.purge else "")
+    )
+    return 0
+
+
+def _cmd_stack_status(ns: argparse.Namespace) -> int:
+    from fluxrec.stack import Stack
+
+    cfg = _load(ns)
+    rows = Stack(cfg).status()
+    print(f"{'service':8} {'address':32} {'pid':>8}  state")
+    for st in rows:
+        print(f"{st.name:8} {st.address:32} {st.pid or '-':>8}  {st.state}")
+    print(f"{'objects':8} {cfg.object_store.url}")
+    return 0 if all(st.healthy for st in rows) else 3
+
+
+def _cmd_config_check(ns: argparse.Namespace) -> int:
+    cfg = _load(ns)
+    print(f"{cfg.source}: ok")
+    return 0
+
+
+def _cmd_config_keys(ns: argparse.Namespace) -> int:
+    from fluxrec.config import iter_keys
+
+    for key, typ, default in iter_keys():
+        print(f"{key:40} {typ:28} {default}")
+    return 0
+
+
+def _cmd_smoke(ns: argparse.Namespace) -> int:
+    from fluxrec.demo import run_smoke
+
+    report = run_smoke(_load(ns), events=ns.events, keep_stack=True, start_stack=False)
+    return 0 if report.ok else 1
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from fluxrec.demo import run_smoke
+
+    report = run_smoke(_load(ns), events=ns.events, keep_stack=ns.keep_stack, start_stack=True)
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fluxrec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fluxrec",
+        formatter_class=_Formatter,
+        description="Streaming online learning for recommendation models: Kafka -> PyFlink "
+        "sample join -> continuous PyTorch training -> LZ4 deltas -> servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"fluxrec {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _sub(
+        subs,
+        "setup",
+        _cmd_setup,
+        "install what the stack needs: Debian packages (redis-server, maven, a JRE) "
+        "and the Kafka, Flink-connector and s3proxy jars from Maven Central",
+    )
+    _arg(
+        p,
+        "--force",
+        env="FLUXREC_SETUP_FORCE",
+        action="store_true",
+        help="resolve the jars again even when up to date",
+    )
+    _arg(
+        p,
+        "--no-apt",
+        env="FLUXREC_NO_APT",
+        action="store_true",
+        help="never call apt-get; fail with the command to run instead",
+    )
+
+    stack = subs.add_parser(
+        "stack", help="the one-machine stack: Kafka, Redis, S3 server", formatter_class=_Formatter
+    )
+    ssubs = stack.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
+    p = _sub(
+        ssubs,
+        "up",
+        _cmd_stack_up,
+        "start Kafka (KRaft), Redis and (if enabled) s3proxy; waits until healthy; "
+        "running services are left alone",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=["kafka", "redis", "s3proxy"],
+        help="start only this service (repeatable)",
+    )
+    p = _sub(
+        ssubs,
+        "down",
+        _cmd_stack_down,
+        "stop the processes this stack started (by pid file), newest first",
+    )
+    _arg(
+        p,
+        "--purge",
+        env="FLUXREC_PURGE",
+        action="store_true",
+        help="also delete Kafka, Redis and S3 data under stack.state_dir",
+    )
+    _sub(
+        ssubs,
+        "status",
+        _cmd_stack_status,
+        "print each service, its address and health; exit 3 when one is not healthy",
+    )
+
+    cfg = subs.add_parser(
+        "config", help="check or describe deployment files", formatter_class=_Formatter
+    )
+    csubs = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    _sub(csubs, "check", _cmd_config_check, "load and validate a deployment file")
+    _sub(
+        csubs, "keys", _cmd_config_keys, "list every config key, its type and default", config=False
+    )
+
+    p = _sub(
+        subs,
+        "smoke",
+        _cmd_smoke,
+        "send events through Kafka and the Flink SQL smoke job on a running stack",
+    )
+    _arg(
+        p,
+        "--events",
+        env="FLUXREC_SMOKE_EVENTS",
+        type=int,
+        default=5000,
+        help="how many events to send",
+    )
+
+    p = _sub(
+        subs,
+        "demo",
+        _cmd_demo,
+        "bring the stack up, run the smoke pipeline and print what flowed through it",
+    )
+    _arg(
+        p,
+        "--events",
+        env="FLUXREC_DEMO_EVENTS",
+        type=int,
+        default=5000,
+        help="how many events to send",
+    )
+    _arg(
+        p,
+        "--keep-stack",
+        env="FLUXREC_KEEP_STACK",
+        action="store_true",
+        help="leave the stack running afterwards (a stack that ran before is always kept)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    handler: Handler = ns.handler
+    try:
+        return handler(ns)
+    except FluxrecError as e:
+        print(f"fluxrec: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fluxrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Event and sample contracts, validation rules and label semantics (plain, testable code)."""

@@ -1,0 +1,1 @@
+"""The continuous PyTorch training daemon (needs the ``train`` extra)."""
