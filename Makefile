@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 # the venv is rebuilt when pyproject.toml changes
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help deps venv demo test check lint typecheck unit clean
+.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export
 
 help:
 	@echo "make demo    bring the stack up and run the pipeline demo"
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
+	@echo "make bench-join | bench-trainer | bench-export   benchmarks (see BENCHMARKS.md)"
 	@echo "make clean   stop the demo stack and remove the venv and local state"
 
 $(STAMP): pyproject.toml
@@ -46,6 +47,16 @@ test: deps check
 
 unit: venv
 	$(BIN)/pytest -m 'not kafka and not redis and not s3 and not flink and not stack'
+
+# benchmarks: the last line of output is one JSON object (see BENCHMARKS.md)
+bench-join: deps
+	$(BIN)/python bench/join.py
+
+bench-trainer: venv
+	$(BIN)/python bench/trainer.py
+
+bench-export: venv
+	$(BIN)/python bench/export.py
 
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
