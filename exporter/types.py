@@ -40,9 +40,7 @@ class TableDelta:
     dim: int
     ids: npt.NDArray[np.int64]
     values: npt.NDArray[np.float32]
-    tombstones: npt.NDArray[np.int64] = field(
-        default_factory=lambda: np.empty(0, dtype=np.int64)
-    )
+    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         if self.ids.ndim != 1 or self.values.shape != (self.ids.shape[0], self.dim):

@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 a fluxrec error (one line on stderr), 2 bad usage,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,11 @@ from fluxrec.errors import FluxrecError
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Each stage package adds its own subcommands: ``register(subs, sub, arg)`` in PKG/cli.py,
+# where ``sub`` and ``arg`` are :func:`_sub` and :func:`_arg` below. Those modules must
+# import cheaply (no torch, no pyflink at module level).
+_STAGE_CLIS = ("replay.cli", "pipelines.cli", "trainer.cli", "exporter.cli")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -280,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the stack running afterwards (a stack that ran before is always kept)",
     )
+    for name in _STAGE_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(subs, _sub, _arg)
     return parser
 
 

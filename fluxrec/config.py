@@ -10,6 +10,10 @@ Layout (``configs/local.yaml`` is the reference; ``fluxrec config keys`` lists e
                   oss.{endpoint,access_key_id,access_key_secret}, s3_server.{enabled,port}
     model:        arch, embedding_dim, mlp
     features:     sparse[{name, dim}], dense[{name}]
+    replay:       see replay/settings.py
+    join:         see sample_join/settings.py
+    trainer:      see trainer/settings.py
+    exporter:     see exporter/settings.py
 
 Rules:
 
@@ -37,7 +41,11 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from exporter.settings import ExporterConfig
 from fluxrec.errors import ConfigError
+from replay.settings import ReplayConfig
+from sample_join.settings import JoinConfig
+from trainer.settings import TrainerConfig
 
 __all__ = [
     "Config",
@@ -236,6 +244,10 @@ class Config:
     flink: FlinkConfig = field(default_factory=FlinkConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    join: JoinConfig = field(default_factory=JoinConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
     source: Path = field(default=Path("<memory>"), compare=False)
 
 

@@ -39,15 +39,26 @@ def write_test_config(directory: Path, s3_server: bool = True, **sections: Any) 
     directory.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(4)]
     doc: dict[str, Any] = {
-        "stack": {"state_dir": str(directory / "state"), "start_timeout_s": 120,
-                  "jars_dir": os.environ.get("FLUXREC_JARS", "~/.cache/fluxrec/jars")},
-        "kafka": {"bootstrap": f"127.0.0.1:{ports[0]}", "controller_port": ports[1],
-                  "heap_mb": 512, "partitions": 2},
+        "stack": {
+            "state_dir": str(directory / "state"),
+            "start_timeout_s": 120,
+            "jars_dir": os.environ.get("FLUXREC_JARS", "~/.cache/fluxrec/jars"),
+        },
+        "kafka": {
+            "bootstrap": f"127.0.0.1:{ports[0]}",
+            "controller_port": ports[1],
+            "heap_mb": 512,
+            "partitions": 2,
+        },
         "redis": {"url": f"redis://127.0.0.1:{ports[2]}/0"},
         "object_store": {
             "url": f"file://{directory / 'objects'}",
-            "s3": {"endpoint_url": f"http://127.0.0.1:{ports[3]}", "region": "us-east-1",
-                   "access_key": "fluxrec-test", "secret_key": "fluxrec-test-secret"},
+            "s3": {
+                "endpoint_url": f"http://127.0.0.1:{ports[3]}",
+                "region": "us-east-1",
+                "access_key": "fluxrec-test",
+                "secret_key": "fluxrec-test-secret",
+            },
             "s3_server": {"enabled": s3_server, "port": ports[3]},
         },
         "flink": {"parallelism": 2, "checkpoint_interval_ms": 2000},

@@ -55,8 +55,9 @@ def test_transactions_read_committed_sees_only_committed(
     producer.close()
 
     committed = consume_all(bootstrap, topic, expected=51, read_committed=True)
-    assert sorted(committed) == sorted([f"committed-{i}".encode() for i in range(50)]
-                                       + [b"committed-last"])
+    assert sorted(committed) == sorted(
+        [f"committed-{i}".encode() for i in range(50)] + [b"committed-last"]
+    )
     # a read_uncommitted reader does see the aborted records: the filter is the broker's
     everything = consume_all(bootstrap, topic, expected=81)
     assert sum(v.startswith(b"aborted-") for v in everything) == 30
@@ -77,7 +78,9 @@ def test_topic_create_and_delete(bootstrap: str) -> None:
 
 
 def test_configured_topics_exist(stack_config: Config) -> None:
-    assert set(stack_config.kafka.topics.all().values()) <= list_topics(stack_config.kafka.bootstrap)
+    assert set(stack_config.kafka.topics.all().values()) <= list_topics(
+        stack_config.kafka.bootstrap
+    )
 
 
 @pytest.mark.slow
