@@ -253,7 +253,12 @@ class S3Store(ObjectStore):
 
         def run() -> None:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                keys.extend(o["Key"][len(self.prefix) :] for o in page.get("Contents", []))
+                # some S3-compatible servers list directory placeholders ("a/"): not objects
+                keys.extend(
+                    o["Key"][len(self.prefix) :]
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")
+                )
 
         self._call(f"list {prefix!r}", run)
         return sorted(keys)

@@ -1,0 +1,146 @@
+"""Typed configuration: strict keys, types, env expansion, secrets, path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fluxrec.config import Config, Secret, iter_keys, load_config, parse_config
+from fluxrec.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, doc: dict[str, Any]) -> Path:
+    p = tmp_path / "deploy.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _base() -> dict[str, Any]:
+    return {
+        "stack": {"state_dir": "state"},
+        "kafka": {"bootstrap": "127.0.0.1:9092"},
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
+        "object_store": {"url": "file://objects"},
+    }
+
+
+def test_shipped_config_loads() -> None:
+    cfg = load_config(REPO / "configs" / "local.yaml")
+    assert cfg.kafka.port == 9092
+    assert cfg.flink.parallelism == 2
+    assert cfg.stack.state_dir == (REPO / ".fluxrec" / "state").resolve()
+    assert cfg.object_store.url == f"file://{(REPO / '.fluxrec' / 'objects').resolve()}"
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, _base()))
+    assert cfg.stack.state_dir == tmp_path / "state"
+    assert cfg.object_store.url == f"file://{tmp_path / 'objects'}"
+
+
+def test_unknown_key_names_key_file_and_closest_match(tmp_path: Path) -> None:
+    doc = _base()
+    doc["kafka"]["bootstarp"] = "x:1"
+    path = _write(tmp_path, doc)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.key == "kafka.bootstarp"
+    assert str(path) in str(e.value)
+    assert "did you mean 'bootstrap'" in str(e.value)
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    doc = _base() | {"kafak": {}}
+    with pytest.raises(ConfigError, match=r"kafak: unknown key \(did you mean 'kafka'"):
+        load_config(_write(tmp_path, doc))
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    doc = _base()
+    del doc["kafka"]["bootstrap"]
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, doc))
+    assert e.value.key == "kafka.bootstrap"
+    assert "missing required key" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expect"),
+    [
+        ("flink", "parallelism", "two", "expected int"),
+        ("flink", "parallelism", True, "expected int, got a boolean"),
+        ("kafka", "partitions", 2.5, "expected int"),
+        ("object_store", "s3_server", {"enabled": "yes"}, "expected true or false"),
+        ("model", "arch", "transformer", "use one of deepfm, wide_deep, dlrm"),
+        ("model", "mlp", 256, "expected a list"),
+    ],
+)
+def test_bad_type_names_the_key(
+    tmp_path: Path, section: str, key: str, value: Any, expect: str
+) -> None:
+    doc = _base()
+    doc.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, doc))
+    assert e.value.key.startswith(f"{section}.{key}")
+    assert expect in str(e.value)
+
+
+def test_env_expansion_with_defaults_and_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLX_PAR", "4")
+    monkeypatch.setenv("FLX_SECRET", "s3cr3t-value")
+    doc = _base()
+    doc["flink"] = {"parallelism": "${FLX_PAR}", "jobmanager": "${FLX_UNSET:-jm:8081}"}
+    doc["object_store"]["s3"] = {"secret_key": "${FLX_SECRET}", "access_key": "a$$b"}
+    cfg = load_config(_write(tmp_path, doc))
+    assert cfg.flink.parallelism == 4
+    assert cfg.flink.jobmanager == "jm:8081"
+    assert cfg.object_store.s3.secret_key == Secret("s3cr3t-value")
+    assert cfg.object_store.s3.access_key is not None
+    assert cfg.object_store.s3.access_key.get() == "a$b"
+    # secrets never show in str/repr of the config
+    assert "s3cr3t-value" not in repr(cfg)
+    assert "s3cr3t-value" not in str(cfg.object_store)
+
+
+def test_unset_env_var_is_an_error_naming_it(tmp_path: Path) -> None:
+    doc = _base()
+    doc["redis"]["url"] = "${FLX_DEFINITELY_UNSET_VAR}"
+    with pytest.raises(ConfigError, match="FLX_DEFINITELY_UNSET_VAR is not set") as e:
+        load_config(_write(tmp_path, doc))
+    assert e.value.key == "redis.url"
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_unsupported_object_store_scheme(tmp_path: Path) -> None:
+    doc = _base()
+    doc["object_store"]["url"] = "ftp://x"
+    with pytest.raises(ConfigError, match=r"object_store\.url"):
+        load_config(_write(tmp_path, doc))
+
+
+def test_every_key_is_listed() -> None:
+    keys = {k for k, _, _ in iter_keys()}
+    assert {
+        "kafka.bootstrap",
+        "kafka.topics.samples",
+        "object_store.s3.secret_key",
+        "stack.state_dir",
+        "flink.parallelism",
+    } <= keys
+    assert isinstance(parse_config(_base()), Config)
