@@ -127,6 +127,17 @@ def _cmd_stack_down(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stack_topics(ns: argparse.Namespace) -> int:
+    from fluxrec.topics import ensure_topics
+
+    cfg = _load(ns)
+    names = list(cfg.kafka.topics.all().values())
+    created = ensure_topics(cfg.kafka.bootstrap, names, cfg.kafka.partitions)
+    for name in names:
+        print(f"{name:32} {'created' if name in created else 'exists'}")
+    return 0
+
+
 def _cmd_stack_status(ns: argparse.Namespace) -> int:
     from fluxrec.stack import Stack
 
@@ -233,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         env="FLUXREC_PURGE",
         action="store_true",
         help="also delete Kafka, Redis and S3 data under stack.state_dir",
+    )
+    _sub(
+        ssubs,
+        "topics",
+        _cmd_stack_topics,
+        "create the topics named in kafka.topics on the configured broker (any Kafka cluster)",
     )
     _sub(
         ssubs,

@@ -22,6 +22,8 @@ Rules:
 * ``${VAR}`` and ``${VAR:-default}`` expand from the environment in any string
   (``$$`` is a literal ``$``); an expanded string converts to the field's type;
 * relative paths resolve against the directory of the YAML file;
+* ``extends: other.yaml`` (top level) deep-merges this file over another one, so a
+  deployment file can change only endpoints (mappings merge, lists and scalars replace);
 * secrets are :class:`Secret` values whose ``repr``/``str`` never show the value.
 """
 
@@ -286,7 +288,36 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "<yaml>"
         raise ConfigError(where, str(p), f"not valid YAML: {e}", "fix the syntax") from e
+    if isinstance(data, dict) and "extends" in data:
+        data = _extend(data, p, seen=[p.resolve()])
     return parse_config(data, file=p)
+
+
+def _extend(data: dict[str, Any], path: Path, seen: list[Path]) -> dict[str, Any]:
+    """Merge ``data`` over the file named by its ``extends`` key (resolved against ``path``)."""
+    rest = dict(data)
+    base_name = rest.pop("extends")
+    if not isinstance(base_name, str):
+        raise ConfigError("extends", str(path), "expected a file name", "e.g. extends: local.yaml")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in seen:
+        raise ConfigError("extends", str(path), f"{base_path} extends itself in a cycle")
+    try:
+        base = yaml.safe_load(base_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("extends", str(path), f"cannot load {base_path}: {e}") from e
+    if not isinstance(base, dict):
+        raise ConfigError("extends", str(path), f"{base_path} is not a mapping")
+    if "extends" in base:
+        base = _extend(base, base_path, [*seen, base_path])
+    return _merge(base, rest)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_config(data: Any, file: Path = Path("<memory>")) -> Config:

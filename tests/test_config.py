@@ -144,3 +144,20 @@ def test_every_key_is_listed() -> None:
         "flink.parallelism",
     } <= keys
     assert isinstance(parse_config(_base()), Config)
+
+
+def test_extends_merges_mappings_and_replaces_scalars(tmp_path: Path) -> None:
+    _write(tmp_path, _base() | {"flink": {"parallelism": 3, "checkpoint_interval_ms": 700}})
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: deploy.yaml\nflink: {parallelism: 5}\n")
+    cfg = load_config(child)
+    assert cfg.flink.parallelism == 5
+    assert cfg.flink.checkpoint_interval_ms == 700
+    assert cfg.kafka.bootstrap == "127.0.0.1:9092"
+
+
+def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
