@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -79,6 +79,11 @@ class ObjectStore(ABC):
     def put(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key``, replacing it atomically."""
 
+    def put_parts(self, key: str, parts: Sequence[Any]) -> None:
+        """Write the concatenation of ``parts`` (bytes-like) atomically; stores that can
+        stream (``file://``) avoid joining them into one copy first."""
+        self.put(key, b"".join(parts))
+
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Read a whole object; raises :class:`ObjectNotFound`."""
@@ -120,12 +125,16 @@ class FileStore(ObjectStore):
         self.root.mkdir(parents=True, exist_ok=True)
 
     def put(self, key: str, data: bytes) -> None:
+        self.put_parts(key, [data])
+
+    def put_parts(self, key: str, parts: Sequence[Any]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                for part in parts:
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -1,0 +1,302 @@
+"""The exporter: turns the trainer's :class:`~exporter.types.Cut` into published versions.
+
+For each accepted cut, in this order (a reader never sees an incomplete version)::
+
+    1. versions/SEQ/table-NAME.fxd, versions/SEQ/dense.fxd   payload objects
+    2. versions/SEQ/manifest.json                            sizes, sha256s, offsets, ...
+    3. LATEST.json                                           the pointer readers poll
+    4. PUBLISH redis.channel {"sequence": SEQ, "base_snapshot": BASE, "kind": ...}
+    5. prune versions older than the oldest retained snapshot
+
+The safety gate refuses NaN/Inf and norm jumps (``GateRefused``, counted in ``stats``);
+after a refusal the exporter needs a full cut (``wants_full``) because the refused
+changes never reached the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import GateRefused, ObjectNotFound
+from exporter.format import encode_dense, encode_table_parts
+from exporter.manifest import (
+    LATEST_KEY,
+    MANIFEST_FORMAT,
+    canonical_json,
+    dense_key,
+    manifest_key,
+    parse_latest,
+    parse_manifest,
+    sign_manifest,
+    table_key,
+)
+from exporter.settings import ExporterConfig
+from exporter.store import ObjectStore
+from exporter.types import Cut
+
+__all__ = ["ExportStats", "Exporter", "hmac_key_from_env", "list_versions"]
+
+log = logging.getLogger(__name__)
+_DEFAULT_CFG = ExporterConfig()
+
+
+def hmac_key_from_env(cfg: ExporterConfig) -> bytes | None:
+    value = os.environ.get(cfg.hmac_key_env, "")
+    return value.encode() if value else None
+
+
+def list_versions(store: ObjectStore) -> list[int]:
+    """Sequences that have a manifest, ascending."""
+    out = []
+    for key in store.list("versions/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "manifest.json" and parts[1].isdigit():
+            out.append(int(parts[1]))
+    return sorted(out)
+
+
+@dataclass
+class ExportStats:
+    published: int = 0
+    snapshots: int = 0
+    refused: int = 0
+    pruned_versions: int = 0
+    refusals: list[str] = field(default_factory=list)  # reasons, newest last (bounded)
+
+
+class Exporter:
+    """Writes versions for cuts; not thread-safe (one exporter per store prefix)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        cfg: ExporterConfig = _DEFAULT_CFG,
+        redis_url: str | None = None,
+        channel: str = "fluxrec.versions",
+        hmac_key: bytes | None = None,
+    ) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.channel = channel
+        self.hmac_key = hmac_key
+        self.stats = ExportStats()
+        self._redis: Any = None
+        if redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(redis_url)
+        self._norms: dict[str, float] = {}
+        self._needs_full = False
+        try:
+            self.sequence, self.base_snapshot = parse_latest(store.get(LATEST_KEY))
+            self._deltas_since = self.sequence - self.base_snapshot
+        except ObjectNotFound:
+            self.sequence, self.base_snapshot, self._deltas_since = -1, -1, 0
+
+    @property
+    def wants_full(self) -> bool:
+        """True when the next cut must be full: first version, K deltas, or after a refusal."""
+        return (
+            self.sequence < 0 or self._needs_full or self._deltas_since >= self.cfg.snapshot_every
+        )
+
+    # ------------------------------------------------------------------ safety gate
+
+    def _gate(self, cut: Cut) -> dict[str, float]:
+        norms: dict[str, float] = {}
+        named = [(f"table:{n}", t.values) for n, t in cut.tables.items()]
+        named += [(f"dense:{n}", v) for n, v in cut.dense.items()]
+        for name, arr in named:
+            if arr.size == 0:
+                continue
+            if not np.isfinite(arr).all():
+                bad = int(arr.size - np.isfinite(arr).sum())
+                raise GateRefused(f"{name}: {bad} NaN/Inf values in step {cut.step}")
+            # dense: whole-tensor L2 norm; tables: RMS row norm of the changed rows
+            sq = float(np.dot(arr.reshape(-1), arr.reshape(-1)))
+            norm = sq**0.5 if name.startswith("dense:") else (sq / max(arr.shape[0], 1)) ** 0.5
+            prev = self._norms.get(name)
+            if prev is not None and prev > 0:
+                jump = abs(norm - prev) / prev
+                if jump > self.cfg.max_norm_jump:
+                    raise GateRefused(
+                        f"{name}: norm {norm:.4g} vs {prev:.4g} published before "
+                        f"(change {jump:.2f}x > exporter.max_norm_jump {self.cfg.max_norm_jump})"
+                    )
+            norms[name] = norm
+        return norms
+
+    # ------------------------------------------------------------------ publish
+
+    def publish(self, cut: Cut, rollback_of: int | None = None) -> dict[str, Any]:
+        """Write one version for ``cut``; returns its manifest. Raises ``GateRefused``."""
+        self._adopt_foreign_versions()
+        if not cut.full and self.wants_full:
+            self._refuse(f"step {cut.step}: a full cut is required (wants_full) but got a delta")
+        try:
+            norms = self._gate(cut)
+        except GateRefused as e:
+            self._refuse(str(e))
+        seq = self.sequence + 1
+        objects: list[dict[str, Any]] = []
+        for name in sorted(cut.tables):
+            t = cut.tables[name]
+            tomb = None if cut.full else t.tombstones
+            enc = encode_table_parts(name, t.dim, t.ids, t.values, tomb, self.cfg.encoding)
+            header = enc.header
+            key = table_key(seq, name)
+            self.store.put_parts(key, enc.parts)
+            objects.append(
+                {
+                    "key": key,
+                    "kind": "table",
+                    "name": name,
+                    "dim": t.dim,
+                    "encoding": header["encoding"],
+                    "rows": header["rows"],
+                    "tombstones": header["tombstones"],
+                    "bytes": enc.size,
+                    "sha256": enc.sha256,
+                }
+            )
+        if cut.dense:
+            enc = encode_dense(cut.dense)
+            self.store.put_parts(dense_key(seq), enc.parts)
+            objects.append(
+                {"key": dense_key(seq), "kind": "dense", "bytes": enc.size, "sha256": enc.sha256}
+            )
+        base = seq if cut.full else self.base_snapshot
+        doc: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "sequence": seq,
+            "parent": seq - 1 if seq > 0 else None,
+            "kind": "snapshot" if cut.full else "delta",
+            "base_snapshot": base,
+            "objects": objects,
+            "kafka_offsets": {
+                topic: {str(p): int(o) for p, o in sorted(parts.items())}
+                for topic, parts in sorted(cut.offsets.items())
+            },
+            "watermark_ms": int(cut.watermark_ms),
+            "trainer_step": int(cut.step),
+            "samples": int(cut.samples),
+            "created_ms": int(cut.created_ms),
+            "published_ms": int(time.time() * 1000),
+            "rollback_of": rollback_of,
+        }
+        if self.hmac_key:
+            doc = sign_manifest(doc, self.hmac_key)
+        raw = canonical_json(doc)
+        parse_manifest(raw, self.hmac_key, seq)  # never publish what readers would reject
+        self.store.put(manifest_key(seq), raw)
+        self.store.put(
+            LATEST_KEY,
+            canonical_json({"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}),
+        )
+        self.sequence, self.base_snapshot = seq, base
+        self._deltas_since = 0 if cut.full else self._deltas_since + 1
+        self._needs_full = False
+        self._norms.update(norms)
+        self.stats.published += 1
+        self.stats.snapshots += int(cut.full)
+        self._notify(doc)
+        self.prune()
+        return doc
+
+    def _adopt_foreign_versions(self) -> None:
+        """Another writer (``fluxrec deltas rollback``) may have published since our last
+        version: continue after it, and only with a full cut (our deltas do not apply to it)."""
+        try:
+            seq, base = parse_latest(self.store.get(LATEST_KEY))
+        except ObjectNotFound:
+            return
+        if seq != self.sequence:
+            log.warning("exporter: version %d was published by another writer", seq)
+            self.sequence, self.base_snapshot = seq, base
+            self._deltas_since = seq - base
+            self._needs_full = True
+
+    def _refuse(self, reason: str) -> None:
+        self.stats.refused += 1
+        self.stats.refusals = [*self.stats.refusals[-99:], reason]
+        self._needs_full = True
+        log.warning("exporter: refused to publish: %s", reason)
+        raise GateRefused(reason)
+
+    def _notify(self, doc: dict[str, Any]) -> None:
+        if self._redis is None:
+            return
+        msg = json.dumps(
+            {
+                "sequence": doc["sequence"],
+                "base_snapshot": doc["base_snapshot"],
+                "kind": doc["kind"],
+            }
+        )
+        try:
+            self._redis.publish(self.channel, msg)
+        except Exception as e:  # consumers fall back to polling LATEST.json
+            log.warning(
+                "exporter: Redis publish failed (%s); consumers will poll", type(e).__name__
+            )
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self) -> int:
+        """Delete versions older than the oldest of the last ``retain_snapshots`` snapshots."""
+        versions = list_versions(self.store)
+        snaps = []
+        for seq in reversed(versions):
+            try:
+                doc = json.loads(self.store.get(manifest_key(seq)))
+            except ObjectNotFound:
+                continue
+            if doc.get("kind") == "snapshot":
+                snaps.append(seq)
+                if len(snaps) >= max(self.cfg.retain_snapshots, 1):
+                    break
+        if len(snaps) < max(self.cfg.retain_snapshots, 1):
+            return 0
+        keep_from = min(snaps[-1], self.base_snapshot)
+        removed = 0
+        for seq in versions:
+            if seq >= keep_from:
+                break
+            # the manifest goes first so no reader finds a manifest without its payload
+            self.store.delete(manifest_key(seq))
+            for key in self.store.list(f"versions/{seq:012d}/"):
+                self.store.delete(key)
+            removed += 1
+        self.stats.pruned_versions += removed
+        return removed
+
+    # ------------------------------------------------------------------ loop
+
+    def run(
+        self,
+        take_cut: Callable[[bool], Cut | None],
+        stop: threading.Event,
+        interval_s: float | None = None,
+    ) -> None:
+        """Every ``interval_s`` ask ``take_cut(full)`` for a cut and publish it, until ``stop``.
+
+        ``take_cut`` returns None when nothing changed. Refusals are logged and counted.
+        """
+        period = self.cfg.interval_s if interval_s is None else interval_s
+        while not stop.is_set():
+            started = time.monotonic()
+            cut = take_cut(self.wants_full)
+            if cut is not None:
+                with contextlib.suppress(GateRefused):  # counted in stats.refused
+                    self.publish(cut)
+            stop.wait(max(0.0, period - (time.monotonic() - started)))

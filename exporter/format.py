@@ -1,0 +1,501 @@
+"""Encode and decode one payload object of the delta format (``exporter/FORMAT.md``).
+
+An object holds the changed rows of one embedding table (or all dense tensors)::
+
+    offset  size  field
+    0       8     magic  b"FLUXRDLT"
+    8       2     format version, u16 little-endian (= 1)
+    10      2     flags, u16 LE (= 0; readers MUST reject other values)
+    12      4     H = header length, u32 LE, 2 <= H <= MAX_HEADER_BYTES
+    16      H     header: UTF-8 JSON object, e.g.
+                  {"kind":"table","name":"item_id","dim":16,"encoding":"f32",
+                   "rows":3,"tombstones":2,"raw_bytes":1234}
+    16+H    B     body: one LZ4 frame; decompressed, an Arrow IPC stream of raw_bytes bytes
+    16+H+B  8     B = body length, u64 LE (after the body, so writers can stream)
+    24+H+B  32    sha256 of bytes [0, 24+H+B)
+
+The reader checks every length, limit and the sha256 before it decompresses or parses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import lz4.frame
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from exporter.errors import (
+    BadHeader,
+    BadMagic,
+    ChecksumMismatch,
+    OversizedHeader,
+    OversizedPayload,
+    Truncated,
+    UnsupportedVersion,
+)
+
+__all__ = [
+    "DENSE_SCHEMA",
+    "ENCODINGS",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "DecodedDense",
+    "DecodedTable",
+    "Encoded",
+    "Limits",
+    "check_name",
+    "decode_object",
+    "encode_dense",
+    "encode_table",
+    "encode_table_parts",
+    "table_schema",
+]
+
+MAGIC = b"FLUXRDLT"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 65536
+ENCODINGS = ("f32", "f16", "i8")
+_PREFIX = struct.Struct("<8sHHI")  # magic, version, flags, header length
+_U64 = struct.Struct("<Q")
+_DIGEST = 32
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ARROW_VALUE = {"f32": pa.float32(), "f16": pa.float16(), "i8": pa.int8()}
+
+DENSE_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.utf8(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("value", pa.large_list(pa.float32()), nullable=False),
+    ]
+)
+
+
+def table_schema(dim: int, encoding: str) -> pa.Schema:
+    """The Arrow schema of a table object: ``id``, ``value`` (null = tombstone)[, ``scale``]."""
+    fields = [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("value", pa.list_(pa.field("item", _ARROW_VALUE[encoding]), dim)),
+    ]
+    if encoding == "i8":
+        fields.append(pa.field("scale", pa.float32()))
+    return pa.schema(fields)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a reader accepts; the defaults fit tables of ~30M rows x 64 fp32 per object."""
+
+    max_object_bytes: int = 8 << 30
+    max_raw_bytes: int = 8 << 30
+    max_dim: int = 65536
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class DecodedTable:
+    """One decoded table object. ``values`` is float32 (fp16/int8 are widened)."""
+
+    name: str
+    dim: int
+    encoding: str
+    ids: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+@dataclass(frozen=True)
+class DecodedDense:
+    """The dense tensors of one version, by name."""
+
+    tensors: dict[str, npt.NDArray[np.float32]]
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise BadHeader(f"table name {name!r} must match {_NAME.pattern}")
+    return name
+
+
+def _quantize_i8(values: npt.NDArray[np.float32]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    amax = np.abs(values).max(axis=1) if values.size else np.zeros(values.shape[0], np.float32)
+    scale = (amax / 127.0).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    q = np.clip(np.rint(values / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An encoded object as the pieces to write in order (no joined copy of the body)."""
+
+    parts: list[Any]
+    sha256: str
+    header: dict[str, Any]
+    size: int
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Pieces:
+    """A write-only file for ``pa.PythonFile``: keeps Arrow's buffers (zero-copy) in order."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def write(self, b: Any) -> int:
+        self.parts.append(b)
+        self.size += len(b)
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def tell(self) -> int:
+        return self.size
+
+
+_CHUNK = 4 << 20
+_PIPELINE_MIN = 8 << 20  # below this, hashing on a second thread does not pay
+
+
+def _frame(header: dict[str, Any], stream: _Pieces) -> Encoded:
+    """Frame an Arrow IPC stream: LZ4-compress it in 4 MiB steps while a worker thread
+    hashes the compressed output (both release the GIL)."""
+    header = {**header, "raw_bytes": stream.size}
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(head) > MAX_HEADER_BYTES:
+        raise OversizedHeader(f"header of {len(head)} bytes > {MAX_HEADER_BYTES}")
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head)) + head
+    comp = lz4.frame.LZ4FrameCompressor(
+        block_size=lz4.frame.BLOCKSIZE_MAX4MB, compression_level=0, content_checksum=False
+    )
+    body: list[Any] = [comp.begin(source_size=stream.size)]
+    h = hashlib.sha256(prefix)
+    h.update(body[0])
+    pool = ThreadPoolExecutor(1) if stream.size >= _PIPELINE_MIN else None
+    pending: Future[None] | None = None
+    try:
+        for piece in stream.parts:
+            view = memoryview(piece)
+            for i in range(0, len(view), _CHUNK):
+                out = comp.compress(view[i : i + _CHUNK])
+                if not out:
+                    continue
+                if pool is None:
+                    h.update(out)
+                else:  # hash block k on the worker while block k+1 compresses here
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(h.update, out)
+                body.append(out)
+        if pending is not None:
+            pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    body.append(comp.flush())
+    h.update(body[-1])
+    blen = sum(len(b) for b in body)
+    tail = _U64.pack(blen)
+    h.update(tail)
+    digest = h.digest()
+    parts = [prefix, *body, tail, digest]
+    return Encoded(parts, digest.hex(), header, len(prefix) + blen + len(tail) + len(digest))
+
+
+def _ipc_pieces(batches: list[pa.RecordBatch], schema: pa.Schema) -> _Pieces:
+    sink = _Pieces()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), schema) as w:
+        for b in batches:
+            w.write_batch(b)
+    return sink
+
+
+def encode_table_parts(  # noqa: PLR0917
+    name: str,
+    dim: int,
+    ids: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float32],
+    tombstones: npt.NDArray[np.int64] | None = None,
+    encoding: str = "f32",
+) -> Encoded:
+    """One table object as pieces to write. Upserts first, then tombstones."""
+    check_name(name)
+    if encoding not in ENCODINGS:
+        raise BadHeader(f"encoding {encoding!r} not one of {ENCODINGS}")
+    tomb = np.empty(0, np.int64) if tombstones is None else np.ascontiguousarray(tombstones)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    values = np.ascontiguousarray(values, dtype=np.float32).reshape(len(ids), dim)
+    schema = table_schema(dim, encoding)
+    if encoding == "f32":
+        flat: npt.NDArray[Any] = values.reshape(-1)
+        scale = None
+    elif encoding == "f16":
+        flat, scale = values.astype(np.float16).reshape(-1), None
+    else:
+        q, scale = _quantize_i8(values)
+        flat = q.reshape(-1)
+    cols: list[pa.Array] = [
+        pa.array(ids),
+        pa.FixedSizeListArray.from_arrays(pa.array(flat), dim),
+    ]
+    if scale is not None:
+        cols.append(pa.array(scale))
+    batches = [pa.record_batch(cols, schema=schema)]
+    if len(tomb):
+        tcols: list[pa.Array] = [
+            pa.array(tomb.astype(np.int64)),
+            pa.nulls(len(tomb), schema.field("value").type),
+        ]
+        if encoding == "i8":
+            tcols.append(pa.nulls(len(tomb), pa.float32()))
+        batches.append(pa.record_batch(tcols, schema=schema))
+    header = {
+        "kind": "table",
+        "name": name,
+        "dim": dim,
+        "encoding": encoding,
+        "rows": len(ids),
+        "tombstones": len(tomb),
+    }
+    return _frame(header, _ipc_pieces(batches, schema))
+
+
+def encode_table(  # noqa: PLR0917
+    name: str,
+    dim: int,
+    ids: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float32],
+    tombstones: npt.NDArray[np.int64] | None = None,
+    encoding: str = "f32",
+) -> tuple[bytes, str, dict[str, Any]]:
+    """One table object: ``(bytes, sha256 hex, header)``."""
+    enc = encode_table_parts(name, dim, ids, values, tombstones, encoding)
+    return enc.tobytes(), enc.sha256, enc.header
+
+
+def encode_dense(tensors: dict[str, npt.NDArray[np.float32]]) -> Encoded:
+    """The dense object: one Arrow row per tensor (name, shape, flattened fp32 values)."""
+    names = sorted(tensors)
+    arrs = [np.ascontiguousarray(tensors[n], dtype=np.float32) for n in names]
+    batch = pa.record_batch(
+        [
+            pa.array(names, pa.utf8()),
+            pa.array([list(a.shape) for a in arrs], pa.list_(pa.int64())),
+            pa.array([a.reshape(-1) for a in arrs], pa.large_list(pa.float32())),
+        ],
+        schema=DENSE_SCHEMA,
+    )
+    return _frame({"kind": "dense", "tensors": len(names)}, _ipc_pieces([batch], DENSE_SCHEMA))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _int(header: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = header.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadHeader(f"header field {key!r} = {v!r}: expected an integer in [{lo}, {hi}]")
+    return v
+
+
+def _unframe(  # noqa: PLR0912
+    data: bytes | memoryview, expected_sha256: str | None, limits: Limits
+) -> tuple[dict[str, Any], memoryview]:
+    view = memoryview(data)
+    n = len(view)
+    if n > limits.max_object_bytes:
+        raise OversizedPayload(f"object of {n} bytes > limit {limits.max_object_bytes}")
+    if n < _PREFIX.size:
+        raise Truncated(f"object of {n} bytes is shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, flags, hlen = _PREFIX.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise BadMagic(f"magic {bytes(magic)!r} is not {MAGIC!r}: not a fluxrec delta object")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(f"format version {version}; this reader supports 1")
+    if flags != 0:
+        raise UnsupportedVersion(f"flags {flags:#x}: this reader supports 0")
+    if hlen > MAX_HEADER_BYTES or hlen < 2:
+        raise OversizedHeader(f"header length {hlen} outside [2, {MAX_HEADER_BYTES}]")
+    body_at = _PREFIX.size + hlen
+    if n < body_at + _U64.size + _DIGEST:
+        raise Truncated(f"object of {n} bytes cannot hold a {hlen}-byte header")
+    (blen,) = _U64.unpack_from(view, n - _DIGEST - _U64.size)
+    if body_at + blen + _U64.size + _DIGEST != n:
+        raise Truncated(
+            f"framing declares {body_at + blen + _U64.size + _DIGEST} bytes, object has {n}"
+        )
+    digest = hashlib.sha256(view[: n - _DIGEST]).digest()
+    if digest != view[n - _DIGEST :]:
+        raise ChecksumMismatch("sha256 of the object does not match its trailer")
+    if expected_sha256 is not None and digest.hex() != expected_sha256:
+        raise ChecksumMismatch(
+            f"object sha256 {digest.hex()[:16]}... differs from the manifest's "
+            f"{expected_sha256[:16]}..."
+        )
+    try:
+        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadHeader(f"header is not UTF-8 JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise BadHeader("header must be a JSON object")
+    raw = _int(header, "raw_bytes", 0, limits.max_raw_bytes)
+    if raw > 255 * blen + 1024:  # LZ4 cannot expand more than ~255x
+        raise OversizedPayload(f"raw_bytes {raw} impossible for an LZ4 body of {blen} bytes")
+    return header, view[body_at : body_at + blen]
+
+
+def _body(body: memoryview, raw: int) -> pa.RecordBatchStreamReader:
+    try:
+        info = lz4.frame.get_frame_info(body)
+        if info.get("content_size", 0) not in (0, raw):
+            raise BadHeader(f"LZ4 content size {info['content_size']} != raw_bytes {raw}")
+        plain = lz4.frame.decompress(body)
+    except RuntimeError as e:
+        raise BadHeader(f"LZ4 frame does not decode: {e}") from None
+    if len(plain) != raw:
+        raise BadHeader(f"LZ4 frame decodes to {len(plain)} bytes, header says {raw}")
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(plain))
+    except (pa.ArrowException, OSError) as e:
+        raise BadHeader(f"body is not an Arrow IPC stream: {e}") from None
+
+
+def decode_object(
+    data: bytes | memoryview,
+    expected_sha256: str | None = None,
+    limits: Limits = _DEFAULT_LIMITS,
+) -> DecodedTable | DecodedDense:
+    """Verify and decode one object; raises a :class:`~exporter.errors.FormatError` subclass."""
+    header, body = _unframe(data, expected_sha256, limits)
+    kind = header.get("kind")
+    raw = int(header["raw_bytes"])
+    if kind == "table":
+        return _decode_table(header, body, raw, limits)
+    if kind == "dense":
+        return _decode_dense(header, body, raw)
+    raise BadHeader(f"header kind {kind!r}: expected 'table' or 'dense'")
+
+
+def _decode_table(  # noqa: PLR0912, PLR0915
+    header: dict[str, Any], body: memoryview, raw: int, limits: Limits
+) -> DecodedTable:
+    name = header.get("name")
+    if not isinstance(name, str):
+        raise BadHeader("table header needs a string 'name'")
+    check_name(name)
+    dim = _int(header, "dim", 1, limits.max_dim)
+    enc = header.get("encoding")
+    if enc not in ENCODINGS:
+        raise BadHeader(f"encoding {enc!r} not one of {ENCODINGS}")
+    rows = _int(header, "rows", 0, raw)
+    ntomb = _int(header, "tombstones", 0, raw)
+    reader = _body(body, raw)
+    if not reader.schema.equals(table_schema(dim, enc)):
+        raise BadHeader(f"Arrow schema {reader.schema} does not match dim {dim} / {enc}")
+    ids_parts: list[Any] = []
+    val_parts: list[Any] = []
+    scale_parts: list[Any] = []
+    tomb_parts: list[Any] = []
+    try:
+        for batch in reader:
+            batch.validate(full=True)
+            src = batch
+            vcol = batch.column(1)
+            idcol = batch.column(0)
+            if idcol.null_count:
+                raise BadHeader("column 'id' has nulls")
+            if vcol.null_count == len(batch):
+                tomb_parts.append(idcol.to_numpy())
+                continue
+            if vcol.null_count:
+                mask = vcol.is_valid()
+                tomb_parts.append(idcol.filter(pc.invert(mask)).to_numpy())
+                src = batch.filter(mask)
+                vcol, idcol = src.column(1), src.column(0)
+            ids_parts.append(idcol.to_numpy())
+            child = vcol.values.slice(vcol.offset * dim, len(vcol) * dim)
+            val_parts.append(child.to_numpy(zero_copy_only=False).reshape(len(vcol), dim))
+            if enc == "i8":
+                scol = src.column(2)
+                if scol.null_count:
+                    raise BadHeader("int8 rows need a non-null 'scale'")
+                scale_parts.append(scol.to_numpy())
+    except (pa.ArrowException, OSError, ValueError, IndexError) as e:
+        if isinstance(e, BadHeader):
+            raise
+        raise BadHeader(f"Arrow body does not decode: {e}") from None
+    ids = _cat(ids_parts, np.int64, (0,))
+    vals = _cat(val_parts, _np_dtype(enc), (0, dim))
+    tomb = _cat(tomb_parts, np.int64, (0,))
+    if len(ids) != rows or len(tomb) != ntomb:
+        raise BadHeader(
+            f"body has {len(ids)} rows / {len(tomb)} tombstones, header says {rows} / {ntomb}"
+        )
+    if enc == "f32":
+        out = vals
+    elif enc == "f16":
+        out = vals.astype(np.float32)
+    else:
+        scale = _cat(scale_parts, np.float32, (0,))
+        if not np.isfinite(scale).all() or (np.abs(scale) > 1e30).any():
+            raise BadHeader("int8 rows need finite scales (|scale| <= 1e30)")
+        out = vals.astype(np.float32) * scale[:, None]
+    return DecodedTable(name, dim, str(enc), ids, out, tomb)
+
+
+def _np_dtype(enc: str) -> Any:
+    return {"f32": np.float32, "f16": np.float16, "i8": np.int8}[enc]
+
+
+def _cat(parts: list[Any], dtype: Any, empty_shape: tuple[int, ...]) -> Any:
+    if not parts:
+        return np.empty(empty_shape, dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _decode_dense(header: dict[str, Any], body: memoryview, raw: int) -> DecodedDense:
+    count = _int(header, "tensors", 0, 1 << 20)
+    reader = _body(body, raw)
+    if not reader.schema.equals(DENSE_SCHEMA):
+        raise BadHeader(f"dense Arrow schema {reader.schema} is not the dense schema")
+    out: dict[str, npt.NDArray[np.float32]] = {}
+    try:
+        for batch in reader:
+            batch.validate(full=True)
+            names = batch.column(0).to_pylist()
+            shapes = batch.column(1).to_pylist()
+            values = batch.column(2)
+            for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
+                flat = values[i].values.to_numpy(zero_copy_only=False)
+                if name is None or shape is None or int(np.prod(shape)) != len(flat):
+                    raise BadHeader(f"dense tensor {name!r}: shape {shape} != {len(flat)} values")
+                if name in out:
+                    raise BadHeader(f"dense tensor {name!r} appears twice")
+                out[name] = flat.astype(np.float32, copy=False).reshape(shape)
+    except (pa.ArrowException, OSError, ValueError, IndexError) as e:
+        if isinstance(e, BadHeader):
+            raise
+        raise BadHeader(f"Arrow body does not decode: {e}") from None
+    if len(out) != count:
+        raise BadHeader(f"body has {len(out)} tensors, header says {count}")
+    return DecodedDense(out)

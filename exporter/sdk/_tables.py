@@ -1,0 +1,364 @@
+"""Serving backends: immutable in-process numpy tables, and a shared Redis table."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.format import DecodedDense, DecodedTable
+
+__all__ = ["Backend", "InMemoryTables", "InPlaceTables", "RedisTables", "Table", "TableSet"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One embedding table: ``ids`` sorted ascending, ``values[i]`` is the row of ``ids[i]``.
+
+    Example: ``Table("item_id", 2, ids=[5, 17], values=[[.1, .2], [.3, .4]])``;
+    ``lookup([17, 99])`` -> ``[[.3, .4], [0, 0]]`` (missing ids -> ``default``, zeros).
+    """
+
+    name: str
+    dim: int
+    ids: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+
+    def lookup(self, ids: npt.ArrayLike, default: float = 0.0) -> npt.NDArray[np.float32]:
+        q = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(self.ids) == 0:
+            return np.full((len(q), self.dim), default, np.float32)
+        pos = np.minimum(np.searchsorted(self.ids, q), len(self.ids) - 1)
+        found = self.ids[pos] == q
+        out: npt.NDArray[np.float32] = self.values[pos]
+        out[~found] = default
+        return out
+
+    def apply(self, d: DecodedTable) -> Table:
+        """A new table with ``d`` applied (tombstones, then upserts); ``self`` is unchanged.
+
+        Vectorized merge: sort the delta ids, one ``searchsorted`` against the sorted table,
+        then one ``np.insert`` for new ids and one scatter for updated rows.
+        """
+        ids, vals = self.ids, self.values
+        if len(d.tombstones) and len(ids):
+            pos = np.minimum(np.searchsorted(ids, d.tombstones), len(ids) - 1)
+            hit = pos[ids[pos] == d.tombstones]
+            ids, vals = np.delete(ids, hit), np.delete(vals, hit, axis=0)
+        if len(d.ids) == 0:
+            return Table(self.name, self.dim, ids, vals)
+        order = np.argsort(d.ids, kind="stable")
+        if (order[1:] > order[:-1]).all():  # already sorted by id: no gathers
+            dids, dvals = d.ids, d.values
+        else:
+            dids, dvals = d.ids[order], d.values[order]
+        pos = np.searchsorted(ids, dids)
+        found = pos < len(ids)
+        found[found] = ids[pos[found]] == dids[found]
+        upd_at, upd_vals = pos[found], dvals[found]
+        if found.all():
+            if vals is self.values:
+                vals = vals.copy()  # copy-on-write: readers of the old version keep theirs
+        else:
+            new = ~found
+            at = pos[new]
+            ids = np.insert(ids, at, dids[new])
+            vals = np.insert(vals, at, dvals[new], axis=0)
+            upd_at = upd_at + np.searchsorted(at, upd_at, side="right")  # shift by inserts
+        vals[upd_at] = upd_vals
+        return Table(self.name, self.dim, ids, vals)
+
+    @staticmethod
+    def from_rows(d: DecodedTable) -> Table:
+        order = np.argsort(d.ids, kind="stable")
+        if len(order) and (np.diff(order) == 1).all():  # already sorted: zero-copy
+            return Table(d.name, d.dim, d.ids, d.values)
+        return Table(d.name, d.dim, d.ids[order], d.values[order])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.values.nbytes)
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """One consistent version: readers hold a reference and never see a later change."""
+
+    version: int
+    watermark_ms: int
+    tables: dict[str, Table] = field(default_factory=dict)
+    dense: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
+        return self.tables[table].lookup(ids, default)
+
+
+class Backend(Protocol):
+    def apply(
+        self,
+        manifest: dict[str, Any],
+        tables: list[DecodedTable],
+        dense: DecodedDense | None,
+    ) -> None: ...
+
+
+class InMemoryTables:
+    """In-process tables; ``apply`` builds a new :class:`TableSet` and swaps one reference."""
+
+    def __init__(self) -> None:
+        self.state: TableSet | None = None
+
+    def apply(
+        self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
+    ) -> None:
+        snapshot = manifest["kind"] == "snapshot"
+        old = self.state
+        base: dict[str, Table] = {} if snapshot or old is None else dict(old.tables)
+        for d in tables:
+            prev = base.get(d.name)
+            if prev is None or prev.dim != d.dim:
+                empty = Table(
+                    d.name, d.dim, np.empty(0, np.int64), np.empty((0, d.dim), np.float32)
+                )
+                prev = empty
+            base[d.name] = prev.apply(d) if not snapshot else Table.from_rows(d)
+        dn = dense.tensors if dense else ({} if snapshot or old is None else old.dense)
+        self.state = TableSet(manifest["sequence"], manifest["watermark_ms"], base, dn)
+
+    def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
+        state = self.state
+        if state is None:
+            raise KeyError("no version applied yet")
+        return state.lookup(table, ids, default)
+
+
+class InPlaceTables:
+    """In-process tables updated in place under a lock: memory ~ table + one delta.
+
+    Versions stay atomic because :meth:`lookup` and :meth:`apply` hold the same lock
+    (a lookup waits while a version is applied, then sees all of it). Storage per table:
+    rows in slots of fixed-size chunks (growing adds a chunk, never copies), a sorted
+    index ``ids`` -> ``slots``, and a free-slot list refilled by tombstones::
+
+        ids   = [5, 17, 42]      slots = [2, 0, 1]      slot 0 holds the row of id 17
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables: dict[str, _SlotTable] = {}
+        self.dense: dict[str, npt.NDArray[np.float32]] = {}
+        self.version: int | None = None
+
+    def apply(
+        self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
+    ) -> None:
+        with self._lock:
+            if manifest["kind"] == "snapshot":
+                self._tables, self.dense = {}, {}
+            for d in tables:
+                t = self._tables.get(d.name)
+                if t is None or t.dim != d.dim:
+                    t = self._tables[d.name] = _SlotTable(d.dim)
+                if manifest["kind"] == "snapshot":
+                    t.load(d)
+                else:
+                    t.apply(d)
+            if dense:
+                self.dense = {**self.dense, **dense.tensors}
+            self.version = int(manifest["sequence"])
+
+    def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
+        with self._lock:
+            return self._tables[table].lookup(ids, default)
+
+    def rows(self, table: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``(ids, values)`` sorted by id (a copy, for checks and exports)."""
+        with self._lock:
+            t = self._tables[table]
+            return t.ids.copy(), t.values_by_id()
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._tables.values())
+
+
+_CHUNK_SHIFT = 18  # rows per storage chunk: 262144 (16 MiB at dim 16 fp32)
+
+
+class _SlotTable:
+    """Rows in fixed-size chunks (growing never copies), a sorted id -> slot index."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.ids = np.empty(0, np.int64)
+        self.slots = np.empty(0, np.int64)
+        self.chunks: list[npt.NDArray[np.float32]] = []
+        self.used = 0  # slots [0, used) have been handed out
+        self.free = np.empty(0, np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.slots.nbytes + sum(c.nbytes for c in self.chunks)
+
+    def _reserve(self, slots_needed: int) -> None:
+        while len(self.chunks) << _CHUNK_SHIFT < slots_needed:
+            self.chunks.append(np.empty((1 << _CHUNK_SHIFT, self.dim), np.float32))
+
+    def _gather(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        out = np.empty((len(slots), self.dim), np.float32)
+        which = slots >> _CHUNK_SHIFT
+        for c in np.unique(which):
+            m = which == c
+            out[m] = self.chunks[c][slots[m] & ((1 << _CHUNK_SHIFT) - 1)]
+        return out
+
+    def _scatter(self, slots: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> None:
+        which = slots >> _CHUNK_SHIFT
+        for c in np.unique(which):
+            m = which == c
+            self.chunks[c][slots[m] & ((1 << _CHUNK_SHIFT) - 1)] = rows[m]
+
+    def values_by_id(self) -> npt.NDArray[np.float32]:
+        return self._gather(self.slots)
+
+    def lookup(self, ids: npt.ArrayLike, default: float) -> npt.NDArray[np.float32]:
+        q = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(self.ids) == 0:
+            return np.full((len(q), self.dim), default, np.float32)
+        pos = np.minimum(np.searchsorted(self.ids, q), len(self.ids) - 1)
+        found = self.ids[pos] == q
+        out = self._gather(self.slots[pos])
+        out[~found] = default
+        return out
+
+    def load(self, d: DecodedTable) -> None:
+        """Replace the contents with a snapshot's rows (copied into chunks, id order)."""
+        order = None
+        if len(d.ids) > 1 and not (d.ids[1:] > d.ids[:-1]).all():
+            order = np.argsort(d.ids)
+        self.ids = d.ids[order] if order is not None else d.ids.copy()
+        self.chunks = []
+        self._reserve(len(self.ids))
+        step = 1 << _CHUNK_SHIFT
+        for c, i in enumerate(range(0, len(self.ids), step)):
+            src = d.values[order[i : i + step]] if order is not None else d.values[i : i + step]
+            self.chunks[c][: len(src)] = src
+        self.slots = np.arange(len(self.ids), dtype=np.int64)
+        self.used, self.free = len(self.ids), np.empty(0, np.int64)
+
+    def apply(self, d: DecodedTable) -> None:
+        if len(d.tombstones) and len(self.ids):
+            pos = np.minimum(np.searchsorted(self.ids, d.tombstones), len(self.ids) - 1)
+            hit = pos[self.ids[pos] == d.tombstones]
+            self.free = np.concatenate([self.free, self.slots[hit]])
+            self.ids, self.slots = np.delete(self.ids, hit), np.delete(self.slots, hit)
+        if len(d.ids) == 0:
+            return
+        # sorted keys make searchsorted and the row scatter cache-friendly
+        order = np.argsort(d.ids)
+        dids = d.ids[order]
+        pos = np.searchsorted(self.ids, dids)
+        found = pos < len(self.ids)
+        found[found] = self.ids[pos[found]] == dids[found]
+        upd = order[found]
+        self._scatter(self.slots[pos[found]], d.values[upd])  # updates: in place
+        if len(upd) == len(order):
+            return
+        new = order[~found]  # rows of d to insert, in id order
+        k = len(new)
+        reuse = self.free[:k]
+        self.free = self.free[k:]
+        fresh = np.arange(self.used, self.used + k - len(reuse), dtype=np.int64)
+        self.used += len(fresh)
+        self._reserve(self.used)
+        slots = np.concatenate([reuse, fresh])
+        self._scatter(slots, d.values[new])
+        at = pos[~found]
+        self.ids = np.insert(self.ids, at, dids[~found])
+        self.slots = np.insert(self.slots, at, slots)
+
+
+class RedisTables:
+    """A shared table in Redis, applied in one MULTI/EXEC per version.
+
+    Keys: ``{prefix}:t:{table}`` hash, field = id as 8 bytes little-endian, value = the
+    row as ``dim`` float32 little-endian; ``{prefix}:dense:{name}`` the same for tensors;
+    ``{prefix}:version`` = ``{"sequence": N, "watermark_ms": W}``. A snapshot is written
+    into ``...:t:{table}:next`` keys first, then RENAMEd over the live keys in one MULTI.
+    """
+
+    def __init__(self, redis_url: str, prefix: str = "fluxrec") -> None:
+        import redis
+
+        self.r = redis.Redis.from_url(redis_url)
+        self.prefix = prefix
+
+    def _key(self, table: str) -> str:
+        return f"{self.prefix}:t:{table}"
+
+    def apply(  # noqa: PLR0912
+        self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
+    ) -> None:
+        import json
+
+        snapshot = manifest["kind"] == "snapshot"
+        chunk = 10_000
+        if snapshot:
+            for d in tables:
+                tmp = self._key(d.name) + ":next"
+                self.r.delete(tmp)
+                for i in range(0, len(d.ids), chunk):
+                    self.r.hset(tmp, mapping=_rows(d.ids[i : i + chunk], d.values[i : i + chunk]))
+        pipe = self.r.pipeline(transaction=True)
+        if snapshot:
+            live = {k.decode() for k in self.r.scan_iter(f"{self.prefix}:t:*")}
+            names = {self._key(d.name) for d in tables}
+            for k in live - names:
+                if not k.endswith(":next"):
+                    pipe.delete(k)
+            for d in tables:
+                if len(d.ids):
+                    pipe.rename(self._key(d.name) + ":next", self._key(d.name))
+                else:
+                    pipe.delete(self._key(d.name))
+        else:
+            for d in tables:
+                if len(d.tombstones):
+                    pipe.hdel(self._key(d.name), *[i.tobytes() for i in d.tombstones.astype("<i8")])
+                for i in range(0, len(d.ids), chunk):
+                    pipe.hset(
+                        self._key(d.name),
+                        mapping=_rows(d.ids[i : i + chunk], d.values[i : i + chunk]),
+                    )
+        if dense:
+            for name, arr in dense.tensors.items():
+                pipe.set(f"{self.prefix}:dense:{name}", arr.astype("<f4").tobytes())
+        pipe.set(
+            f"{self.prefix}:version",
+            json.dumps(
+                {"sequence": manifest["sequence"], "watermark_ms": manifest["watermark_ms"]}
+            ),
+        )
+        pipe.execute()
+
+    def lookup(self, table: str, ids: npt.ArrayLike, dim: int, default: float = 0.0) -> Any:
+        q = np.asarray(ids, dtype="<i8").reshape(-1)
+        got = self.r.hmget(self._key(table), [i.tobytes() for i in q])
+        out = np.full((len(q), dim), default, np.float32)
+        for i, b in enumerate(got):
+            if b is not None:
+                out[i] = np.frombuffer(b, "<f4")
+        return out
+
+    def version(self) -> int | None:
+        import json
+
+        raw = self.r.get(f"{self.prefix}:version")
+        return None if raw is None else int(json.loads(raw)["sequence"])
+
+
+def _rows(ids: npt.NDArray[np.int64], values: npt.NDArray[np.float32]) -> Any:
+    v = values.astype("<f4", copy=False)
+    return {i.tobytes(): v[k].tobytes() for k, i in enumerate(ids.astype("<i8"))}
