@@ -1,0 +1,368 @@
+"""Dynamic embedding tables: growable, CPU, no fixed vocabulary.
+
+A :class:`DynamicTable` maps signed int64 feature ids to rows of a float32 matrix through
+:class:`IdMap`, a numpy-vectorised open-addressing (linear probing) hash map, so a batch of
+ids is resolved without a per-id Python loop. Layout of one table with ``dim=4``::
+
+    IdMap   keys  [EMPTY, 42, EMPTY, 17, DELETED, ...]   (capacity = power of two)
+            rows  [   -1,  0,    -1,  1,      -1, ...]   slot -> row
+    rows    weight[0] = embedding of id 42               (float32, shape (capacity, 4))
+            accum[0]  = row-wise Adagrad accumulator     (float32, one per row)
+            row_id[0] = 42, last_update[0], freq[0]      (int64 bookkeeping)
+
+Ids pass **admission** before they get a row: an id must be seen ``admit_count`` times
+(counted in a second bounded IdMap) and then wins a coin flip with ``admit_prob``.
+Ids that are not admitted read a zero vector and get no gradient.
+
+**Eviction** frees rows idle for longer than ``max_idle`` (time since last update, in the
+caller's clock) and, above ``max_rows``, the least frequently used rows. Every evicted id
+becomes a tombstone for the next cut.
+
+**Change tracking** marks each row written since the last :meth:`DynamicTable.take_delta`.
+Memory is bounded by ``max_tracked`` changed rows plus tombstones; past it the table flags
+an overflow and the next delta is a full snapshot (nothing is ever dropped silently)::
+
+    t.take_delta()  ->  TableDelta(ids=[17, 42], values=(2, dim), tombstones=[5])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from exporter.types import TableDelta
+from trainer.errors import TableError
+
+__all__ = ["DynamicTable", "IdMap", "TableParams"]
+
+_EMPTY = np.int64(np.iinfo(np.int64).min)
+_DELETED = np.int64(np.iinfo(np.int64).min + 1)
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+I64 = npt.NDArray[np.int64]
+
+
+def _mix(ids: I64, mask: int) -> I64:
+    """Fibonacci hashing of ids to slots in ``[0, mask]``."""
+    h = ids.view(np.uint64) * _MULT
+    h ^= h >> np.uint64(29)
+    return (h & np.uint64(mask)).astype(np.int64)
+
+
+class IdMap:
+    """Open-addressing int64 -> int64 map; every operation takes a whole array of keys.
+
+    ``EMPTY`` and ``DELETED`` (the two smallest int64) are reserved and rejected as keys.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        cap = 1 << max(4, (capacity - 1).bit_length())
+        self.keys: I64 = np.full(cap, _EMPTY, dtype=np.int64)
+        self.vals: I64 = np.full(cap, -1, dtype=np.int64)
+        self.size = 0
+        self.used = 0  # live + deleted slots
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys.shape[0])
+
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + self.vals.nbytes)
+
+    def _find(self, ids: I64) -> I64:
+        """Slot of each id, or -1 where absent."""
+        mask = self.capacity - 1
+        out = np.full(ids.shape[0], -1, dtype=np.int64)
+        pending = np.arange(ids.shape[0])
+        slot = _mix(ids, mask)
+        while pending.size:
+            k = self.keys[slot]
+            want = ids[pending]
+            hit = k == want
+            out[pending[hit]] = slot[hit]
+            go = ~hit & (k != _EMPTY)
+            pending, slot = pending[go], (slot[go] + 1) & mask
+        return out
+
+    def get(self, ids: I64) -> I64:
+        """Value of each id, -1 where absent."""
+        slot = self._find(ids)
+        found = slot >= 0
+        out = np.full(ids.shape[0], -1, dtype=np.int64)
+        out[found] = self.vals[slot[found]]
+        return out
+
+    def put(self, ids: I64, vals: I64) -> None:
+        """Insert or overwrite; ``ids`` must be unique."""
+        if ids.size == 0:
+            return
+        if ((ids == _EMPTY) | (ids == _DELETED)).any():
+            raise TableError("ids -2**63 and -2**63+1 are reserved; hash them to other values")
+        slot = self._find(ids)
+        old = slot >= 0
+        self.vals[slot[old]] = vals[old]
+        new_ids, new_vals = ids[~old], vals[~old]
+        if new_ids.size == 0:
+            return
+        if (self.used + new_ids.size) * 2 > self.capacity:
+            self._rehash(max(self.capacity * 2, (self.size + new_ids.size) * 4))
+        mask = self.capacity - 1
+        pending = np.arange(new_ids.size)
+        slot = _mix(new_ids, mask)
+        while pending.size:
+            free = self.keys[slot] == _EMPTY
+            # claim free slots; with duplicates the last write wins, losers probe on
+            self.keys[slot[free]] = new_ids[pending[free]]
+            won = free & (self.keys[slot] == new_ids[pending])
+            self.vals[slot[won]] = new_vals[pending[won]]
+            pending, slot = pending[~won], (slot[~won] + 1) & mask
+        self.size += int(new_ids.size)
+        self.used += int(new_ids.size)
+
+    def delete(self, ids: I64) -> None:
+        slot = self._find(ids)
+        slot = slot[slot >= 0]
+        self.keys[slot] = _DELETED
+        self.vals[slot] = -1
+        self.size -= int(slot.size)
+
+    def items(self) -> tuple[I64, I64]:
+        live = (self.keys != _EMPTY) & (self.keys != _DELETED)
+        return self.keys[live].copy(), self.vals[live].copy()
+
+    def _rehash(self, capacity: int) -> None:
+        k, v = self.items()
+        self.__init__(capacity)  # type: ignore[misc]
+        self.put(k, v)
+
+
+@dataclass(frozen=True)
+class TableParams:
+    """Admission, eviction, optimizer and tracking parameters of one table."""
+
+    dim: int = 16
+    admit_count: int = 1
+    admit_prob: float = 1.0
+    init_std: float = 0.01
+    lr: float = 0.05
+    adagrad_eps: float = 1e-8
+    adagrad_init: float = 0.0
+    max_rows: int = 0  # 0: unbounded; above it LFU eviction
+    max_idle: int = 0  # 0: never; evict rows not updated for longer (caller's clock)
+    max_tracked: int = 1_000_000  # changed rows + tombstones held before a full cut
+    max_candidates: int = 1_000_000  # ids counted for admission before the oldest reset
+
+
+class DynamicTable:
+    """One growable embedding table with admission, eviction and change tracking."""
+
+    def __init__(self, name: str, params: TableParams, seed: int = 0) -> None:
+        if params.dim <= 0 or params.admit_count < 1 or not 0.0 < params.admit_prob <= 1.0:
+            raise TableError(
+                f"table {name}: need dim > 0, admit_count >= 1, 0 < admit_prob <= 1, got {params}"
+            )
+        self.name = name
+        self.p = params
+        self.ids = IdMap()
+        self.candidates = IdMap()
+        self._rng = np.random.default_rng(seed)
+        self._gen = torch.Generator().manual_seed(seed)
+        cap = 1024
+        self.weight = torch.zeros(cap, params.dim)
+        self.accum = torch.full((cap,), params.adagrad_init)
+        self.row_id: I64 = np.full(cap, _EMPTY, dtype=np.int64)
+        self.last_update: I64 = np.zeros(cap, dtype=np.int64)
+        self.freq: I64 = np.zeros(cap, dtype=np.int64)
+        self.dirty = np.zeros(cap, dtype=bool)
+        self.n_dirty = 0
+        self.free: list[int] = []
+        self.n_rows = 0  # high-water mark of rows handed out
+        self.tombstones: list[I64] = []
+        self.n_tombstones = 0
+        self.overflow = True  # the first delta is always full
+        self.rejected = 0  # id occurrences not admitted (counted, never silent)
+        self.evicted = 0
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return self.ids.size
+
+    def bytes_per_row(self) -> int:
+        """Bytes one live row costs: weight, accumulator, bookkeeping, hash slots (load 1/2)."""
+        return self.p.dim * 4 + 4 + 8 * 3 + 1 + 2 * 16
+
+    def nbytes(self) -> int:
+        return int(
+            self.weight.nbytes
+            + self.accum.nbytes
+            + self.row_id.nbytes * 3
+            + self.dirty.nbytes
+            + self.ids.nbytes()
+            + self.candidates.nbytes()
+        )
+
+    # ------------------------------------------------------------------ rows
+    def _grow(self, need: int) -> None:
+        cap = self.weight.shape[0]
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+        w = torch.zeros(new, self.p.dim)
+        w[:cap] = self.weight
+        a = torch.full((new,), self.p.adagrad_init)
+        a[:cap] = self.accum
+        self.weight, self.accum = w, a
+        for attr, fill in (("row_id", _EMPTY), ("last_update", 0), ("freq", 0)):
+            old = getattr(self, attr)
+            arr = np.full(new, fill, dtype=np.int64)
+            arr[:cap] = old
+            setattr(self, attr, arr)
+        d = np.zeros(new, dtype=bool)
+        d[:cap] = self.dirty
+        self.dirty = d
+
+    def _alloc(self, n: int) -> I64:
+        take = min(n, len(self.free))
+        reused = np.array(self.free[len(self.free) - take :], dtype=np.int64)
+        del self.free[len(self.free) - take :]
+        fresh = np.arange(self.n_rows, self.n_rows + n - take, dtype=np.int64)
+        self.n_rows += n - take
+        self._grow(self.n_rows)
+        return np.concatenate([reused, fresh])
+
+    def _mark(self, rows: I64) -> None:
+        new = rows[~self.dirty[rows]]
+        self.dirty[new] = True
+        self.n_dirty += int(new.size)
+        if self.n_dirty + self.n_tombstones > self.p.max_tracked:
+            self.overflow = True
+
+    def lookup(self, unique_ids: I64, now: int = 0, train: bool = True) -> I64:
+        """Rows of unique ids, -1 for ids without a row.
+
+        With ``train`` the ids are counted and admitted: admitted ids get fresh rows
+        (normal(0, init_std), marked changed).
+        """
+        rows = self.ids.get(unique_ids)
+        if not train:
+            return rows
+        missing = np.flatnonzero(rows < 0)
+        hit = rows[rows >= 0]
+        self.freq[hit] += 1
+        if missing.size == 0:
+            return rows
+        miss_ids = unique_ids[missing]
+        counts = np.maximum(self.candidates.get(miss_ids), 0) + 1
+        ok = counts >= self.p.admit_count
+        if self.p.admit_prob < 1.0:
+            ok &= self._rng.random(miss_ids.size) < self.p.admit_prob
+        if self.candidates.size + int((~ok).sum()) > self.p.max_candidates:
+            self.candidates = IdMap()  # bounded: counting restarts, admission gets stricter
+        self.candidates.put(miss_ids[~ok], counts[~ok])
+        self.rejected += int((~ok).sum())
+        if ok.any():
+            new_ids = miss_ids[ok]
+            self.candidates.delete(new_ids)
+            new_rows = self._alloc(new_ids.size)
+            self.ids.put(new_ids, new_rows)
+            init = torch.randn(new_ids.size, self.p.dim, generator=self._gen) * self.p.init_std
+            r = torch.from_numpy(new_rows)
+            self.weight[r] = init
+            self.accum[r] = self.p.adagrad_init
+            self.row_id[new_rows] = new_ids
+            self.last_update[new_rows] = now
+            self.freq[new_rows] = 1
+            self._mark(new_rows)
+            rows[missing[ok]] = new_rows
+        return rows
+
+    def gather(self, rows: I64) -> torch.Tensor:
+        """Embeddings of ``rows`` (zeros where the row is -1)."""
+        r = torch.from_numpy(rows)
+        out = self.weight[r.clamp(min=0)]
+        out[r < 0] = 0.0
+        return out
+
+    def apply_adagrad(self, rows: I64, grad: torch.Tensor, now: int = 0) -> None:
+        """Row-wise Adagrad on unique ``rows`` (rows of -1 are skipped).
+
+        ``accum[r] += mean(g_r ** 2)``; ``w[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
+        """
+        # rows without a row (-1) or with an all-zero gradient do not change: skip them,
+        # so the next delta holds exactly the rows whose values changed
+        keep = (rows >= 0) & (grad != 0).any(dim=1).numpy()
+        if not keep.any():
+            return
+        rk = rows[keep]
+        r = torch.from_numpy(rk)
+        g = grad[torch.from_numpy(keep)]
+        acc = self.accum[r] + g.pow(2).mean(dim=1)
+        self.accum[r] = acc
+        self.weight[r] -= (self.p.lr / (acc.sqrt() + self.p.adagrad_eps)).unsqueeze(1) * g
+        self.last_update[rk] = now
+        self._mark(rk)
+
+    # ------------------------------------------------------------------ eviction
+    def evict(self, now: int) -> I64:
+        """Evict idle rows and, above ``max_rows``, the least used; returns evicted ids."""
+        live_rows = np.flatnonzero(self.row_id[: self.n_rows] != _EMPTY)
+        victims = np.empty(0, dtype=np.int64)
+        if self.p.max_idle > 0:
+            victims = live_rows[now - self.last_update[live_rows] > self.p.max_idle]
+        if self.p.max_rows > 0:
+            rest = np.setdiff1d(live_rows, victims, assume_unique=True)
+            extra = rest.size - self.p.max_rows
+            if extra > 0:
+                lfu = rest[np.argsort(self.freq[rest], kind="stable")[:extra]]
+                victims = np.concatenate([victims, lfu])
+        if victims.size == 0:
+            return victims
+        ids = self.row_id[victims].copy()
+        self.ids.delete(ids)
+        self.row_id[victims] = _EMPTY
+        self.weight[torch.from_numpy(victims)] = 0.0
+        was_dirty = self.dirty[victims]
+        self.dirty[victims] = False
+        self.n_dirty -= int(was_dirty.sum())
+        self.free.extend(victims.tolist())
+        self.tombstones.append(ids)
+        self.n_tombstones += int(ids.size)
+        self.evicted += int(ids.size)
+        if self.n_dirty + self.n_tombstones > self.p.max_tracked:
+            self.overflow = True
+        return ids
+
+    # ------------------------------------------------------------------ export
+    def take_delta(self) -> tuple[TableDelta, bool]:
+        """Rows changed and ids evicted since the last delta; resets tracking.
+
+        Returns the delta and whether it is full (a snapshot of every live row).
+        """
+        full = self.overflow
+        if full:
+            rows = np.flatnonzero(self.row_id[: self.n_rows] != _EMPTY)
+            tomb = np.empty(0, dtype=np.int64)
+        else:
+            rows = np.flatnonzero(self.dirty[: self.n_rows])
+            ids_now = self.row_id[rows]
+            tomb = (
+                np.unique(np.concatenate(self.tombstones))
+                if self.tombstones
+                else np.empty(0, dtype=np.int64)
+            )
+            tomb = np.setdiff1d(tomb, ids_now, assume_unique=False)  # re-admitted: live
+        ids = self.row_id[rows].copy()
+        values = self.weight[torch.from_numpy(rows)].numpy().astype(np.float32, copy=True)
+        self.dirty[:] = False
+        self.n_dirty = 0
+        self.tombstones = []
+        self.n_tombstones = 0
+        self.overflow = False
+        return TableDelta(self.name, self.p.dim, ids, values, tomb), full
+
+    def mark_full(self) -> None:
+        """Force the next delta to be a full snapshot (e.g. after a restore)."""
+        self.overflow = True
