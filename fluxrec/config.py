@@ -366,7 +366,8 @@ def _build(cls: type[_T], data: Any, key: str, ctx: _Ctx) -> _T:
     if not isinstance(data, dict):
         raise ctx.err(key, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}  # type: ignore[arg-type]
+    skip = "source" if cls is Config else None  # Config.source is the file, not a key
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != skip}  # type: ignore[arg-type]
     for k in data:
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
@@ -477,7 +478,7 @@ def iter_keys(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, str, 
     """Yield ``(dotted key, type, default)`` for every key: the reference ``config keys`` prints."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if cls is Config and f.name == "source":
             continue
         tp, key = hints[f.name], _join(prefix, f.name)
         inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]

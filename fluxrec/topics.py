@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 
-__all__ = ["delete_topics", "ensure_topics", "list_topics"]
+__all__ = ["delete_topics", "ensure_topics", "list_topics", "read_topic"]
 
 
 def _admin(bootstrap: str):  # type: ignore[no-untyped-def]
@@ -64,3 +64,46 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
             admin.delete_topics(present)
     finally:
         admin.close()
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int | None = None,
+    timeout_s: float = 60.0,
+    idle_s: float = 2.0,
+    read_committed: bool = True,
+) -> list[tuple[bytes | None, bytes]]:
+    """``(key, value)`` of every record of ``topic`` from the beginning, in partition order.
+
+    Reads until ``expected`` records arrived and then ``idle_s`` passed without more (a
+    record beyond ``expected`` is worth seeing), or, with ``expected=None``, until
+    ``idle_s`` without a record; gives up after ``timeout_s``.
+    """
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
+    out: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            got = consumer.poll(timeout_ms=200)
+            for recs in got.values():
+                out.extend((r.key, r.value) for r in recs)
+            if got:
+                last = time.monotonic()
+            enough = expected is None or len(out) >= expected
+            if enough and time.monotonic() - last >= idle_s:
+                break
+    finally:
+        consumer.close()
+    return out

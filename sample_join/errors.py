@@ -3,19 +3,19 @@
 ::
 
     SampleJoinError (FluxrecError)     root
-    └── BadLabelConfig (ValueError)    ``join.labels`` is inconsistent (empty, duplicate names)
+    └── BadJoinConfig (ValueError)     a ``join.*`` setting cannot be used (names the key)
 """
 
 from __future__ import annotations
 
 from fluxrec.errors import FluxrecError
 
-__all__ = ["BadLabelConfig", "SampleJoinError"]
+__all__ = ["BadJoinConfig", "SampleJoinError"]
 
 
 class SampleJoinError(FluxrecError):
     """Root of every error the sample-join package raises."""
 
 
-class BadLabelConfig(SampleJoinError, ValueError):
-    """The configured label specs cannot be used (empty, duplicate name, window <= 0)."""
+class BadJoinConfig(SampleJoinError, ValueError):
+    """A ``join.*`` setting cannot be used: empty or duplicate labels, a window <= 0, ..."""

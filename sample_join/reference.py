@@ -9,15 +9,16 @@ Worked example (labels click 5 min, strategy ``window``)::
     events = [
         RawEvent("impression", '{"v":1,"request_id":"r1","item_id":"i1","user_id":"u1",'
                                '"event_time_ms":1000,"features":{"sparse":{},"dense":{}}}'),
-        RawEvent("action", '{"v":1,"request_id":"r1","item_id":"i1","action":"click",'
-                           '"event_time_ms":4000}'),
-        RawEvent("action", '{"v":1,"request_id":"r9","item_id":"i1","action":"click",'
-                           '"event_time_ms":4000}'),
+        RawEvent("action", '{"v":1,"request_id":"r1","item_id":"i1","user_id":"u1",'
+                           '"action":"click","event_time_ms":4000}'),
+        RawEvent("action", '{"v":1,"request_id":"r9","item_id":"i1","user_id":"u1",'
+                           '"action":"click","event_time_ms":4000}'),
     ]
     out = run_reference(events, cfg)
     out.samples[0].labels == {"click": 1, "conversion": 0}
     out.dead_letters[0].reason == "orphan_action"
     out.counts.balanced()          # 3 in == 1 sample + 1 labelled action + 0 dup + 1 dead
+    out.counts.windows[(0, "action", "labelled", None)] == 1   # per metrics window
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sample_join.errors import BadLabelConfig
-from sample_join.settings import JoinConfig, LabelSpec
+from sample_join.settings import JoinConfig, LabelSpec, check_join_config
 
 __all__ = [
     "DEAD_LETTER_REASONS",
@@ -38,7 +38,6 @@ __all__ = [
     "RawEvent",
     "ReferenceOutput",
     "Sample",
-    "check_labels",
     "run_reference",
     "validate",
 ]
@@ -46,7 +45,7 @@ __all__ = [
 Stream = Literal["impression", "action"]
 Stage = Literal["validate", "join", "abnormal"]
 
-#: Every reason a dead letter can carry (``CONTRACTS.md`` section 3).
+#: Every reason a dead letter can carry (``CONTRACTS.md`` section 3), in check order.
 DEAD_LETTER_REASONS = (
     "malformed_json",
     "missing_field",
@@ -55,8 +54,8 @@ DEAD_LETTER_REASONS = (
     "unknown_action",
     "future_event",
     "too_late",
-    "orphan_action",
     "bot",
+    "orphan_action",
     "late_action",
 )
 
@@ -105,22 +104,48 @@ class DeadLetter:
         return {"v": 1, **self.__dict__}
 
 
+#: ``(window_start_ms, stream, kind, reason)``: the key of a metric record (section 5).
+WindowKey = tuple[int, str, str, str | None]
+
+
 @dataclass
 class Counts:
-    """Reconciliation counts over a whole run (the job publishes them per event-time window).
+    """Reconciliation counts over a whole run, in total and per event-time window.
 
     Identity: ``impressions_in + actions_in == impression_samples + actions_labelled +
     duplicates + sum(dead_letters.values())``. Late actions are counted in ``late_actions``
     and also either in ``actions_labelled`` (policy ``correction``) or in dead letters.
+    ``windows`` holds what the job's metrics topic sums to (``CONTRACTS.md`` section 5).
     """
 
+    window_ms: int = 60_000
     impressions_in: int = 0
     actions_in: int = 0
     impression_samples: int = 0
     actions_labelled: int = 0
     duplicates: int = 0
     late_actions: int = 0
+    corrections: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    windows: Counter[WindowKey] = field(default_factory=Counter)
+
+    def add(self, stream: str, kind: str, t: int | None, reason: str | None = None) -> None:
+        """Count one fact about an event of ``stream`` at event time ``t`` (None: unparsed)."""
+        start = ((t or 0) // self.window_ms) * self.window_ms
+        self.windows[(start, stream, kind, reason)] += 1
+        attr = {
+            "sample": "impression_samples",
+            "labelled": "actions_labelled",
+            "duplicate": "duplicates",
+            "late_action": "late_actions",
+            "correction": "corrections",
+        }.get(kind)
+        if kind == "in":
+            attr = "impressions_in" if stream == "impression" else "actions_in"
+        if attr:
+            setattr(self, attr, getattr(self, attr) + 1)
+        elif kind == "dead_letter":
+            self.dead_letters[reason or ""] += 1
 
     def balanced(self) -> bool:
         out = (
@@ -139,35 +164,25 @@ class ReferenceOutput:
     counts: Counts
 
 
-_IMPRESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "request_id": str,
-    "item_id": str,
-    "user_id": str,
+_STRINGS = ("request_id", "item_id", "user_id")
+_IMPRESSION_FIELDS: dict[str, type] = {
+    **dict.fromkeys(_STRINGS, str),
     "event_time_ms": int,
     "features": dict,
 }
-_ACTION_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "request_id": str,
-    "item_id": str,
+_ACTION_FIELDS: dict[str, type] = {
+    **dict.fromkeys(_STRINGS, str),
     "action": str,
     "event_time_ms": int,
 }
 
 
-def check_labels(labels: list[LabelSpec]) -> None:
-    """Raise :class:`BadLabelConfig` unless the label specs are usable."""
-    if not labels:
-        raise BadLabelConfig("join.labels is empty: configure at least one label")
-    names = [spec.name for spec in labels]
-    if len(set(names)) != len(names):
-        raise BadLabelConfig(f"join.labels has duplicate names {names}: make each unique")
-    for spec in labels:
-        if spec.window_ms <= 0:
-            raise BadLabelConfig(f"join.labels[{spec.name}].window_ms={spec.window_ms}: use > 0")
-
-
 def validate(event: RawEvent, cfg: JoinConfig) -> tuple[dict[str, Any] | None, str | None]:
-    """Decode and check one event; return (record, None) or (None, reason)."""
+    """Decode and check one event's content; return (record, None) or (None, reason).
+
+    Covers the reasons up to ``unknown_action``; the time checks need the run's clock and
+    watermark (:func:`run_reference`).
+    """
     try:
         rec = json.loads(event.payload)
     except ValueError:
@@ -181,21 +196,35 @@ def validate(event: RawEvent, cfg: JoinConfig) -> tuple[dict[str, Any] | None, s
     return (None, reason) if reason else (rec, None)
 
 
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
 def _field_problem(rec: dict[str, Any], stream: Stream) -> str | None:
     """The first problem with the fields of a decoded record, checked in contract order."""
     fields = _IMPRESSION_FIELDS if stream == "impression" else _ACTION_FIELDS
     for name in ("v", *fields):
         if rec.get(name) is None:
             return "missing_field"
-    if type(rec["v"]) is not int:
+    for name, tp in fields.items():
+        ok = _is_int(rec[name]) if tp is int else isinstance(rec[name], tp)
+        if not ok:
+            return "bad_type"
+    if not _is_int(rec["v"]):
         return "bad_type"
     if rec["v"] != 1:
         return "unsupported_version"
-    for name, tp in fields.items():
-        ok = type(rec[name]) is int if tp is int else isinstance(rec[name], tp)
-        if not ok:
-            return "bad_type"
     return None
+
+
+def _event_time(payload: str) -> int | None:
+    """``event_time_ms`` when the payload is a JSON object with an integer there."""
+    try:
+        rec = json.loads(payload)
+    except ValueError:
+        return None
+    t = rec.get("event_time_ms") if isinstance(rec, dict) else None
+    return t if _is_int(t) else None
 
 
 def run_reference(
@@ -204,128 +233,131 @@ def run_reference(
     """Apply the label semantics of ``CONTRACTS.md`` section 4 to ``events`` (arrival order).
 
     ``now_ms`` is the wall clock for the future-skew check (``None`` disables it). The
-    watermark seen by an event is ``max(event_time_ms of earlier accepted events) -
-    watermark_out_of_orderness_ms``. Samples are returned sorted by ``sample_id``.
+    watermark seen by an event is the minimum over both streams of ``max(event_time_ms of
+    earlier events of the stream whose time parses and is not in the future)``, minus
+    ``watermark_out_of_orderness_ms`` (``-inf`` until both streams had such an event).
+    The Flink job's watermark is periodic and per partition, so ``too_late`` decisions agree
+    only where they are unambiguous; everything else depends on event times alone. Samples
+    are returned sorted by ``sample_id``.
     """
-    check_labels(cfg.labels)
+    check_join_config(cfg)
     run = _Run(cfg, now_ms)
     for ev in events:
         run.admit(ev)
     return run.finish()
 
 
-@dataclass
-class _Action:
-    event: RawEvent
-    rec: dict[str, Any]
-    watermark: float
-
-
 class _Run:
-    """State of one reference run: phase 1 (arrival order) in ``admit``, the rest in ``finish``."""
+    """State of one reference run: phase 1 (arrival order) in ``admit``, the rest in ``finish``.
+
+    ``impressions`` and ``actions`` hold the accepted first arrivals by their join keys.
+    """
 
     def __init__(self, cfg: JoinConfig, now_ms: int | None) -> None:
         self.cfg = cfg
         self.now_ms = now_ms
-        self.counts = Counts()
+        self.counts = Counts(window_ms=cfg.metrics_window_ms)
         self.dead: list[DeadLetter] = []
         self.impressions: dict[tuple[str, str], dict[str, Any]] = {}
-        self.actions: dict[tuple[str, str, str], _Action] = {}
-        self.max_time = -math.inf
+        self.actions: dict[tuple[str, str, str], tuple[RawEvent, dict[str, Any]]] = {}
+        self.max_time: dict[str, float] = {"impression": -math.inf, "action": -math.inf}
+        self.seen: set[tuple[str, str, str, str]] = set()  # dedup keys, first arrivals
         self.specs = {s.action: s for s in cfg.labels}
 
-    def reject(self, ev: RawEvent, reason: str, stage: Stage) -> None:
+    def reject(self, ev: RawEvent, reason: str, stage: Stage, t: int | None) -> None:
         self.dead.append(DeadLetter(ev.stream, ev.payload, reason, stage))
-        self.counts.dead_letters[reason] += 1
+        self.counts.add(ev.stream, "dead_letter", t, reason)
+
+    def _future(self, t: int) -> bool:
+        return self.now_ms is not None and t > self.now_ms + self.cfg.max_future_skew_ms
 
     def admit(self, ev: RawEvent) -> None:
-        """Validation, future/too-late checks and dedup, in arrival order."""
-        if ev.stream == "impression":
-            self.counts.impressions_in += 1
-        else:
-            self.counts.actions_in += 1
+        """Validation, future check, dedup and the too-late check, in arrival order."""
+        t_raw = _event_time(ev.payload)
+        self.counts.add(ev.stream, "in", t_raw)
+        watermark = min(self.max_time.values()) - self.cfg.watermark_out_of_orderness_ms
+        if t_raw is not None and not self._future(t_raw):
+            self.max_time[ev.stream] = max(self.max_time[ev.stream], t_raw)
         rec, reason = validate(ev, self.cfg)
         if rec is None:
-            self.reject(ev, reason or "malformed_json", "validate")
+            self.reject(ev, reason or "malformed_json", "validate", t_raw)
             return
         t = rec["event_time_ms"]
-        watermark = self.max_time - self.cfg.watermark_out_of_orderness_ms
-        if self.now_ms is not None and t > self.now_ms + self.cfg.max_future_skew_ms:
-            self.reject(ev, "future_event", "validate")
+        if self._future(t):
+            self.reject(ev, "future_event", "validate", t)
             return
-        if t < watermark - self.cfg.allowed_lateness_ms:
-            self.reject(ev, "too_late", "validate")
+        key = (ev.stream, rec["request_id"], rec["item_id"], rec.get("action", ""))
+        if key in self.seen:
+            self.counts.add(ev.stream, "duplicate", t)
             return
-        self.max_time = max(self.max_time, t)
-        if ev.stream == "impression":
-            key = (rec["request_id"], rec["item_id"])
-            if key in self.impressions:
-                self.counts.duplicates += 1
-            else:
-                self.impressions[key] = rec
+        self.seen.add(key)
+        if t <= watermark:
+            self.reject(ev, "too_late", "validate", t)
+        elif ev.stream == "impression":
+            self.impressions[(rec["request_id"], rec["item_id"])] = rec
         else:
-            akey = (rec["request_id"], rec["item_id"], rec["action"])
-            if akey in self.actions:
-                self.counts.duplicates += 1
-            else:
-                self.actions[akey] = _Action(ev, rec, watermark)
+            self.actions[(rec["request_id"], rec["item_id"], rec["action"])] = (ev, rec)
 
     def finish(self) -> ReferenceOutput:
-        """Orphans, bots, late actions and labels (order-independent given phase 1)."""
-        joined = self._join_actions()
-        samples, positives = self._classify(joined)
+        """Bots, orphans, late actions and labels (order-independent given phase 1)."""
+        cfg = self.cfg
+        samples: list[Sample] = []
+        positives: dict[tuple[str, str], dict[str, int]] = {}
+        for ev, rec in self._non_bots():
+            t = rec["event_time_ms"]
+            spec = self.specs[rec["action"]]
+            imp = self.impressions.get((rec["request_id"], rec["item_id"]))
+            t_imp = imp["event_time_ms"] if imp else None
+            if (
+                imp is None
+                or t_imp is None
+                or not t_imp <= t <= t_imp + spec.window_ms + cfg.late_horizon_ms
+            ):
+                self.reject(ev, "orphan_action", "join", t)
+                continue
+            late = t > t_imp + spec.window_ms
+            if late:
+                self.counts.add("action", "late_action", t)
+                if cfg.late_action_policy == "dead_letter":
+                    self.reject(ev, "late_action", "join", t)
+                    continue
+            self.counts.add("action", "labelled", t)
+            if late or cfg.strategy == "fake_negative":
+                samples.append(_correction(imp, cfg, spec, t))
+                self.counts.add("action", "correction", t)
+            else:
+                positives.setdefault((imp["request_id"], imp["item_id"]), {})[spec.name] = t
         for key, imp in self.impressions.items():
-            self.counts.impression_samples += 1
-            pos = positives.get(key, {})
-            labels = {s.name: int(s.name in pos) for s in self.cfg.labels}
-            times: dict[str, int | None] = {s.name: pos.get(s.name) for s in self.cfg.labels}
-            samples.append(_sample(imp, labels, times, strategy=self.cfg.strategy, suffix="0"))
+            self.counts.add("impression", "sample", imp["event_time_ms"])
+            pos = positives.get(key, {}) if cfg.strategy == "window" else {}
+            labels = {s.name: int(s.name in pos) for s in cfg.labels}
+            times: dict[str, int | None] = {s.name: pos.get(s.name) for s in cfg.labels}
+            samples.append(_sample(imp, labels, times, strategy=cfg.strategy, suffix="0"))
         samples.sort(key=lambda s: s.sample_id)
         return ReferenceOutput(samples, self.dead, self.counts)
 
-    def _join_actions(self) -> list[tuple[_Action, dict[str, Any]]]:
-        """Pair each unique action with its impression; the others are orphans."""
-        joined: list[tuple[_Action, dict[str, Any]]] = []
-        for act in self.actions.values():
-            imp = self.impressions.get((act.rec["request_id"], act.rec["item_id"]))
-            window = self.specs[act.rec["action"]].window_ms
-            t = act.rec["event_time_ms"]
-            if imp is None or not imp["event_time_ms"] <= t <= imp["event_time_ms"] + window:
-                self.reject(act.event, "orphan_action", "join")
-            else:
-                joined.append((act, imp))
-        return joined
-
-    def _classify(
-        self, joined: list[tuple[_Action, dict[str, Any]]]
-    ) -> tuple[list[Sample], dict[tuple[str, str], dict[str, int]]]:
-        """Bots, late actions, corrections; returns correction samples and window positives."""
+    def _non_bots(self) -> list[tuple[RawEvent, dict[str, Any]]]:
+        """Unique actions that are not bot traffic; bot actions go to the dead letters."""
         cfg = self.cfg
+        if cfg.bot_max_actions <= 0:
+            return list(self.actions.values())
         per_user: dict[str, list[int]] = {}
-        for act, imp in joined:
-            per_user.setdefault(imp["user_id"], []).append(act.rec["event_time_ms"])
-        samples: list[Sample] = []
-        positives: dict[tuple[str, str], dict[str, int]] = {}
-        for act, imp in joined:
-            t = act.rec["event_time_ms"]
-            recent = sum(1 for u in per_user[imp["user_id"]] if t - cfg.bot_window_ms <= u <= t)
-            spec = self.specs[act.rec["action"]]
+        for _, rec in self.actions.values():
+            per_user.setdefault(rec["user_id"], []).append(rec["event_time_ms"])
+        kept = []
+        for ev, rec in self.actions.values():
+            t = rec["event_time_ms"]
+            recent = sum(1 for u in per_user[rec["user_id"]] if t - cfg.bot_window_ms <= u <= t)
             if recent > cfg.bot_max_actions:
-                self.reject(act.event, "bot", "abnormal")
-            elif act.watermark > imp["event_time_ms"] + spec.window_ms:
-                self.counts.late_actions += 1
-                if cfg.late_action_policy == "dead_letter":
-                    self.reject(act.event, "late_action", "join")
-                else:
-                    samples.append(_correction(imp, cfg, spec, t))
-                    self.counts.actions_labelled += 1
+                self.reject(ev, "bot", "abnormal", t)
             else:
-                self.counts.actions_labelled += 1
-                if cfg.strategy == "fake_negative":
-                    samples.append(_correction(imp, cfg, spec, t))
-                else:
-                    positives.setdefault((imp["request_id"], imp["item_id"]), {})[spec.name] = t
-        return samples, positives
+                kept.append((ev, rec))
+        return kept
+
+
+def _p_click(imp: dict[str, Any]) -> float | None:
+    p = imp.get("p_click")
+    return float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
 
 
 def _sample(
@@ -337,8 +369,6 @@ def _sample(
     suffix: str,
     correction: bool = False,
 ) -> Sample:
-    p = imp.get("p_click")
-    has_p = isinstance(p, (int, float)) and not isinstance(p, bool)
     return Sample(
         sample_id=f"{imp['request_id']}|{imp['item_id']}|{suffix}",
         request_id=imp["request_id"],
@@ -350,7 +380,7 @@ def _sample(
         label_time_ms=times,
         strategy=strategy,
         correction=correction,
-        p_click=float(p) if has_p else None,  # type: ignore[arg-type]
+        p_click=_p_click(imp),
     )
 
 

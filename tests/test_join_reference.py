@@ -12,15 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxrec.config import load_config
-from sample_join.errors import BadLabelConfig
+from sample_join.errors import BadJoinConfig
 from sample_join.reference import DEAD_LETTER_REASONS, RawEvent, run_reference, validate
 from sample_join.settings import JoinConfig, LabelSpec
+from sample_join.testing import schema_validator
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = JoinConfig(
     labels=[LabelSpec("click", "click", 300_000), LabelSpec("conversion", "conversion", 3_600_000)],
     watermark_out_of_orderness_ms=1_000,
-    allowed_lateness_ms=10_000,
+    late_horizon_ms=600_000,
     bot_max_actions=3,
     bot_window_ms=60_000,
 )
@@ -33,8 +34,9 @@ def imp(rid: str, t: int, iid: str = "i1", user: str = "u1", **extra: Any) -> Ra
     return RawEvent("impression", json.dumps(rec | extra))
 
 
-def act(rid: str, t: int, action: str = "click", iid: str = "i1") -> RawEvent:
-    rec = {"v": 1, "request_id": rid, "item_id": iid, "action": action, "event_time_ms": t}
+def act(rid: str, t: int, action: str = "click", iid: str = "i1", user: str = "u1") -> RawEvent:
+    rec = {"v": 1, "request_id": rid, "item_id": iid, "user_id": user, "action": action}
+    rec["event_time_ms"] = t
     return RawEvent("action", json.dumps(rec))
 
 
@@ -48,29 +50,36 @@ def test_shipped_config_has_the_documented_join_section() -> None:
     assert cfg.transaction_timeout_ms <= 900_000  # the broker's transaction.max.timeout.ms
 
 
-def test_window_labels_orphans_and_reconciliation() -> None:
+def test_window_labels_late_orphans_and_reconciliation() -> None:
     out = run_reference(
         [
             imp("r1", T0, p_click=0.25),
             imp("r2", T0 + 1_000, iid="i2"),
             act("r1", T0 + 4_000),
-            act("r1", T0 + 400_000, "conversion"),
             act("r9", T0 + 4_000),  # no impression: orphan
-            act("r1", T0 + 395_000, iid="i1", action="click"),  # duplicate click
-            act("r2", T0 + 302_000, iid="i2"),  # after the 5 min click window: orphan
+            act("r1", T0 + 4_000),  # duplicate click
+            act("r2", T0 + 302_000, iid="i2"),  # after the 5 min window: late
+            act("r1", T0 + 3_600_000, "conversion"),  # on the 1 h window edge: labelled
+            act("r2", T0 + 4_201_001, "conversion", iid="i2"),  # beyond window + horizon
         ],
-        replace(CFG, allowed_lateness_ms=3_600_000),
+        CFG,
     )
     by_id = {s.sample_id: s for s in out.samples}
     assert by_id["r1|i1|0"].labels == {"click": 1, "conversion": 1}
-    assert by_id["r1|i1|0"].label_time_ms == {"click": T0 + 4_000, "conversion": T0 + 400_000}
+    assert by_id["r1|i1|0"].label_time_ms == {"click": T0 + 4_000, "conversion": T0 + 3_600_000}
     assert by_id["r1|i1|0"].p_click == 0.25
     assert by_id["r2|i2|0"].labels == {"click": 0, "conversion": 0}
     assert by_id["r2|i2|0"].to_json()["v"] == 1 and "p_click" not in by_id["r2|i2|0"].to_json()
-    assert [d.reason for d in out.dead_letters] == ["orphan_action", "orphan_action"]
-    assert out.counts.duplicates == 1
+    assert sorted(d.reason for d in out.dead_letters) == [
+        "late_action",
+        "orphan_action",
+        "orphan_action",
+    ]
+    assert out.counts.duplicates == 1 and out.counts.late_actions == 1
     assert out.counts.balanced()
-    assert out.counts.impressions_in + out.counts.actions_in == 7
+    assert out.counts.impressions_in + out.counts.actions_in == 8
+    w = CFG.metrics_window_ms
+    assert out.counts.windows[((T0 // w) * w, "action", "duplicate", None)] == 1
 
 
 @pytest.mark.parametrize(
@@ -78,16 +87,20 @@ def test_window_labels_orphans_and_reconciliation() -> None:
     [
         (RawEvent("impression", "{not json"), "malformed_json"),
         (RawEvent("impression", "[1, 2]"), "malformed_json"),
-        (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","event_time_ms":1}'),
-         "missing_field"),
+        (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","user_id":"u",'
+                            '"event_time_ms":1}'), "missing_field"),
         (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","action":"click",'
-                            '"event_time_ms":"1"}'), "bad_type"),
-        (RawEvent("action", '{"v":1,"request_id":7,"item_id":"i","action":"click",'
-                            '"event_time_ms":1}'), "bad_type"),
-        (RawEvent("action", '{"v":2,"request_id":"r","item_id":"i","action":"click",'
-                            '"event_time_ms":1}'), "unsupported_version"),
-        (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","action":"like",'
-                            '"event_time_ms":1}'), "unknown_action"),
+                            '"event_time_ms":1}'), "missing_field"),
+        (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","user_id":"u",'
+                            '"action":"click","event_time_ms":"1"}'), "bad_type"),
+        (RawEvent("action", '{"v":1,"request_id":7,"item_id":"i","user_id":"u",'
+                            '"action":"click","event_time_ms":1}'), "bad_type"),
+        (RawEvent("action", '{"v":2,"request_id":7,"item_id":"i","user_id":"u",'
+                            '"action":"click","event_time_ms":1}'), "bad_type"),
+        (RawEvent("action", '{"v":2,"request_id":"r","item_id":"i","user_id":"u",'
+                            '"action":"click","event_time_ms":1}'), "unsupported_version"),
+        (RawEvent("action", '{"v":1,"request_id":"r","item_id":"i","user_id":"u",'
+                            '"action":"like","event_time_ms":1}'), "unknown_action"),
     ],
 )  # fmt: skip
 def test_validation_reasons(event: RawEvent, reason: str) -> None:
@@ -103,11 +116,11 @@ def test_future_too_late_bots_and_orphans() -> None:
     events = [imp("r1", T0)]
     # user "bot": 4 actions within 60 s (threshold 3): the 4th exceeds the sliding count
     for k in range(4):
-        events += [imp(f"rb{k}", T0 + k, user="bot"), act(f"rb{k}", T0 + 10 + k)]
+        events += [imp(f"rb{k}", T0 + k, user="bot"), act(f"rb{k}", T0 + 10 + k, user="bot")]
     events += [imp("rf", T0 + 10**9)]  # beyond now_ms + max_future_skew_ms
-    events += [imp("r3", T0 + 700_000, iid="i3")]  # watermark -> T0 + 699 s
-    events += [act("r3", T0 + 699_999, iid="i3")]  # before its impression: orphan
-    events += [act("r1", T0 + 2_000)]  # < watermark - allowed lateness: too late
+    events += [act("r3", T0 + 699_999, iid="i3")]
+    events += [imp("r3", T0 + 700_000, iid="i3")]  # after its click: the click is an orphan
+    events += [act("r1", T0 + 2_000)]  # at or behind the action watermark: too late
     out = run_reference(events, CFG, now_ms=T0 + 1_000_000)
     got = sorted((d.reason, d.stage) for d in out.dead_letters)
     assert got == [
@@ -124,14 +137,32 @@ def test_future_too_late_bots_and_orphans() -> None:
     assert {reason for reason, _ in got} <= set(DEAD_LETTER_REASONS)
 
 
+def test_the_watermark_is_the_minimum_over_both_streams() -> None:
+    events = [imp("r1", T0 + 50_000), imp("r0", T0 + 10_000, iid="i0")]  # no action yet
+    events += [act("r1", T0 + 20_000)]  # watermark now T0 + 19 s (the actions hold it)
+    events += [imp("rf", T0 + 10**9), RawEvent("impression", '{"event_time_ms": "9e99"}')]
+    events += [imp("r2", T0 + 19_001, iid="i2")]  # ahead of the watermark
+    events += [imp("r3", T0 + 19_000, iid="i3")]  # on it: too late
+    events += [imp("r3", T0 + 19_000, iid="i3")]  # and its copy a duplicate
+    out = run_reference(events, CFG, now_ms=T0 + 100_000)
+    assert sorted(
+        (d.reason, json.loads(d.payload).get("request_id")) for d in out.dead_letters
+    ) == [
+        ("future_event", "rf"),  # ignored by the watermark, too
+        ("missing_field", None),
+        ("orphan_action", "r1"),  # the click is before its impression
+        ("too_late", "r3"),
+    ]
+    assert out.counts.duplicates == 1 and out.counts.balanced()
+
+
 def test_late_action_policy_correction_vs_dead_letter() -> None:
-    # the click arrives (in time by its own timestamp) after the watermark passed the window end
-    events = [imp("r1", T0), imp("r2", T0 + 400_000, iid="i2"), act("r1", T0 + 299_000)]
-    cfg = replace(CFG, allowed_lateness_ms=1_000_000)
-    dead = run_reference(events, cfg)
+    # a click after the 5 min window, within the horizon: late in event time
+    events = [imp("r1", T0), act("r1", T0 + 300_001)]
+    dead = run_reference(events, CFG)
     assert [d.reason for d in dead.dead_letters] == ["late_action"]
     assert dead.counts.late_actions == 1 and dead.counts.balanced()
-    corr = run_reference(events, replace(cfg, late_action_policy="correction"))
+    corr = run_reference(events, replace(CFG, late_action_policy="correction"))
     assert not corr.dead_letters and corr.counts.late_actions == 1 and corr.counts.balanced()
     fix = [s for s in corr.samples if s.correction]
     assert [(s.sample_id, s.labels, s.strategy) for s in fix] == [
@@ -154,11 +185,21 @@ def test_fake_negative_emits_negative_then_corrections() -> None:
     assert out.counts.balanced()
 
 
-def test_bad_label_config_is_rejected() -> None:
-    with pytest.raises(BadLabelConfig, match="duplicate"):
-        run_reference([], replace(CFG, labels=[LabelSpec("a", "x", 1), LabelSpec("a", "y", 1)]))
-    with pytest.raises(BadLabelConfig, match="empty"):
-        run_reference([], replace(CFG, labels=[]))
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"labels": [LabelSpec("a", "x", 1), LabelSpec("a", "y", 1)]}, "labels.*duplicates"),
+        ({"labels": [LabelSpec("a", "x", 1), LabelSpec("b", "x", 1)]}, "action.*duplicates"),
+        ({"labels": []}, "empty"),
+        ({"labels": [LabelSpec("a", "x", 0)]}, r"labels\[0\].window_ms"),
+        ({"metrics_window_ms": 0}, "join.metrics_window_ms"),
+        ({"late_horizon_ms": -1}, "join.late_horizon_ms"),
+        ({"transaction_timeout_ms": 900_001}, "transaction.max.timeout.ms"),
+    ],
+)
+def test_bad_join_config_is_rejected_naming_the_key(change: dict[str, Any], match: str) -> None:
+    with pytest.raises(BadJoinConfig, match=match):
+        run_reference([], replace(CFG, **change))
 
 
 _event = st.one_of(
@@ -168,6 +209,8 @@ _event = st.one_of(
         st.sampled_from(["r1", "r2", "r3", "r4"]),
         st.integers(T0, T0 + 5_000_000),
         st.sampled_from(["click", "conversion", "like"]),
+        st.just("i1"),
+        st.sampled_from(["u1", "u2"]),
     ),
     st.just(RawEvent("action", "{broken")),
 )
@@ -185,29 +228,16 @@ def test_reconciliation_identity_holds_for_any_stream(
     assert len(out.dead_letters) == sum(out.counts.dead_letters.values())
 
 
-def _validator(name: str) -> Any:
-    import jsonschema
-    from referencing import Registry, Resource
-
-    schemas = REPO / "sample_join" / "schemas"
-    registry: Registry[Any] = Registry()
-    for f in schemas.glob("*.schema.json"):
-        doc = json.loads(f.read_text())
-        registry = registry.with_resource(f.name, Resource.from_contents(doc))
-    schema = json.loads((schemas / f"{name}.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema, registry=registry)
-
-
 def test_reference_output_matches_the_json_schemas() -> None:
     events = [imp("r1", T0, p_click=0.5), act("r1", T0 + 1), act("r9", T0 + 2)]
     events += [RawEvent("action", "{broken")]
     for strategy in ("window", "fake_negative"):
         out = run_reference(events, replace(CFG, strategy=strategy))  # type: ignore[arg-type]
         for s in out.samples:
-            _validator("sample").validate(s.to_json())
+            schema_validator("sample").validate(s.to_json())
         for d in out.dead_letters:
-            _validator("dead_letter").validate(d.to_json())
-    _validator("impression").validate(json.loads(imp("r1", T0, p_click=0.5).payload))
-    _validator("action").validate(json.loads(act("r1", T0).payload))
+            schema_validator("dead_letter").validate(d.to_json())
+    schema_validator("impression").validate(json.loads(imp("r1", T0, p_click=0.5).payload))
+    schema_validator("action").validate(json.loads(act("r1", T0).payload))
     bad = dict(json.loads(act("r1", T0).payload), event_time_ms="1")
-    assert not _validator("action").is_valid(bad)
+    assert not schema_validator("action").is_valid(bad)

@@ -1,0 +1,199 @@
+"""The sample-join Flink job in a real MiniCluster (parallelism 2) against the reference.
+
+Random streams (hypothesis) of impressions, duplicates, actions early / in the window / late /
+beyond the horizon, orphans, bot users and invalid events go through the real job; samples,
+dead letters and the metrics topic must equal :func:`run_reference`, record for record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from fluxrec.config import Config
+from fluxrec.topics import read_topic
+from sample_join.reference import RawEvent, ReferenceOutput, run_reference
+from sample_join.settings import JoinConfig, LabelSpec
+from sample_join.testing import Act, Request, build_stream, produce_events, schema_validator
+
+pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
+
+CLICK_W, CONV_W, HORIZON, OOO = 10_000, 30_000, 20_000, 2_000
+JOIN = JoinConfig(
+    labels=[LabelSpec("click", "click", CLICK_W), LabelSpec("conversion", "conversion", CONV_W)],
+    late_horizon_ms=HORIZON,
+    watermark_out_of_orderness_ms=OOO,
+    bot_max_actions=3,
+    bot_window_ms=5_000,
+    metrics_window_ms=10_000,
+    metrics_flush_ms=500,
+)
+SETTINGS = settings(
+    max_examples=2,
+    deadline=None,
+    phases=[Phase.generate],
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _delays(window: int) -> st.SearchStrategy[int]:
+    edges = [0, 1, window, window + 1, window + HORIZON, window + HORIZON + 1, -1]
+    return st.one_of(
+        st.sampled_from(edges),
+        st.integers(0, window),  # in the window
+        st.integers(window + 1, window + HORIZON),  # late
+        st.integers(window + HORIZON + 1, window + HORIZON + 20_000),  # beyond the horizon
+        st.integers(-OOO // 4, -1),  # before the impression
+    )
+
+
+def _every_case(t0: int) -> list[Request]:
+    """One request per outcome, so that every path runs whatever hypothesis draws."""
+    c, v = "click", "conversion"
+    cases = [
+        [Act(c, 0), Act(v, CONV_W)],  # both labels, on the window edges
+        [Act(c, CLICK_W + 1, dup=True)],  # late click
+        [Act(c, CLICK_W + HORIZON + 1)],  # beyond the horizon: orphan
+        [Act(c, -1)],  # before the impression: orphan
+        [Act(v, CONV_W + HORIZON)],  # late conversion, on the horizon edge
+    ]
+    out = [
+        Request(f"e{n}", "i0", "solo", t0 + n * 3_000, dup=n == 0, p_click=0.5, actions=a)
+        for n, a in enumerate(cases)
+    ]
+    out.append(Request("e-orphan", "i0", "solo2", t0, impression=False, actions=[Act(c, 10)]))
+    out += [  # a bot: 5 clicks within 5 s
+        Request(f"e-bot{n}", "i0", "bot", t0 + n * 500, actions=[Act(c, 100)]) for n in range(5)
+    ]
+    return out
+
+
+@st.composite
+def _requests(draw: st.DrawFn, t0: int, n: int) -> list[Request]:
+    users = draw(st.integers(2, 12))
+    out, t = _every_case(t0), t0
+    for r in range(n):
+        t += draw(st.integers(0, 2_000))
+        acts = []
+        for action, window in (("click", CLICK_W), ("conversion", CONV_W)):
+            if draw(st.booleans()):
+                acts.append(Act(action, draw(_delays(window)), dup=draw(st.booleans())))
+        out.append(
+            Request(
+                request_id=f"r{r}",
+                item_id=f"i{draw(st.integers(0, 3))}",
+                user_id=f"u{draw(st.integers(0, users - 1))}",
+                t_ms=t,
+                impression=draw(st.integers(0, 9)) > 0,
+                dup=draw(st.integers(0, 4)) == 0,
+                p_click=draw(st.one_of(st.none(), st.floats(0, 1, width=32))),
+                actions=acts,
+            )
+        )
+    return out
+
+
+def _run_job(cfg: Config, new_topic: Callable[..., str], events: list[RawEvent]) -> Any:
+    from pipelines.flink_env import create_table_env
+    from pipelines.join_job import JoinTopics, join_job
+
+    topics = JoinTopics(*(new_topic() for _ in range(5)))
+    produce_events(cfg.kafka.bootstrap, topics.impressions, topics.actions, events)
+    t_env = create_table_env(cfg, checkpoint_interval_ms=1000)
+    join_job(t_env, cfg, topics, bounded=True).wait()
+    return topics
+
+
+def _check_against_reference(cfg: Config, topics: Any, ref: ReferenceOutput) -> None:
+    bs = cfg.kafka.bootstrap
+    schema = {n: schema_validator(n) for n in ("sample", "dead_letter", "metric")}
+    got = [json.loads(v) for _, v in read_topic(bs, topics.samples, expected=len(ref.samples))]
+    for s in got:
+        schema["sample"].validate(s)
+    assert sorted(json.dumps(s, sort_keys=True) for s in got) == sorted(
+        json.dumps(s.to_json(), sort_keys=True) for s in ref.samples
+    )
+    dead = [
+        json.loads(v)
+        for _, v in read_topic(bs, topics.dead_letters, expected=len(ref.dead_letters))
+    ]
+    for d in dead:
+        schema["dead_letter"].validate(d)
+    assert Counter((d["stream"], d["reason"], d["stage"], d["payload"]) for d in dead) == Counter(
+        (d.stream, d.reason, d.stage, d.payload) for d in ref.dead_letters
+    )
+    totals: dict[tuple[int, str, str, str | None], int] = {}
+    for _, v in read_topic(bs, topics.metrics, idle_s=3.0):  # the newest value per key wins
+        m = json.loads(v)
+        schema["metric"].validate(m)
+        totals[(m["window_start_ms"], m["stream"], m["kind"], m["reason"])] = m["count"]
+    sums = Counter(totals)
+    assert +sums == +ref.counts.windows
+    # the reconciliation identity, per window and stream, from the job's own metrics
+    per: Counter[tuple[int, str]] = Counter()
+    for (w, stream, kind, _), n in sums.items():
+        if kind == "in":
+            per[(w, stream)] += n
+        elif kind in ("sample", "labelled", "duplicate", "dead_letter"):
+            per[(w, stream)] -= n
+    assert not +per and not -per
+
+
+@SETTINGS
+@given(data=st.data())
+def test_window_strategy_equals_the_reference(
+    data: st.DataObject, stack_config: Config, new_topic: Callable[..., str]
+) -> None:
+    t0 = int(time.time() * 1000) - 3_600_000
+    reqs = data.draw(_requests(t0, 120), label="requests")
+    events = build_stream(reqs, OOO, seed=data.draw(st.integers(0, 99)), bad_at_ms=t0 + 5_000)
+    cfg = replace(stack_config, join=JOIN)
+    ref = run_reference(events, JOIN, now_ms=int(time.time() * 1000))
+    assert ref.counts.balanced()
+    assert {d.reason for d in ref.dead_letters} >= {"orphan_action", "late_action", "bot"}
+    topics = _run_job(cfg, new_topic, events)
+    _check_against_reference(cfg, topics, ref)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_fake_negative_with_late_corrections_equals_the_reference(
+    data: st.DataObject, stack_config: Config, new_topic: Callable[..., str]
+) -> None:
+    t0 = int(time.time() * 1000) - 3_600_000
+    reqs = data.draw(_requests(t0, 120), label="requests")
+    events = build_stream(reqs, OOO, seed=data.draw(st.integers(0, 99)), bad_at_ms=t0 + 5_000)
+    jc = replace(JOIN, strategy="fake_negative", late_action_policy="correction")
+    cfg = replace(stack_config, join=jc)
+    ref = run_reference(events, jc, now_ms=int(time.time() * 1000))
+    assert any(s.correction for s in ref.samples)
+    topics = _run_job(cfg, new_topic, events)
+    _check_against_reference(cfg, topics, ref)
+
+
+@pytest.mark.parametrize("strategy", ["window", "fake_negative"])
+def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: str) -> None:
+    """Each decision (dedup, bot count, match per label) is made by exactly one operator that
+    all its consumers share: the optimizer must not split one into differing copies."""
+    from pipelines.flink_env import create_table_env
+    from pipelines.join_job import JoinTopics, build_join
+
+    cfg = replace(stack_config, join=replace(JOIN, strategy=strategy))  # type: ignore[arg-type]
+    plan = build_join(create_table_env(cfg), cfg, JoinTopics(*"abcde")).explain()
+    graph = plan[plan.index("== Optimized Execution Plan ==") :]
+    labels = len(JOIN.labels)
+    assert graph.count("Deduplicate(") == 1
+    assert graph.count("OverAggregate(") == 1
+    chain = labels if strategy == "window" else 0
+    assert graph.count("IntervalJoin(") == labels + chain
+    assert graph.count("GroupAggregate(") == 1
+    assert graph.count("TableSourceScan(") == 2
