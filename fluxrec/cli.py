@@ -103,12 +103,12 @@ def _cmd_setup(ns: argparse.Namespace) -> int:
 
 
 def _cmd_stack_up(ns: argparse.Namespace) -> int:
-    from fluxrec.stack import Stack
+    from fluxrec.stack import Stack, selected
 
     stack = Stack(_load(ns))
     started = stack.up(only=ns.only)
     for st in stack.status():
-        if ns.only and st.name not in ns.only:
+        if not selected(st.name, ns.only):
             continue
         note = "started" if st.name in started else "already running"
         print(f"{st.name:8} {st.address:32} pid {st.pid}  {st.state} ({note})")
@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         action="append",
-        choices=["kafka", "redis", "s3proxy"],
-        help="start only this service (repeatable)",
+        choices=["kafka", "redis", "s3proxy", "flink"],
+        help="start only this service (repeatable; flink = its JobManager and TaskManager)",
     )
     p = _sub(
         ssubs,

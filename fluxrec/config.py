@@ -4,7 +4,8 @@ Layout (``configs/local.yaml`` is the reference; ``fluxrec config keys`` lists e
 
     stack:        state_dir, jars_dir, start_timeout_s
     kafka:        bootstrap, controller_port, heap_mb, partitions, topics.{impressions,...}
-    flink:        parallelism, checkpoint_interval_ms, jobmanager
+    flink:        parallelism, checkpoint_interval_ms, jobmanager, checkpoint_dir,
+                  cluster.{enabled,rest_port,rpc_port,slots,*_memory_mb}
     redis:        url, channel
     object_store: url, s3.{endpoint_url,region,access_key,secret_key},
                   oss.{endpoint,access_key_id,access_key_secret}, s3_server.{enabled,port}
@@ -144,12 +145,27 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class FlinkClusterConfig:
+    """A local Flink session cluster that ``stack up`` may start (for ``join submit``)."""
+
+    enabled: bool = False
+    rest_port: int = 8081
+    rpc_port: int = 6123
+    slots: int = 2
+    jobmanager_memory_mb: int = 1024
+    taskmanager_memory_mb: int = 1536
+
+
+@dataclass(frozen=True)
 class FlinkConfig:
-    """Flink job settings; ``jobmanager`` null means the local MiniCluster."""
+    """Flink job settings; ``jobmanager`` (REST ``HOST:PORT``) is where ``join submit``
+    sends the job; ``join run`` always uses a local MiniCluster."""
 
     parallelism: int = 2
     checkpoint_interval_ms: int = 5000
     jobmanager: str | None = None
+    checkpoint_dir: str | None = None  # URL; null: stack.state_dir/flink/checkpoints locally
+    cluster: FlinkClusterConfig = field(default_factory=FlinkClusterConfig)
 
 
 @dataclass(frozen=True)

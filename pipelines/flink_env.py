@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from fluxrec.config import Config
+from fluxrec.errors import ConfigError
 from fluxrec.stack.setup import connector_jar
 
 if TYPE_CHECKING:
@@ -20,9 +21,18 @@ __all__ = ["create_table_env", "kafka_table_options"]
 
 
 def create_table_env(
-    cfg: Config, parallelism: int | None = None, checkpoint_interval_ms: int | None = None
+    cfg: Config,
+    parallelism: int | None = None,
+    checkpoint_interval_ms: int | None = None,
+    jobmanager: str | None = None,
+    restore_from: str | None = None,
 ) -> TableEnvironment:
-    """A streaming TableEnvironment with the connector jar, parallelism and checkpointing."""
+    """A streaming TableEnvironment with the connector jar, parallelism and checkpointing.
+
+    ``jobmanager`` (REST ``HOST:PORT``) submits to that cluster instead of a local
+    MiniCluster; ``restore_from`` is a checkpoint or savepoint path to start from.
+    Checkpoints are retained when a job is cancelled, so a later run can restore them.
+    """
     try:
         from pyflink.table import EnvironmentSettings, TableEnvironment
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -41,7 +51,26 @@ def create_table_env(
     )
     if interval > 0:
         conf.set("execution.checkpointing.interval", f"{interval} ms")
-        conf.set("state.checkpoints.dir", (cfg.stack.state_dir / "flink" / "checkpoints").as_uri())
+        conf.set(
+            "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+        )
+        ckdir = cfg.flink.checkpoint_dir
+        if ckdir is None and jobmanager is None:
+            ckdir = (cfg.stack.state_dir / "flink" / "checkpoints").as_uri()
+        if ckdir:
+            conf.set("execution.checkpointing.dir", ckdir)
+    if jobmanager:
+        host, _, port = jobmanager.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                "flink.jobmanager", str(cfg.source), f"{jobmanager!r} is not HOST:PORT",
+                "give the REST address of the JobManager, e.g. 127.0.0.1:8081",
+            )  # fmt: skip
+        conf.set("execution.target", "remote")
+        conf.set("rest.address", host)
+        conf.set("rest.port", port)
+    if restore_from:
+        conf.set("execution.state-recovery.path", restore_from)
     return t_env
 
 

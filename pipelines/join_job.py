@@ -107,6 +107,7 @@ def build_join(
 ) -> StatementSet:
     """:func:`join_job` without submitting: the statement set (``.explain()`` shows the plan)."""
     jc = cfg.join
+    t_env.get_config().set("pipeline.name", f"fluxrec-join {topics.samples}")
     src_opts = {
         "properties.group.id": jc.group_id,
         "scan.startup.mode": "group-offsets",

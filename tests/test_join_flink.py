@@ -35,6 +35,7 @@ JOIN = JoinConfig(
     bot_window_ms=5_000,
     metrics_window_ms=10_000,
     metrics_flush_ms=500,
+    source_idleness_ms=0,  # bounded runs: finished partitions release the watermark anyway
 )
 SETTINGS = settings(
     max_examples=2,

@@ -241,3 +241,27 @@ def test_reference_output_matches_the_json_schemas() -> None:
     schema_validator("action").validate(json.loads(act("r1", T0).payload))
     bad = dict(json.loads(act("r1", T0).payload), event_time_ms="1")
     assert not schema_validator("action").is_valid(bad)
+
+
+def test_reconcile_reads_the_newest_totals_and_checks_every_window() -> None:
+    from sample_join.errors import SampleJoinError
+    from sample_join.reconcile import totals, windows
+
+    out = run_reference(
+        [imp("r1", T0), act("r1", T0 + 5), act("r9", T0 + 7), RawEvent("action", "{x")], CFG
+    )
+
+    def rec(key: tuple[int, str, str, str | None], n: int) -> bytes:
+        start, stream, kind, reason = key
+        doc = {"v": 1, "window_start_ms": start, "window_end_ms": start + 1, "stream": stream}
+        return json.dumps(doc | {"kind": kind, "reason": reason, "count": n}).encode()
+
+    stale = [rec(k, n + 5) for k, n in out.counts.windows.items()]  # older, wrong totals
+    fresh = [rec(k, n) for k, n in out.counts.windows.items()]
+    rows = windows(totals([*stale, None, *fresh]))
+    assert rows and all(w.balance == 0 for w in rows)
+    assert {w.stream for w in rows} == {"impression", "action"}
+    off = windows(totals([*fresh, rec((0, "action", "in", None), 99)]))
+    assert any(w.balance for w in off)
+    with pytest.raises(SampleJoinError, match="not a v1 metric"):
+        totals([b'{"v": 1}'])

@@ -1,5 +1,5 @@
-"""The one-machine stack: Kafka (KRaft), Redis and, optionally, an S3-compatible server,
-started as background processes without Docker.
+"""The one-machine stack: Kafka (KRaft), Redis and, optionally, an S3-compatible server and
+a Flink session cluster, started as background processes without Docker.
 
 >>> stack = Stack(load_config("configs/local.yaml"))   # doctest: +SKIP
 >>> stack.up()          # idempotent: running services are left alone
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fluxrec.config import Config
 from fluxrec.errors import PortInUse, ServiceStartError
 from fluxrec.stack._proc import port_is_free
+from fluxrec.stack.flink import FlinkJobManager, FlinkTaskManager
 from fluxrec.stack.services import (
     LOOPBACK,
     KafkaService,
@@ -26,7 +27,7 @@ from fluxrec.stack.services import (
     Service,
 )
 
-__all__ = ["ServiceStatus", "Stack"]
+__all__ = ["ServiceStatus", "Stack", "selected"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Stack:
         self.services: list[Service] = [KafkaService(cfg), RedisService(cfg)]
         if cfg.object_store.s3_server.enabled:
             self.services.append(S3ProxyService(cfg))
+        if cfg.flink.cluster.enabled:
+            self.services += [FlinkJobManager(cfg), FlinkTaskManager(cfg)]
 
     def service(self, name: str) -> Service:
         for s in self.services:
@@ -65,7 +68,7 @@ class Stack:
 
         Returns the names of the services that were started (empty when all ran already).
         """
-        chosen = [s for s in self.services if only is None or s.name in only]
+        chosen = [s for s in self.services if selected(s.name, only)]
         todo = [s for s in chosen if not s.proc.alive()]
         # check every port before starting anything: fail fast, leave nothing half-up
         for svc in todo:
@@ -85,7 +88,7 @@ class Stack:
 
     def _start(self, svc: Service) -> None:
         svc.prepare()
-        svc.proc.start(svc.command(), cwd=self.cfg.stack.state_dir)
+        svc.proc.start(svc.command(), env=svc.env(), cwd=self.cfg.stack.state_dir)
         deadline = time.monotonic() + self.cfg.stack.start_timeout_s
         while time.monotonic() < deadline:
             if not svc.proc.alive():
@@ -106,11 +109,12 @@ class Stack:
         """Stop the stack's processes in reverse order; ``purge`` also deletes their data."""
         stopped = [s.name for s in reversed(self.services) if s.proc.stop()]
         # a service disabled since it was started still has a pid file: stop it too
-        for extra in (S3ProxyService(self.cfg),):
+        extras = (S3ProxyService(self.cfg), FlinkTaskManager(self.cfg), FlinkJobManager(self.cfg))
+        for extra in extras:
             if extra.name not in {s.name for s in self.services} and extra.proc.stop():
                 stopped.append(extra.name)
         if purge:
-            for sub in ("kafka", "redis", "s3"):
+            for sub in ("kafka", "redis", "s3", "flink"):
                 shutil.rmtree(self.cfg.stack.state_dir / sub, ignore_errors=True)
         return stopped
 
@@ -120,3 +124,11 @@ class Stack:
             pid = s.proc.pid()
             out.append(ServiceStatus(s.name, s.address(), pid, pid is not None and s.healthy()))
         return out
+
+
+def selected(name: str, only: list[str] | None) -> bool:
+    """Is service ``name`` among ``only`` (None: all)? ``flink`` selects ``flink-jm`` and
+    ``flink-tm``."""
+    if only is None:
+        return True
+    return any(name == o or name.startswith(o + "-") for o in only)

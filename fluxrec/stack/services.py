@@ -57,6 +57,10 @@ class Service(ABC):
     @abstractmethod
     def command(self) -> list[str]: ...
 
+    def env(self) -> dict[str, str] | None:
+        """The process environment (None: inherit this one)."""
+        return None
+
     @abstractmethod
     def healthy(self) -> bool:
         """A quick, real request to the service."""
