@@ -24,19 +24,26 @@ def _key(cfg: Any) -> bytes | None:
 
 
 def _cmd_ls(ns: argparse.Namespace) -> int:
+    from exporter.errors import ExporterError
     from exporter.exporter import list_versions
-    from exporter.manifest import manifest_key
+    from exporter.manifest import manifest_key, parse_manifest
 
     store, _cfg = _store_and_cfg(ns)
     print(f"{'sequence':>8} {'kind':8} {'base':>6} {'step':>8} {'watermark_ms':>14} {'bytes':>12}")
+    bad = 0
     for seq in list_versions(store):
-        doc = json.loads(store.get(manifest_key(seq)))
+        try:
+            doc = parse_manifest(store.get(manifest_key(seq)), expected_seq=seq)
+        except ExporterError as e:
+            bad += 1
+            print(f"{seq:>8} BAD {type(e).__name__}: {e} (run `fluxrec deltas verify`)")
+            continue
         size = sum(o["bytes"] for o in doc["objects"])
         print(
             f"{seq:>8} {doc['kind']:8} {doc['base_snapshot']:>6} {doc['trainer_step']:>8} "
             f"{doc['watermark_ms']:>14} {size:>12}"
         )
-    return 0
+    return 1 if bad else 0
 
 
 def _cmd_inspect(ns: argparse.Namespace) -> int:

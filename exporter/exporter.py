@@ -15,7 +15,6 @@ changes never reached the store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -27,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import GateRefused, ObjectNotFound
-from exporter.format import encode_dense, encode_table_parts
+from exporter.errors import GateRefused, ObjectNotFound, StoreError
+from exporter.format import write_dense, write_table
 from exporter.manifest import (
     LATEST_KEY,
     MANIFEST_FORMAT,
@@ -39,6 +38,7 @@ from exporter.manifest import (
     parse_manifest,
     sign_manifest,
     table_key,
+    version_prefix,
 )
 from exporter.settings import ExporterConfig
 from exporter.store import ObjectStore
@@ -70,6 +70,7 @@ class ExportStats:
     published: int = 0
     snapshots: int = 0
     refused: int = 0
+    failed: int = 0  # publications the store failed part-way (the next cut is full)
     pruned_versions: int = 0
     refusals: list[str] = field(default_factory=list)  # reasons, newest last (bounded)
 
@@ -94,18 +95,35 @@ class Exporter:
         if redis_url:
             import redis
 
-            self._redis = redis.Redis.from_url(redis_url)
+            # a Redis that is down must not hold up publishing: consumers also poll
+            self._redis = redis.Redis.from_url(
+                redis_url, socket_connect_timeout=1, socket_timeout=1
+            )
         self._norms: dict[str, float] = {}
-        self._needs_full = False
+        self._kinds: dict[int, str] = {}  # sequence -> manifest kind, read once (for prune)
+        # on a store that has versions, start with a full cut: whoever wrote them, our
+        # trainer's change tracking does not start where they end
+        self._needs_full = True
+        self.sequence, self.base_snapshot = self._newest()
+        self._deltas_since = self.sequence - self.base_snapshot
+
+    def _newest(self) -> tuple[int, int]:
+        """``(sequence, base_snapshot)`` of the newest version: LATEST.json, or a newer
+        manifest whose LATEST.json write failed. ``(-1, -1)`` on an empty store."""
         try:
-            self.sequence, self.base_snapshot = parse_latest(store.get(LATEST_KEY))
-            self._deltas_since = self.sequence - self.base_snapshot
+            seq, base = parse_latest(self.store.get(LATEST_KEY))
         except ObjectNotFound:
-            self.sequence, self.base_snapshot, self._deltas_since = -1, -1, 0
+            seq, base = -1, -1
+        versions = list_versions(self.store)
+        if versions and versions[-1] > seq:
+            seq = versions[-1]
+            base = int(parse_manifest(self.store.get(manifest_key(seq)))["base_snapshot"])
+        return seq, base
 
     @property
     def wants_full(self) -> bool:
-        """True when the next cut must be full: first version, K deltas, or after a refusal."""
+        """True when the next cut must be full: the first cut of this exporter, after K
+        deltas, or after a refusal or a failed write (the trainer forgot those changes)."""
         return (
             self.sequence < 0 or self._needs_full or self._deltas_since >= self.cfg.snapshot_every
         )
@@ -119,11 +137,14 @@ class Exporter:
         for name, arr in named:
             if arr.size == 0:
                 continue
-            if not np.isfinite(arr).all():
-                bad = int(arr.size - np.isfinite(arr).sum())
-                raise GateRefused(f"{name}: {bad} NaN/Inf values in step {cut.step}")
+            flat = arr.reshape(-1)
+            sq = float(np.dot(flat, flat))  # NaN/Inf anywhere make this non-finite
+            if not np.isfinite(sq):
+                bad = int(flat.size - np.isfinite(flat).sum())
+                if bad:
+                    raise GateRefused(f"{name}: {bad} NaN/Inf values in step {cut.step}")
+                sq = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
             # dense: whole-tensor L2 norm; tables: RMS row norm of the changed rows
-            sq = float(np.dot(arr.reshape(-1), arr.reshape(-1)))
             norm = sq**0.5 if name.startswith("dense:") else (sq / max(arr.shape[0], 1)) ** 0.5
             prev = self._norms.get(name)
             if prev is not None and prev > 0:
@@ -139,7 +160,13 @@ class Exporter:
     # ------------------------------------------------------------------ publish
 
     def publish(self, cut: Cut, rollback_of: int | None = None) -> dict[str, Any]:
-        """Write one version for ``cut``; returns its manifest. Raises ``GateRefused``."""
+        """Write one version for ``cut``; returns its manifest.
+
+        Raises ``GateRefused`` (nothing written), or a ``StoreError`` when the store
+        failed part-way (payloads without a manifest are invisible to readers and are
+        overwritten by the next attempt). Either way the next cut must be full: the
+        trainer already forgot the changes of this one.
+        """
         self._adopt_foreign_versions()
         if not cut.full and self.wants_full:
             self._refuse(f"step {cut.step}: a full cut is required (wants_full) but got a delta")
@@ -148,34 +175,60 @@ class Exporter:
         except GateRefused as e:
             self._refuse(str(e))
         seq = self.sequence + 1
+        base = seq if cut.full else self.base_snapshot
+        try:
+            doc = self._manifest(seq, base, cut, self._write_payloads(seq, cut), rollback_of)
+            raw = canonical_json(doc)
+            parse_manifest(raw, self.hmac_key, seq)  # never publish what readers would reject
+            self.store.put(manifest_key(seq), raw)
+        except BaseException:
+            self._needs_full = True
+            self.stats.failed += 1
+            raise
+        # the version exists from here on (FORMAT.md: a manifest makes a version)
+        self.sequence, self.base_snapshot = seq, base
+        self._kinds[seq] = doc["kind"]
+        self._deltas_since = 0 if cut.full else self._deltas_since + 1
+        self._needs_full = False
+        self._norms.update(norms)
+        self.stats.published += 1
+        self.stats.snapshots += int(cut.full)
+        latest = {"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}
+        try:
+            self.store.put(LATEST_KEY, canonical_json(latest))
+        except BaseException:
+            self.stats.failed += 1  # readers see it once the next version's LATEST lands
+            raise
+        self._notify(doc)
+        self.prune()
+        return doc
+
+    def _write_payloads(self, seq: int, cut: Cut) -> list[dict[str, Any]]:
+        """One object per table, then the dense object; their manifest entries."""
         objects: list[dict[str, Any]] = []
         for name in sorted(cut.tables):
             t = cut.tables[name]
             tomb = None if cut.full else t.tombstones
-            enc = encode_table_parts(name, t.dim, t.ids, t.values, tomb, self.cfg.encoding)
-            header = enc.header
             key = table_key(seq, name)
-            self.store.put_parts(key, enc.parts)
+            with self.store.writer(key) as write:
+                w = write_table(write, name, t.dim, t.ids, t.values, tomb, self.cfg.encoding)
+            h = w.header
             objects.append(
-                {
-                    "key": key,
-                    "kind": "table",
-                    "name": name,
-                    "dim": t.dim,
-                    "encoding": header["encoding"],
-                    "rows": header["rows"],
-                    "tombstones": header["tombstones"],
-                    "bytes": enc.size,
-                    "sha256": enc.sha256,
-                }
+                {"key": key, "kind": "table", "name": name, "dim": t.dim}
+                | {k: h[k] for k in ("encoding", "rows", "tombstones")}
+                | {"bytes": w.size, "sha256": w.sha256}
             )
         if cut.dense:
-            enc = encode_dense(cut.dense)
-            self.store.put_parts(dense_key(seq), enc.parts)
+            with self.store.writer(dense_key(seq)) as write:
+                w = write_dense(write, cut.dense)
             objects.append(
-                {"key": dense_key(seq), "kind": "dense", "bytes": enc.size, "sha256": enc.sha256}
+                {"key": dense_key(seq), "kind": "dense", "bytes": w.size, "sha256": w.sha256}
             )
-        base = seq if cut.full else self.base_snapshot
+        return objects
+
+    def _manifest(
+        self, seq: int, base: int, cut: Cut, objects: list[dict[str, Any]], rollback_of: int | None
+    ) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "sequence": seq,
@@ -194,24 +247,7 @@ class Exporter:
             "published_ms": int(time.time() * 1000),
             "rollback_of": rollback_of,
         }
-        if self.hmac_key:
-            doc = sign_manifest(doc, self.hmac_key)
-        raw = canonical_json(doc)
-        parse_manifest(raw, self.hmac_key, seq)  # never publish what readers would reject
-        self.store.put(manifest_key(seq), raw)
-        self.store.put(
-            LATEST_KEY,
-            canonical_json({"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}),
-        )
-        self.sequence, self.base_snapshot = seq, base
-        self._deltas_since = 0 if cut.full else self._deltas_since + 1
-        self._needs_full = False
-        self._norms.update(norms)
-        self.stats.published += 1
-        self.stats.snapshots += int(cut.full)
-        self._notify(doc)
-        self.prune()
-        return doc
+        return sign_manifest(doc, self.hmac_key) if self.hmac_key else doc
 
     def _adopt_foreign_versions(self) -> None:
         """Another writer (``fluxrec deltas rollback``) may have published since our last
@@ -220,7 +256,7 @@ class Exporter:
             seq, base = parse_latest(self.store.get(LATEST_KEY))
         except ObjectNotFound:
             return
-        if seq != self.sequence:
+        if seq > self.sequence:
             log.warning("exporter: version %d was published by another writer", seq)
             self.sequence, self.base_snapshot = seq, base
             self._deltas_since = seq - base
@@ -253,19 +289,17 @@ class Exporter:
     # ------------------------------------------------------------------ retention
 
     def prune(self) -> int:
-        """Delete versions older than the oldest of the last ``retain_snapshots`` snapshots."""
+        """Delete versions older than the oldest of the last ``retain_snapshots`` snapshots
+        (never the chain of our own base snapshot)."""
         versions = list_versions(self.store)
+        keep = max(self.cfg.retain_snapshots, 1)
         snaps = []
         for seq in reversed(versions):
-            try:
-                doc = json.loads(self.store.get(manifest_key(seq)))
-            except ObjectNotFound:
-                continue
-            if doc.get("kind") == "snapshot":
+            if self._kind(seq) == "snapshot":
                 snaps.append(seq)
-                if len(snaps) >= max(self.cfg.retain_snapshots, 1):
+                if len(snaps) >= keep:
                     break
-        if len(snaps) < max(self.cfg.retain_snapshots, 1):
+        if len(snaps) < keep:
             return 0
         keep_from = min(snaps[-1], self.base_snapshot)
         removed = 0
@@ -274,11 +308,20 @@ class Exporter:
                 break
             # the manifest goes first so no reader finds a manifest without its payload
             self.store.delete(manifest_key(seq))
-            for key in self.store.list(f"versions/{seq:012d}/"):
+            for key in self.store.list(version_prefix(seq)):
                 self.store.delete(key)
+            self._kinds.pop(seq, None)
             removed += 1
         self.stats.pruned_versions += removed
         return removed
+
+    def _kind(self, seq: int) -> str | None:
+        if seq not in self._kinds:
+            try:
+                self._kinds[seq] = str(json.loads(self.store.get(manifest_key(seq))).get("kind"))
+            except (ObjectNotFound, ValueError):
+                return None
+        return self._kinds[seq]
 
     # ------------------------------------------------------------------ loop
 
@@ -290,13 +333,18 @@ class Exporter:
     ) -> None:
         """Every ``interval_s`` ask ``take_cut(full)`` for a cut and publish it, until ``stop``.
 
-        ``take_cut`` returns None when nothing changed. Refusals are logged and counted.
+        ``take_cut`` returns None when nothing changed. Refusals and store failures are
+        logged and counted (``stats``); the loop goes on and asks for a full cut next.
         """
         period = self.cfg.interval_s if interval_s is None else interval_s
         while not stop.is_set():
             started = time.monotonic()
             cut = take_cut(self.wants_full)
             if cut is not None:
-                with contextlib.suppress(GateRefused):  # counted in stats.refused
+                try:
                     self.publish(cut)
+                except GateRefused:
+                    pass  # logged and counted in stats.refused
+                except StoreError as e:
+                    log.warning("exporter: store failed, next cut is full: %s", e)
             stop.wait(max(0.0, period - (time.monotonic() - started)))

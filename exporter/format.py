@@ -23,9 +23,10 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import lz4.frame
 import numpy as np
@@ -33,6 +34,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exporter._lz4 import BLOCK_BYTES, write_frame
 from exporter.errors import (
     BadHeader,
     BadMagic,
@@ -51,14 +53,16 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "DecodedDense",
     "DecodedTable",
-    "Encoded",
     "Limits",
+    "Write",
+    "Written",
     "check_name",
     "decode_object",
     "encode_dense",
     "encode_table",
-    "encode_table_parts",
     "table_schema",
+    "write_dense",
+    "write_table",
 ]
 
 MAGIC = b"FLUXRDLT"
@@ -69,6 +73,7 @@ _PREFIX = struct.Struct("<8sHHI")  # magic, version, flags, header length
 _U64 = struct.Struct("<Q")
 _DIGEST = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_P = ParamSpec("_P")
 _ARROW_VALUE = {"f32": pa.float32(), "f16": pa.float16(), "i8": pa.int8()}
 
 DENSE_SCHEMA = pa.schema(
@@ -137,20 +142,19 @@ def _quantize_i8(values: npt.NDArray[np.float32]) -> tuple[npt.NDArray[Any], npt
 
 
 @dataclass(frozen=True)
-class Encoded:
-    """An encoded object as the pieces to write in order (no joined copy of the body)."""
+class Written:
+    """One object as written: its size in bytes, sha256 (hex) and header."""
 
-    parts: list[Any]
+    size: int
     sha256: str
     header: dict[str, Any]
-    size: int
 
-    def tobytes(self) -> bytes:
-        return b"".join(self.parts)
+
+Write = Callable[[Any], object]  # receives each bytes-like piece of an object, in order
 
 
 class _Pieces:
-    """A write-only file for ``pa.PythonFile``: keeps Arrow's buffers (zero-copy) in order."""
+    """A write-only file for ``pa.PythonFile``: keeps the IPC stream's pieces in order."""
 
     closed = False
 
@@ -173,53 +177,61 @@ class _Pieces:
         return self.size
 
 
-_CHUNK = 4 << 20
-_PIPELINE_MIN = 8 << 20  # below this, hashing on a second thread does not pay
+_HASH_AHEAD_MIN = 1 << 20  # pieces from this size on are hashed on the worker thread
 
 
-def _frame(header: dict[str, Any], stream: _Pieces) -> Encoded:
-    """Frame an Arrow IPC stream: LZ4-compress it in 4 MiB steps while a worker thread
-    hashes the compressed output (both release the GIL)."""
+class _HashingWriter:
+    """Passes each piece on to ``write`` and feeds it to sha256; with ``threaded``, large
+    pieces are hashed on a worker thread while the caller writes them (both release the
+    GIL), one piece at a time so the digest sees the bytes in order."""
+
+    def __init__(self, write: Write, threaded: bool) -> None:
+        self._write = write
+        self._h = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256") if threaded else None
+        self._pending: Future[None] | None = None
+        self.size = 0
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def __call__(self, b: Any) -> None:
+        self._wait()
+        if self._pool is not None and len(b) >= _HASH_AHEAD_MIN:
+            self._pending = self._pool.submit(self._h.update, b)
+        else:
+            self._h.update(b)
+        self._write(b)
+        self.size += len(b)
+
+    def digest(self) -> bytes:
+        self._wait()
+        return self._h.digest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _write_object(header: dict[str, Any], stream: _Pieces, write: Write) -> Written:
+    """Frame an Arrow IPC stream (layout in the module docstring) into ``write``."""
     header = {**header, "raw_bytes": stream.size}
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER_BYTES:
         raise OversizedHeader(f"header of {len(head)} bytes > {MAX_HEADER_BYTES}")
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head)) + head
-    comp = lz4.frame.LZ4FrameCompressor(
-        block_size=lz4.frame.BLOCKSIZE_MAX4MB, compression_level=0, content_checksum=False
-    )
-    body: list[Any] = [comp.begin(source_size=stream.size)]
-    h = hashlib.sha256(prefix)
-    h.update(body[0])
-    pool = ThreadPoolExecutor(1) if stream.size >= _PIPELINE_MIN else None
-    pending: Future[None] | None = None
+    out = _HashingWriter(write, threaded=stream.size >= 2 * BLOCK_BYTES)
     try:
-        for piece in stream.parts:
-            view = memoryview(piece)
-            for i in range(0, len(view), _CHUNK):
-                out = comp.compress(view[i : i + _CHUNK])
-                if not out:
-                    continue
-                if pool is None:
-                    h.update(out)
-                else:  # hash block k on the worker while block k+1 compresses here
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(h.update, out)
-                body.append(out)
-        if pending is not None:
-            pending.result()
+        out(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(head)) + head)
+        body_at = out.size
+        write_frame(stream.parts, stream.size, out)
+        out(_U64.pack(out.size - body_at))
+        digest = out.digest()
     finally:
-        if pool is not None:
-            pool.shutdown()
-    body.append(comp.flush())
-    h.update(body[-1])
-    blen = sum(len(b) for b in body)
-    tail = _U64.pack(blen)
-    h.update(tail)
-    digest = h.digest()
-    parts = [prefix, *body, tail, digest]
-    return Encoded(parts, digest.hex(), header, len(prefix) + blen + len(tail) + len(digest))
+        out.close()
+    write(digest)
+    return Written(out.size + len(digest), digest.hex(), header)
 
 
 def _ipc_pieces(batches: list[pa.RecordBatch], schema: pa.Schema) -> _Pieces:
@@ -230,15 +242,17 @@ def _ipc_pieces(batches: list[pa.RecordBatch], schema: pa.Schema) -> _Pieces:
     return sink
 
 
-def encode_table_parts(  # noqa: PLR0917
+def write_table(  # noqa: PLR0917
+    write: Write,
     name: str,
     dim: int,
     ids: npt.NDArray[np.int64],
     values: npt.NDArray[np.float32],
     tombstones: npt.NDArray[np.int64] | None = None,
     encoding: str = "f32",
-) -> Encoded:
-    """One table object as pieces to write. Upserts first, then tombstones."""
+) -> Written:
+    """Write one table object, piece by piece, into ``write``. Upserts first, then
+    tombstones (one record batch each)."""
     check_name(name)
     if encoding not in ENCODINGS:
         raise BadHeader(f"encoding {encoding!r} not one of {ENCODINGS}")
@@ -277,24 +291,11 @@ def encode_table_parts(  # noqa: PLR0917
         "rows": len(ids),
         "tombstones": len(tomb),
     }
-    return _frame(header, _ipc_pieces(batches, schema))
+    return _write_object(header, _ipc_pieces(batches, schema), write)
 
 
-def encode_table(  # noqa: PLR0917
-    name: str,
-    dim: int,
-    ids: npt.NDArray[np.int64],
-    values: npt.NDArray[np.float32],
-    tombstones: npt.NDArray[np.int64] | None = None,
-    encoding: str = "f32",
-) -> tuple[bytes, str, dict[str, Any]]:
-    """One table object: ``(bytes, sha256 hex, header)``."""
-    enc = encode_table_parts(name, dim, ids, values, tombstones, encoding)
-    return enc.tobytes(), enc.sha256, enc.header
-
-
-def encode_dense(tensors: dict[str, npt.NDArray[np.float32]]) -> Encoded:
-    """The dense object: one Arrow row per tensor (name, shape, flattened fp32 values)."""
+def write_dense(write: Write, tensors: dict[str, npt.NDArray[np.float32]]) -> Written:
+    """Write the dense object: one Arrow row per tensor (name, shape, flat fp32 values)."""
     names = sorted(tensors)
     arrs = [np.ascontiguousarray(tensors[n], dtype=np.float32) for n in names]
     batch = pa.record_batch(
@@ -305,7 +306,24 @@ def encode_dense(tensors: dict[str, npt.NDArray[np.float32]]) -> Encoded:
         ],
         schema=DENSE_SCHEMA,
     )
-    return _frame({"kind": "dense", "tensors": len(names)}, _ipc_pieces([batch], DENSE_SCHEMA))
+    header = {"kind": "dense", "tensors": len(names)}
+    return _write_object(header, _ipc_pieces([batch], DENSE_SCHEMA), write)
+
+
+def _in_memory(
+    writer: Callable[Concatenate[Write, _P], Written],
+) -> Callable[_P, tuple[bytes, str, dict[str, Any]]]:
+    def encode(*args: _P.args, **kwargs: _P.kwargs) -> tuple[bytes, str, dict[str, Any]]:
+        parts: list[Any] = []
+        w = writer(parts.append, *args, **kwargs)
+        return b"".join(parts), w.sha256, w.header
+
+    encode.__doc__ = f"``{writer.__name__}`` into memory: ``(bytes, sha256 hex, header)``."
+    return encode
+
+
+encode_table = _in_memory(write_table)  # encode_table(name, dim, ids, values, ...)
+encode_dense = _in_memory(write_dense)  # encode_dense(tensors)
 
 
 # --------------------------------------------------------------------------- reading
@@ -365,17 +383,26 @@ def _unframe(  # noqa: PLR0912
 
 
 def _body(body: memoryview, raw: int) -> pa.RecordBatchStreamReader:
+    """Decompress the LZ4 frame and open the Arrow IPC stream in it.
+
+    A frame that declares its content size (every fluxrec writer's does) is decoded by
+    Arrow's LZ4 codec straight into an Arrow buffer; liblz4 fails the frame when the
+    decoded size differs from the declared one. Other frames go through ``lz4.frame``.
+    """
     try:
-        info = lz4.frame.get_frame_info(body)
-        if info.get("content_size", 0) not in (0, raw):
-            raise BadHeader(f"LZ4 content size {info['content_size']} != raw_bytes {raw}")
-        plain = lz4.frame.decompress(body)
-    except RuntimeError as e:
+        declared = lz4.frame.get_frame_info(body).get("content_size", 0)
+        if declared not in (0, raw):
+            raise BadHeader(f"LZ4 content size {declared} != raw_bytes {raw}")
+        if declared:
+            plain: Any = pa.decompress(body, decompressed_size=raw, codec="lz4", asbytes=False)
+        else:
+            plain = pa.py_buffer(lz4.frame.decompress(body))
+    except (RuntimeError, OSError, pa.ArrowException) as e:
         raise BadHeader(f"LZ4 frame does not decode: {e}") from None
-    if len(plain) != raw:
-        raise BadHeader(f"LZ4 frame decodes to {len(plain)} bytes, header says {raw}")
+    if plain.size != raw:
+        raise BadHeader(f"LZ4 frame decodes to {plain.size} bytes, header says {raw}")
     try:
-        return pa.ipc.open_stream(pa.py_buffer(plain))
+        return pa.ipc.open_stream(plain)
     except (pa.ArrowException, OSError) as e:
         raise BadHeader(f"body is not an Arrow IPC stream: {e}") from None
 

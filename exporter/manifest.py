@@ -28,7 +28,13 @@ import hmac
 import json
 from typing import Any
 
-from exporter.errors import BadManifest, BadSequence, BadSignature, UnsupportedVersion
+from exporter.errors import (
+    BadHeader,
+    BadManifest,
+    BadSequence,
+    BadSignature,
+    UnsupportedVersion,
+)
 from exporter.format import ENCODINGS, check_name
 
 __all__ = [
@@ -135,6 +141,7 @@ def parse_manifest(  # noqa: PLR0912, PLR0915
         ):
             raise BadManifest(f"{where}: kafka_offsets[{topic!r}] must map partition -> offset")
     names: set[str] = set()
+    dense = 0
     for obj in _need(doc, "objects", list, where):
         if not isinstance(obj, dict):
             raise BadManifest(f"{where}: objects[] entries must be objects")
@@ -147,7 +154,11 @@ def parse_manifest(  # noqa: PLR0912, PLR0915
             raise BadManifest(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
         okind = obj.get("kind")
         if okind == "table":
-            name = check_name(_need(obj, "name", str, where))
+            name = _need(obj, "name", str, where)
+            try:
+                check_name(name)
+            except BadHeader as e:
+                raise BadManifest(f"{where}: {e}") from None
             if name in names:
                 raise BadManifest(f"{where}: table {name!r} listed twice")
             names.add(name)
@@ -157,7 +168,11 @@ def parse_manifest(  # noqa: PLR0912, PLR0915
                 _need(obj, k, int, where)
             if kind == "snapshot" and obj["tombstones"]:
                 raise BadManifest(f"{where}: a snapshot MUST NOT carry tombstones")
-        elif okind != "dense":
+        elif okind == "dense":
+            dense += 1
+            if dense > 1:
+                raise BadManifest(f"{where}: more than one dense object")
+        else:
             raise BadManifest(f"{where}: object kind {okind!r}")
     _seq(doc, "rollback_of", where, nullable=True)
     sig = doc.get("signature")

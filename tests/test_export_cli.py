@@ -31,8 +31,7 @@ def published(tmp_path: Path) -> tuple[Path, Trainer]:
     store = open_store(cfg.object_store.url)
     t, ex = Trainer(31), Exporter(store, ExporterConfig(snapshot_every=10))
     for _ in range(3):
-        t.train()
-        ex.publish(t.cut(ex.wants_full))
+        t.publish(ex)
     return path, t
 
 
@@ -89,3 +88,13 @@ def test_follow_prints_versions(published: tuple[Path, Trainer]) -> None:
     out = _fluxrec("deltas", "follow", "--seconds", "1", "--poll-s", "0.1", "--config", str(path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("version 2 lag_ms ")
+
+
+def test_ls_marks_a_corrupt_manifest_and_fails(published: tuple[Path, Trainer]) -> None:
+    path, _t = published
+    store = open_store(load_config(path).object_store.url)
+    store.put("versions/000000000001/manifest.json", b'{"format": 1, "sequ')
+    out = _fluxrec("deltas", "ls", "--config", str(path))
+    assert out.returncode == 1
+    rows = [line.split()[:3] for line in out.stdout.splitlines()[1:]]
+    assert rows == [["0", "snapshot", "0"], ["1", "BAD", "BadManifest:"], ["2", "delta", "0"]]

@@ -2,15 +2,19 @@
 on 127.0.0.1 that speaks the few OSS calls the store uses and checks each request's
 signature (OSS v1: HMAC-SHA1 over verb, MD5, type, date and the canonical resource).
 
-Verified here: URL parsing (bucket, prefix), path-style requests to an IP endpoint,
-request signing with the configured credentials, put/get/list/delete wire format,
-NoSuchKey -> ObjectNotFound, retries on HTTP 503, and a whole delta chain over oss://.
-Not verified: real OSS endpoints, virtual-host addressing, STS tokens, multipart upload.
+Verified here (see also ``exporter/README.md``): URL parsing (bucket, prefix), path-style
+requests to an IP endpoint, virtual-hosted requests (``BUCKET.oss-cn-hangzhou.aliyuncs.com``,
+sent through the local server as an HTTP proxy), request signing with the configured
+credentials (a wrong secret is refused), put/get/list/delete wire format, NoSuchKey ->
+ObjectNotFound, retries with backoff on HTTP 503 and a clear error once they are used up,
+and a whole delta chain over oss://. Not verified: a real OSS service (TLS, its exact
+error bodies, V4 signatures, STS tokens, list pagination beyond one page).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import threading
@@ -22,7 +26,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from exporter.errors import ObjectNotFound
+from exporter.errors import ObjectNotFound, StoreError, StoreUnavailable
 from exporter.exporter import Exporter
 from exporter.sdk import DeltaConsumer
 from exporter.settings import ExporterConfig
@@ -30,6 +34,7 @@ from exporter.store import OssStore
 from tests.test_export_chain import Trainer, _assert_same
 
 KEY_ID, SECRET = "test-id", "test-secret"
+BUCKET = "fluxrec-bucket"
 
 
 class FakeOss(ThreadingHTTPServer):
@@ -37,6 +42,7 @@ class FakeOss(ThreadingHTTPServer):
     fail_next: int
     requests: list[str]
     bad_signatures: int
+    hosts: list[str]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -45,11 +51,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a: Any) -> None:
         pass
 
+    def _resource(self) -> str:
+        """``/bucket/key``, from a path-style request (``/bucket/key`` to an IP endpoint)
+        or a virtual-hosted one (``bucket.oss-region.aliyuncs.com/key``, via a proxy)."""
+        url = urlparse(self.path)
+        host = url.netloc or self.headers.get("Host", "")
+        if host.startswith(f"{BUCKET}."):
+            self.server.hosts.append(host)
+            return f"/{BUCKET}{unquote(url.path)}"
+        return unquote(url.path)
+
     def _check_signature(self) -> bool:
         url = urlparse(self.path)
         q = parse_qs(url.query, keep_blank_values=True)
         sub = sorted(k for k in q if k in ("acl", "uploads", "location"))
-        resource = unquote(url.path) + ("?" + "&".join(sub) if sub else "")
+        resource = self._resource() + ("?" + "&".join(sub) if sub else "")
         oss_headers = "".join(
             f"{k.lower()}:{v}\n"
             for k, v in sorted(self.headers.items())
@@ -96,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(503, "ServiceUnavailable")
             return
         url = urlparse(self.path)
-        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+        bucket, _, key = self._resource().lstrip("/").partition("/")
         objs = self.server.objects
         if self.command == "PUT":
             objs[key] = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -136,11 +152,12 @@ class Handler(BaseHTTPRequestHandler):
 def oss() -> Iterator[tuple[FakeOss, OssStore]]:
     srv = FakeOss(("127.0.0.1", 0), Handler)
     srv.objects, srv.fail_next, srv.requests, srv.bad_signatures = {}, 0, [], 0
+    srv.hosts = []
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     endpoint = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        yield srv, OssStore("oss://fluxrec-bucket/some/prefix", endpoint, KEY_ID, SECRET)
+        yield srv, OssStore(f"oss://{BUCKET}/some/prefix", endpoint, KEY_ID, SECRET)
     finally:
         srv.shutdown()
         srv.server_close()
@@ -183,7 +200,42 @@ def test_delta_chain_over_oss(oss: tuple[FakeOss, OssStore]) -> None:
     t, ex = Trainer(21), Exporter(store, ExporterConfig(snapshot_every=3))
     c = DeltaConsumer(store)
     for _ in range(5):
-        t.train()
-        ex.publish(t.cut(ex.wants_full))
+        t.publish(ex)
         c.sync()
     _assert_same(c, t)
+
+
+def test_oss_store_virtual_hosted_requests_to_a_region_endpoint(
+    oss: tuple[FakeOss, OssStore],
+) -> None:
+    """With a real endpoint name the client addresses ``BUCKET.ENDPOINT/key`` (no DNS
+    needed here: the requests go through the local server as an HTTP proxy)."""
+    import oss2
+
+    srv, _ = oss
+    proxy = f"http://127.0.0.1:{srv.server_address[1]}"
+    store = OssStore(
+        f"oss://{BUCKET}/p",
+        "http://oss-cn-hangzhou.aliyuncs.com",
+        KEY_ID,
+        SECRET,
+        bucket_factory=functools.partial(oss2.Bucket, proxies={"http": proxy}),
+    )
+    store.put("v/1.fxd", b"one")
+    assert store.get("v/1.fxd") == b"one" and store.list("v/") == ["v/1.fxd"]
+    assert srv.objects == {"p/v/1.fxd": b"one"} and srv.bad_signatures == 0
+    assert set(srv.hosts) == {f"{BUCKET}.oss-cn-hangzhou.aliyuncs.com"}
+
+
+def test_oss_store_gives_up_after_retries_with_a_clear_error(
+    oss: tuple[FakeOss, OssStore],
+) -> None:
+    srv, store = oss
+    srv.fail_next = 100
+    with pytest.raises(StoreUnavailable, match="put k failed 5 times: ServerError") as exc:
+        store.put("k", b"v")
+    assert sum(r.startswith("PUT") for r in srv.requests) == 5
+    assert SECRET not in str(exc.value) and "some/prefix" in str(exc.value)
+    srv.fail_next = 0
+    with pytest.raises(StoreError, match=r"NoSuchKey|not found"):
+        store.get("k")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from exporter.exporter import Exporter
-from exporter.sdk import DeltaConsumer, RedisTables
+from exporter.sdk import DeltaConsumer, InMemoryTables, RedisTables
 from exporter.settings import ExporterConfig
 from exporter.store import open_store
 from fluxrec.config import Config
@@ -26,44 +27,63 @@ def _wait(cond, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
+class RecordingTables(InMemoryTables):
+    """The in-memory backend, noting the sequence of every version it applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[int] = []
+
+    def apply(self, manifest: dict[str, Any], tables: Any, dense: Any) -> None:
+        super().apply(manifest, tables, dense)
+        self.applied.append(manifest["sequence"])
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("mode", ["notify", "poll"])
 def test_follower_gets_every_version_in_order(tmp_path: Path, redis_url: str, mode: str) -> None:
+    """notify: polling is every hour, so only Redis notifications can deliver in time;
+    poll: Redis on a port where nothing listens, so only polling can."""
     store = open_store(f"file://{tmp_path / 'o'}")
     channel = unique_name("ch")
     t = Trainer(11)
     ex = Exporter(store, ExporterConfig(snapshot_every=4), redis_url, channel)
     t.train()
     ex.publish(t.cut(True))
-    # poll mode: Redis on a port where nothing listens -> the consumer falls back to polling
     url = redis_url if mode == "notify" else "redis://127.0.0.1:1/0"
+    backend = RecordingTables()
     c = DeltaConsumer(
-        store, redis_url=url, channel=channel, poll_interval_s=5.0 if mode == "notify" else 0.1
+        store,
+        backend,
+        redis_url=url,
+        channel=channel,
+        poll_interval_s=3600.0 if mode == "notify" else 0.1,
     )
-    applied: list[int] = []
-    orig = c._apply
-
-    def record(*a):  # type: ignore[no-untyped-def]
-        orig(*a)
-        applied.append(a[0]["sequence"])
-
-    c._apply = record  # type: ignore[method-assign]
     c.start()
     try:
-        time.sleep(0.3)
+        assert _wait(lambda: mode == "poll" or _subscribed(c))  # no message is lost
         for _ in range(8):
-            t.train()
-            ex.publish(t.cut(ex.wants_full))
+            t.publish(ex)
             time.sleep(0.05)
         assert _wait(lambda: c.version == 8)
     finally:
         c.stop()
-    assert applied == list(range(0, 9))
+    assert backend.applied == list(range(0, 9))
     _assert_same(c, t)
     if mode == "notify":
-        assert c.stats.notifications >= 1
+        assert c.stats.notifications >= 1 and c.stats.polls == 0
     else:
-        assert c.stats.redis_down >= 1 and c.stats.notifications == 0
+        assert c.stats.redis_down >= 1 and c.stats.notifications == 0 and c.stats.polls >= 1
+
+
+def _subscribed(c: DeltaConsumer) -> bool:
+    import redis
+
+    r = redis.Redis.from_url(c.redis_url or "")
+    try:
+        return bool(r.pubsub_numsub(c.channel)[0][1])
+    finally:
+        r.close()
 
 
 @pytest.mark.redis
@@ -73,8 +93,7 @@ def test_redis_table_backend(tmp_path: Path, redis_url: str) -> None:
     backend = RedisTables(redis_url, prefix=unique_name("fx"))
     c = DeltaConsumer(store, backend=backend)
     for _ in range(6):
-        t.train()
-        ex.publish(t.cut(ex.wants_full))
+        t.publish(ex)
         c.sync()
         ids, vals = t.table()
         got = backend.lookup("item_id", ids, dim=4)
@@ -91,8 +110,7 @@ def test_chain_through_real_s3(stack_config: Config) -> None:
     t, ex = Trainer(13), Exporter(store, ExporterConfig(snapshot_every=3, retain_snapshots=1))
     c = DeltaConsumer(store)
     for _ in range(7):
-        t.train()
-        ex.publish(t.cut(ex.wants_full))
+        t.publish(ex)
         c.sync()
         _assert_same(c, t)
     late = DeltaConsumer(store)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -10,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.errors import (
+    BadManifest,
     BadSequence,
     ExporterError,
     MissingPayload,
     ObjectNotFound,
+    OversizedPayload,
     Truncated,
     VersionNotFound,
 )
@@ -26,6 +27,7 @@ __all__ = ["ConsumerStats", "DeltaConsumer"]
 
 log = logging.getLogger(__name__)
 _DEFAULT_LIMITS = Limits()
+_SLICE_S = 0.1  # the follower thread checks for stop() this often
 
 
 @dataclass
@@ -37,6 +39,18 @@ class ConsumerStats:
     polls: int = 0
     redis_down: int = 0
     last_error: str = ""
+
+
+def _check_entry(seq: int, obj: dict[str, Any], dec: DecodedTable | DecodedDense) -> None:
+    """The decoded object is the one its manifest entry describes."""
+    if isinstance(dec, DecodedTable):
+        got = {"kind": "table", "name": dec.name, "dim": dec.dim, "encoding": dec.encoding}
+        got |= {"rows": len(dec.ids), "tombstones": len(dec.tombstones)}
+    else:
+        got = {"kind": "dense"}
+    want = {k: obj.get(k) for k in got}
+    if got != want:
+        raise BadManifest(f"version {seq}: {obj['key']} holds {got}, its manifest says {want}")
 
 
 class DeltaConsumer:
@@ -70,6 +84,7 @@ class DeltaConsumer:
         self.version: int | None = None
         self.watermark_ms: int | None = None
         self.pinned: int | None = None
+        self._rebuild = False  # the next sync rebuilds from a snapshot (after a rollback)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,9 +116,16 @@ class DeltaConsumer:
         tables: list[DecodedTable] = []
         dense: DecodedDense | None = None
         for obj in doc["objects"]:
+            if obj["bytes"] > self.limits.max_object_bytes:
+                raise OversizedPayload(
+                    f"version {seq}: {obj['key']} has {obj['bytes']} bytes > limit "
+                    f"{self.limits.max_object_bytes} (DeltaConsumer(limits=...))"
+                )
             try:
                 data = self.store.get(obj["key"])
             except ObjectNotFound:
+                if not self.store.exists(manifest_key(seq)):
+                    raise VersionNotFound(f"version {seq}: pruned while being read") from None
                 raise MissingPayload(f"version {seq}: {obj['key']} is missing") from None
             if len(data) != obj["bytes"]:
                 raise Truncated(
@@ -111,9 +133,9 @@ class DeltaConsumer:
                     f"{obj['bytes']}"
                 )
             dec = decode_object(data, obj["sha256"], self.limits)
+            del data
+            _check_entry(seq, obj, dec)
             if isinstance(dec, DecodedTable):
-                if obj["kind"] != "table" or dec.name != obj["name"] or dec.dim != obj["dim"]:
-                    raise MissingPayload(f"version {seq}: {obj['key']} is not table {obj['name']}")
                 tables.append(dec)
             else:
                 dense = dec
@@ -125,15 +147,30 @@ class DeltaConsumer:
         self.stats.applied += 1
 
     def _chain_to(self, target: int) -> None:
-        """Apply the snapshot under ``target`` and the deltas after it up to ``target``."""
-        doc, tables, dense = self.load_version(target)
-        base = doc["base_snapshot"]
-        chain = [self.load_version(s) for s in range(base, target)] + [(doc, tables, dense)]
-        for prev, cur in itertools.pairwise(chain):
-            if cur[0]["kind"] == "delta" and cur[0]["parent"] != prev[0]["sequence"]:
-                raise BadSequence(f"version {cur[0]['sequence']}: parent breaks the chain")
-        for item in chain:
-            self._apply(*item)
+        """Apply the snapshot under ``target``, then each delta after it up to ``target``.
+
+        One version is held in memory at a time, and each is verified before it is applied,
+        so a bad delta leaves the last good version of the chain being served.
+        """
+        try:
+            raw = self.store.get(manifest_key(target))
+        except ObjectNotFound:
+            raise VersionNotFound(f"version {target}: no manifest in {self.store.url}") from None
+        base = parse_manifest(raw, self.hmac_key, expected_seq=target)["base_snapshot"]
+        for seq in range(base, target + 1):
+            self._apply(*self.load_version(seq))
+
+    def _rebuild_to_latest(self, attempts: int = 3) -> None:
+        """Rebuild from the newest snapshot chain; if the writer prunes the chain while we
+        read it, start again from the newer ``LATEST.json``."""
+        for attempt in range(attempts):
+            latest, _base = parse_latest(self.store.get(LATEST_KEY))
+            try:
+                self._chain_to(latest)
+                return
+            except VersionNotFound:
+                if attempt == attempts - 1:
+                    raise
 
     # ------------------------------------------------------------------ following
 
@@ -160,8 +197,9 @@ class DeltaConsumer:
             latest, _base = parse_latest(self.store.get(LATEST_KEY))
         except ObjectNotFound:
             return
-        if self.version is None or latest < self.version:
-            self._chain_to(latest)
+        if self.version is None or latest < self.version or self._rebuild:
+            self._rebuild_to_latest()
+            self._rebuild = False
             return
         seq = self.version + 1
         while seq <= latest:
@@ -169,7 +207,7 @@ class DeltaConsumer:
                 doc, tables, dense = self.load_version(seq)
             except VersionNotFound:
                 self.stats.gaps_recovered += 1  # pruned or never written: back to a snapshot
-                self._chain_to(latest)
+                self._rebuild_to_latest()
                 return
             if doc["kind"] == "delta" and doc["parent"] != self.version:
                 raise BadSequence(
@@ -186,15 +224,18 @@ class DeltaConsumer:
             self.pinned = seq
 
     def resume(self) -> int:
-        self.pinned = None
+        """Follow new versions again: rebuild from the newest snapshot chain (until that
+        succeeds the rolled-back version keeps being served)."""
         with self._lock:
-            self.version = None  # rebuild from the newest snapshot
+            self.pinned = None
+            self._rebuild = True
         return self.sync()
 
     # ------------------------------------------------------------------ background
 
     def start(self) -> None:
-        """Follow in a background thread: Redis notifications, polling as fallback."""
+        """Follow in a background thread: sync on each Redis notification, and poll
+        ``LATEST.json`` every ``poll_interval_s`` (the only way while Redis is down)."""
         self.sync()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="delta-consumer", daemon=True)
@@ -206,25 +247,37 @@ class DeltaConsumer:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        import redis
+
         pubsub: Any = None
+        subscribe_at = 0.0  # when to (re)try subscribing
+        poll_at = time.monotonic() + self.poll_interval_s
         while not self._stop.is_set():
-            if pubsub is None and self.redis_url:
+            if pubsub is None and self.redis_url and time.monotonic() >= subscribe_at:
                 pubsub = self._subscribe()
-            if pubsub is not None:
-                try:
-                    msg = pubsub.get_message(timeout=self.poll_interval_s)
-                    if msg and msg.get("type") == "message":
-                        self.stats.notifications += 1
-                    else:
-                        self.stats.polls += 1
-                except Exception:
-                    self.stats.redis_down += 1
-                    pubsub = None
-                    self._stop.wait(self.poll_interval_s)
+                subscribe_at = time.monotonic() + self.poll_interval_s
+            notified = False
+            if pubsub is None:
+                self._stop.wait(_SLICE_S)
             else:
-                self._stop.wait(self.poll_interval_s)
+                try:
+                    msg = pubsub.get_message(timeout=_SLICE_S)
+                    notified = bool(msg) and msg.get("type") == "message"
+                except (redis.RedisError, OSError):
+                    self.stats.redis_down += 1
+                    pubsub.close()
+                    pubsub = None
+            if notified:
+                self.stats.notifications += 1
+            elif time.monotonic() >= poll_at:
                 self.stats.polls += 1
-            self.sync()
+            else:
+                continue
+            try:
+                self.sync()
+            except Exception:  # never let the follower thread die; the next round retries
+                log.exception("delta consumer: sync failed")
+            poll_at = time.monotonic() + self.poll_interval_s
         if pubsub is not None:
             pubsub.close()
 
@@ -236,6 +289,6 @@ class DeltaConsumer:
             ps = r.pubsub(ignore_subscribe_messages=True)
             ps.subscribe(self.channel)
             return ps
-        except redis.RedisError:
+        except (redis.RedisError, OSError):
             self.stats.redis_down += 1
             return None

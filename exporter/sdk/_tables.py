@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.format import DecodedDense, DecodedTable
+from exporter.sdk._slots import SlotTable
 
 __all__ = ["Backend", "InMemoryTables", "InPlaceTables", "RedisTables", "Table", "TableSet"]
 
@@ -50,11 +51,7 @@ class Table:
             ids, vals = np.delete(ids, hit), np.delete(vals, hit, axis=0)
         if len(d.ids) == 0:
             return Table(self.name, self.dim, ids, vals)
-        order = np.argsort(d.ids, kind="stable")
-        if (order[1:] > order[:-1]).all():  # already sorted by id: no gathers
-            dids, dvals = d.ids, d.values
-        else:
-            dids, dvals = d.ids[order], d.values[order]
+        dids, dvals = _sorted_last(d.ids, d.values)
         pos = np.searchsorted(ids, dids)
         found = pos < len(ids)
         found[found] = ids[pos[found]] == dids[found]
@@ -73,14 +70,25 @@ class Table:
 
     @staticmethod
     def from_rows(d: DecodedTable) -> Table:
-        order = np.argsort(d.ids, kind="stable")
-        if len(order) and (np.diff(order) == 1).all():  # already sorted: zero-copy
-            return Table(d.name, d.dim, d.ids, d.values)
-        return Table(d.name, d.dim, d.ids[order], d.values[order])
+        return Table(d.name, d.dim, *_sorted_last(d.ids, d.values))
 
     @property
     def nbytes(self) -> int:
         return int(self.ids.nbytes + self.values.nbytes)
+
+
+def _sorted_last(
+    ids: npt.NDArray[np.int64], values: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """``(ids, values)`` sorted by id; where an id repeats (invalid input), its last row."""
+    if len(ids) < 2 or (ids[1:] > ids[:-1]).all():  # already sorted and unique: no copy
+        return ids, values
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    last = np.append(ids[1:] != ids[:-1], True)
+    if not last.all():
+        order, ids = order[last], ids[last]
+    return ids, np.take(values, order, axis=0)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,9 @@ class InMemoryTables:
                 )
                 prev = empty
             base[d.name] = prev.apply(d) if not snapshot else Table.from_rows(d)
-        dn = dense.tensors if dense else ({} if snapshot or old is None else old.dense)
+        dn = {} if snapshot or old is None else old.dense
+        if dense:
+            dn = {**dn, **dense.tensors}  # a dense object replaces the tensors it names
         self.state = TableSet(manifest["sequence"], manifest["watermark_ms"], base, dn)
 
     def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
@@ -136,36 +146,33 @@ class InMemoryTables:
 
 
 class InPlaceTables:
-    """In-process tables updated in place under a lock: memory ~ table + one delta.
+    """In-process tables updated in place under a lock: memory ~1.1x the rows.
 
     Versions stay atomic because :meth:`lookup` and :meth:`apply` hold the same lock
-    (a lookup waits while a version is applied, then sees all of it). Storage per table:
-    rows in slots of fixed-size chunks (growing adds a chunk, never copies), a sorted
-    index ``ids`` -> ``slots``, and a free-slot list refilled by tombstones::
-
-        ids   = [5, 17, 42]      slots = [2, 0, 1]      slot 0 holds the row of id 17
+    (a lookup waits while a version is applied, then sees all of it). Each table is a
+    :class:`~exporter.sdk._slots.SlotTable`: rows in fixed-size chunks and a hash index
+    id -> slot, so applying k rows costs O(k) whatever the size of the table.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tables: dict[str, _SlotTable] = {}
+        self._tables: dict[str, SlotTable] = {}
         self.dense: dict[str, npt.NDArray[np.float32]] = {}
         self.version: int | None = None
 
     def apply(
         self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
     ) -> None:
+        snapshot = manifest["kind"] == "snapshot"
         with self._lock:
-            if manifest["kind"] == "snapshot":
+            if snapshot:
                 self._tables, self.dense = {}, {}
             for d in tables:
                 t = self._tables.get(d.name)
-                if t is None or t.dim != d.dim:
-                    t = self._tables[d.name] = _SlotTable(d.dim)
-                if manifest["kind"] == "snapshot":
-                    t.load(d)
-                else:
-                    t.apply(d)
+                if t is None or t.dim != d.dim or snapshot:
+                    t = self._tables[d.name] = SlotTable(d.dim, len(d.ids))
+                t.delete(d.tombstones)
+                t.upsert(d.ids, d.values)
             if dense:
                 self.dense = {**self.dense, **dense.tensors}
             self.version = int(manifest["sequence"])
@@ -177,107 +184,10 @@ class InPlaceTables:
     def rows(self, table: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``(ids, values)`` sorted by id (a copy, for checks and exports)."""
         with self._lock:
-            t = self._tables[table]
-            return t.ids.copy(), t.values_by_id()
+            return self._tables[table].items()
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self._tables.values())
-
-
-_CHUNK_SHIFT = 18  # rows per storage chunk: 262144 (16 MiB at dim 16 fp32)
-
-
-class _SlotTable:
-    """Rows in fixed-size chunks (growing never copies), a sorted id -> slot index."""
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self.ids = np.empty(0, np.int64)
-        self.slots = np.empty(0, np.int64)
-        self.chunks: list[npt.NDArray[np.float32]] = []
-        self.used = 0  # slots [0, used) have been handed out
-        self.free = np.empty(0, np.int64)
-
-    @property
-    def nbytes(self) -> int:
-        return self.ids.nbytes + self.slots.nbytes + sum(c.nbytes for c in self.chunks)
-
-    def _reserve(self, slots_needed: int) -> None:
-        while len(self.chunks) << _CHUNK_SHIFT < slots_needed:
-            self.chunks.append(np.empty((1 << _CHUNK_SHIFT, self.dim), np.float32))
-
-    def _gather(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        out = np.empty((len(slots), self.dim), np.float32)
-        which = slots >> _CHUNK_SHIFT
-        for c in np.unique(which):
-            m = which == c
-            out[m] = self.chunks[c][slots[m] & ((1 << _CHUNK_SHIFT) - 1)]
-        return out
-
-    def _scatter(self, slots: npt.NDArray[np.int64], rows: npt.NDArray[np.float32]) -> None:
-        which = slots >> _CHUNK_SHIFT
-        for c in np.unique(which):
-            m = which == c
-            self.chunks[c][slots[m] & ((1 << _CHUNK_SHIFT) - 1)] = rows[m]
-
-    def values_by_id(self) -> npt.NDArray[np.float32]:
-        return self._gather(self.slots)
-
-    def lookup(self, ids: npt.ArrayLike, default: float) -> npt.NDArray[np.float32]:
-        q = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(self.ids) == 0:
-            return np.full((len(q), self.dim), default, np.float32)
-        pos = np.minimum(np.searchsorted(self.ids, q), len(self.ids) - 1)
-        found = self.ids[pos] == q
-        out = self._gather(self.slots[pos])
-        out[~found] = default
-        return out
-
-    def load(self, d: DecodedTable) -> None:
-        """Replace the contents with a snapshot's rows (copied into chunks, id order)."""
-        order = None
-        if len(d.ids) > 1 and not (d.ids[1:] > d.ids[:-1]).all():
-            order = np.argsort(d.ids)
-        self.ids = d.ids[order] if order is not None else d.ids.copy()
-        self.chunks = []
-        self._reserve(len(self.ids))
-        step = 1 << _CHUNK_SHIFT
-        for c, i in enumerate(range(0, len(self.ids), step)):
-            src = d.values[order[i : i + step]] if order is not None else d.values[i : i + step]
-            self.chunks[c][: len(src)] = src
-        self.slots = np.arange(len(self.ids), dtype=np.int64)
-        self.used, self.free = len(self.ids), np.empty(0, np.int64)
-
-    def apply(self, d: DecodedTable) -> None:
-        if len(d.tombstones) and len(self.ids):
-            pos = np.minimum(np.searchsorted(self.ids, d.tombstones), len(self.ids) - 1)
-            hit = pos[self.ids[pos] == d.tombstones]
-            self.free = np.concatenate([self.free, self.slots[hit]])
-            self.ids, self.slots = np.delete(self.ids, hit), np.delete(self.slots, hit)
-        if len(d.ids) == 0:
-            return
-        # sorted keys make searchsorted and the row scatter cache-friendly
-        order = np.argsort(d.ids)
-        dids = d.ids[order]
-        pos = np.searchsorted(self.ids, dids)
-        found = pos < len(self.ids)
-        found[found] = self.ids[pos[found]] == dids[found]
-        upd = order[found]
-        self._scatter(self.slots[pos[found]], d.values[upd])  # updates: in place
-        if len(upd) == len(order):
-            return
-        new = order[~found]  # rows of d to insert, in id order
-        k = len(new)
-        reuse = self.free[:k]
-        self.free = self.free[k:]
-        fresh = np.arange(self.used, self.used + k - len(reuse), dtype=np.int64)
-        self.used += len(fresh)
-        self._reserve(self.used)
-        slots = np.concatenate([reuse, fresh])
-        self._scatter(slots, d.values[new])
-        at = pos[~found]
-        self.ids = np.insert(self.ids, at, dids[~found])
-        self.slots = np.insert(self.slots, at, slots)
 
 
 class RedisTables:

@@ -56,8 +56,7 @@ def build() -> dict[str, bytes]:
                 "sha256": digest,
             }
         )
-    dense = encode_dense(x["dense"])
-    data, digest = dense.tobytes(), dense.sha256
+    data, digest, _header = encode_dense(x["dense"])
     out["dense.fxd"] = data
     objects.append({"key": dense_key(7), "kind": "dense", "bytes": len(data), "sha256": digest})
     manifest = {
