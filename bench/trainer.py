@@ -1,16 +1,25 @@
 """Benchmark: samples/s of the reference DeepFM train step (``make bench-trainer``).
 
 Reference model: 26 sparse fields, dim 16, 13 dense, MLP 429-256-128-1, batch 4096, dense
-Adagrad. Three variants, same model and batches, measured in one run:
+Adagrad. Variants, same model code (:class:`trainer.model.CTRModel`) and batches, measured
+in one run and interleaved step by step so they share the machine's noise:
 
-- ``fluxrec``:  trainer.tables.DynamicTable per field (hash-map ids, per-batch dedup,
-  admission bookkeeping, row-wise Adagrad on the unique rows only), mean pooling.
+- ``fluxrec``:  :meth:`trainer.core.Trainer.train_batch`, the daemon's own step: dynamic
+  tables (hash-map ids, per-batch dedup, admission, row-wise Adagrad on the unique rows
+  only, change tracking), prequential metrics, loss, eviction pass every 100 steps.
 - ``baseline``: ``nn.Embedding(V, 16, sparse=True)`` per field + ``torch.optim.SparseAdam``
   (ids pre-mapped to ``[0, V)``: a fixed vocabulary, which is the baseline's advantage).
-- ``mlp_bound``: the same model fed a constant embedding tensor: no lookups at all.
+- ``mlp_bound``: the same model fed a constant embedding tensor: no lookups at all (and
+  no gradient w.r.t. the embeddings); ``mlp_bound_with_emb_grad`` adds that gradient,
+  which any model that trains embeddings must compute.
 
-Ids are Zipf(1.1) over a vocabulary of ``--vocab`` per field. The last output line is one
-JSON object.
+Batches are pre-decoded (JSON decoding and hashing are measured apart, as
+``featurize_samples_per_s``: the daemon's ``Trainer.featurize`` on Sample records of the
+same shape). Ids are Zipf(1.1) over ``--vocab`` values per field, fresh batches every
+round. Each variant's figure is the batch size over its median step time across
+``--rounds`` timed rounds of ``--steps`` steps (after one untimed warm-up round); the
+median keeps bursts of load from other processes out. The last output line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -25,128 +34,163 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from trainer.core import Batch, SparseField, Trainer
 from trainer.model import CTRModel
-from trainer.sparse import FusedLookup
-from trainer.tables import DynamicTable, TableParams
+from trainer.sparse import Jagged
+from trainer.tables import TableParams
 
 F, D, N_DENSE, MLP = 26, 16, 13, [256, 128]
+Step = Callable[[int], None]
 
 
-def batches(
+def make_batches(
     n: int, b: int, vocab: int, seed: int
-) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+) -> tuple[list[Batch], list[npt.NDArray[np.int64]]]:
+    """``n`` batches for the trainer (field-salted int64 keys, as hashing gives) and the
+    same ids in ``[0, vocab)`` for the baseline."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+    ours, raw = [], []
+    for k in range(n):
         ids = np.minimum(rng.zipf(1.1, size=(F, b)) - 1, vocab - 1).astype(np.int64)
+        keys = (ids + 1) * np.int64(0x9E3779B1) + (np.arange(F, dtype=np.int64) << 48)[:, None]
         dense = torch.from_numpy(rng.lognormal(0, 1, (b, N_DENSE)).astype(np.float32))
         label = torch.from_numpy((rng.random(b) < 0.05).astype(np.float32))
-        out.append((ids, dense, label))
+        ev = np.full(b, 1_700_000_000_000 + k * 1000, dtype=np.int64)
+        sparse: dict[str, Jagged] = {f"f{j}": (keys[j], None) for j in range(F)}
+        ours.append(Batch(sparse, dense, label, ev, np.zeros(b, dtype=bool)))
+        raw.append(ids)
+    return ours, raw
+
+
+def timed(steps: dict[str, Step], n: int) -> dict[str, list[float]]:
+    """Seconds of each of ``n`` steps of every variant, interleaved step by step (step i
+    of each variant, then step i + 1 of each), so that load from other processes, which
+    comes in bursts of seconds, falls on all variants alike."""
+    out: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(n):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step(i)
+            out[k].append(time.perf_counter() - t0)
     return out
 
 
-def run(
-    step: Callable[[np.ndarray, torch.Tensor, torch.Tensor], None],
-    data: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]],
-    warmup: int,
-) -> float:
-    for ids, dense, label in data[:warmup]:
-        step(ids, dense, label)
+def featurize_rate(t: Trainer, batch: int, seed: int) -> float:
+    """Samples/s of ``Trainer.featurize`` on Sample records of the reference shape."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for k in range(batch):
+        vals = np.minimum(rng.zipf(1.1, F) - 1, 99_999)
+        recs.append(
+            {
+                "v": 1,
+                "sample_id": f"r-{k}|i-{vals[1]}|0",
+                "event_time_ms": 1_700_000_000_000 + k,
+                "features": {
+                    "sparse": {f"f{j}": [f"v{vals[j]}"] for j in range(F)},
+                    "dense": {f"d{j}": float(j) for j in range(N_DENSE)},
+                },
+                "labels": {"click": int(k % 20 == 0)},
+                "strategy": "window",
+                "correction": False,
+            }
+        )
+    t.featurize(recs)  # warm the hash cache like a running daemon
     t0 = time.perf_counter()
-    for ids, dense, label in data[warmup:]:
-        step(ids, dense, label)
-    dt = time.perf_counter() - t0
-    return (len(data) - warmup) * data[0][1].shape[0] / dt
+    t.featurize(recs)
+    return batch / (time.perf_counter() - t0)
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script: three variants side by side
+def variants(
+    a: argparse.Namespace, batches: list[Batch], raw_t: list[torch.Tensor]
+) -> tuple[Trainer, dict[str, Step]]:
+    """The trainer and the step function of every variant (reading the current batches)."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    t = Trainer(  # fluxrec: the trainer's own step
+        [SparseField(f"f{j}", D) for j in range(F)],
+        [f"d{j}" for j in range(N_DENSE)],
+        arch="deepfm",
+        mlp=MLP,
+        table=TableParams(lr=0.05),
+        dense_lr=0.01,
+    )
+
+    def model_step(model: CTRModel, opts: list[torch.optim.Optimizer]) -> Callable[..., None]:
+        def step(emb: torch.Tensor, i: int) -> None:
+            loss = bce(model([emb], batches[i].dense), batches[i].label)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            for o in opts:
+                o.step()
+
+        return step
+
+    # baseline: nn.Embedding(sparse=True) + SparseAdam, same dense model and optimizer
+    torch.manual_seed(0)
+    bmodel = CTRModel("deepfm", [(F, D)], N_DENSE, MLP)
+    embs = torch.nn.ModuleList([torch.nn.Embedding(a.vocab, D, sparse=True) for _ in range(F)])
+    bstep = model_step(
+        bmodel,
+        [
+            torch.optim.Adagrad(bmodel.parameters(), lr=0.01),
+            torch.optim.SparseAdam(list(embs.parameters()), lr=0.01),
+        ],
+    )
+    # compute bounds: the same model on a constant embedding tensor (no lookups)
+    const = torch.randn(a.batch, F, D) * 0.01
+    mmodel = CTRModel("deepfm", [(F, D)], N_DENSE, MLP)
+    mstep = model_step(mmodel, [torch.optim.Adagrad(mmodel.parameters(), lr=0.01)])
+
+    def ours(i: int) -> None:
+        t.train_batch(batches[i])
+
+    return t, {
+        "ours": ours,
+        "base": lambda i: bstep(torch.stack([embs[k](raw_t[i][k]) for k in range(F)], 1), i),
+        "bound": lambda i: mstep(const, i),
+        "bound_grad": lambda i: mstep(const.clone().requires_grad_(True), i),
+    }
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one warm-up")
     ap.add_argument("--vocab", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    data = batches(a.steps + a.warmup, a.batch, a.vocab, seed=0)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-
-    # fluxrec tables
-    torch.manual_seed(0)
-    model = CTRModel("deepfm", F, D, N_DENSE, MLP)
-    opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
-    tables = [DynamicTable("shared", TableParams(dim=D))]
-    # field-distinct ids, as the stable hash (salted with the field name) gives them
-    salt = (np.arange(F, dtype=np.int64) * 0x5BD1E995)[:, None] << np.int64(20)
-
-    def ours(ids: np.ndarray, dense: torch.Tensor, label: torch.Tensor) -> None:
-        salted = ids + salt
-        lk = FusedLookup(tables[0], [(salted[k], None) for k in range(F)], ids.shape[1])
-        loss = bce(model(lk.pooled(), dense), label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        lk.step()
-
-    # baseline: nn.Embedding(sparse=True) + SparseAdam
-    torch.manual_seed(0)
-    bmodel = CTRModel("deepfm", F, D, N_DENSE, MLP)
-    bopt = torch.optim.Adagrad(bmodel.parameters(), lr=0.01)
-    embs = torch.nn.ModuleList([torch.nn.Embedding(a.vocab, D, sparse=True) for _ in range(F)])
-    sopt = torch.optim.SparseAdam(list(embs.parameters()), lr=0.01)
-
-    def base(ids: np.ndarray, dense: torch.Tensor, label: torch.Tensor) -> None:
-        t = torch.from_numpy(ids)
-        emb = torch.stack([embs[k](t[k]) for k in range(F)], dim=1)
-        loss = bce(bmodel(emb, dense), label)
-        bopt.zero_grad(set_to_none=True)
-        sopt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        bopt.step()
-        sopt.step()
-
-    # compute bound: no lookups
-    torch.manual_seed(0)
-    mmodel = CTRModel("deepfm", F, D, N_DENSE, MLP)
-    mopt = torch.optim.Adagrad(mmodel.parameters(), lr=0.01)
-    const = torch.randn(a.batch, F, D) * 0.01
-
-    def bound(ids: np.ndarray, dense: torch.Tensor, label: torch.Tensor) -> None:
-        loss = bce(mmodel(const, dense), label)
-        mopt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        mopt.step()
-
-    # compute bound that still back-propagates into the (constant) embedding input: the
-    # gradient w.r.t. the 429-wide input is work any embedding-training model must do
-    gmodel = CTRModel("deepfm", F, D, N_DENSE, MLP)
-    gopt = torch.optim.Adagrad(gmodel.parameters(), lr=0.01)
-
-    def bound_grad(ids: np.ndarray, dense: torch.Tensor, label: torch.Tensor) -> None:
-        c = const.clone().requires_grad_(True)
-        loss = bce(gmodel(c, dense), label)
-        gopt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        gopt.step()
-
-    # interleave the three to share whatever noise the machine has
-    res: dict[str, list[float]] = {"ours": [], "base": [], "bound": [], "bound_grad": []}
-    for _ in range(2):
-        res["bound"].append(run(bound, data, a.warmup))
-        res["bound_grad"].append(run(bound_grad, data, a.warmup))
-        res["base"].append(run(base, data, a.warmup))
-        res["ours"].append(run(ours, data, a.warmup))
-    ours_s, base_s, bound_s = (max(res[k]) for k in ("ours", "base", "bound"))
-    rows = sum(len(t) for t in tables)
-    print(
-        f"fluxrec   {ours_s:10.0f} samples/s  ({rows} live rows, {tables[0].bytes_per_row()} B/row)"
-    )
+    # fresh batches every round (the Zipf tail keeps bringing new ids to admit, as a live
+    # stream does); round 0 warms every variant up and is not counted
+    data = [make_batches(a.steps, a.batch, a.vocab, seed=r) for r in range(a.rounds + 1)]
+    batches: list[Batch] = []
+    raw_t: list[torch.Tensor] = []
+    t, steps = variants(a, batches, raw_t)
+    res: dict[str, list[float]] = {k: [] for k in steps}
+    for r, (ours_b, raw) in enumerate(data):
+        batches[:] = ours_b
+        raw_t[:] = [torch.from_numpy(x) for x in raw]
+        took = timed(steps, a.steps)
+        for k in steps:
+            if r:
+                res[k] += took[k]
+    # samples/s at the median step time: robust to bursts of load from other processes
+    rate = {k: a.batch / float(np.median(v)) for k, v in res.items()}
+    ours_s, base_s, bound_s, grad_s = (rate[k] for k in ("ours", "base", "bound", "bound_grad"))
+    mem = t.memory()
+    rows = sum(mem["rows"].values())
+    (bpr,) = mem["bytes_per_row"].values()
+    feat_s = featurize_rate(t, a.batch, seed=1)
+    print(f"fluxrec   {ours_s:10.0f} samples/s  ({rows} live rows, {bpr} B/row)")
     print(f"baseline  {base_s:10.0f} samples/s  (nn.Embedding sparse + SparseAdam)")
-    grad_s = max(res["bound_grad"])
-    print(f"mlp bound {bound_s:10.0f} samples/s")
-    print(f"mlp bound {grad_s:10.0f} samples/s  (with the gradient w.r.t. the embeddings)")
+    print(f"mlp bound {bound_s:10.0f} samples/s  (no lookups)")
+    print(f"mlp bound {grad_s:10.0f} samples/s  (no lookups, with the gradient w.r.t. them)")
+    print(f"featurize {feat_s:10.0f} samples/s  (Sample records -> Batch, one thread)")
     print(
         json.dumps(
             {
@@ -157,6 +201,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script: three variants side by
                 "vs_bound": round(ours_s / bound_s, 3),
                 "mlp_bound_with_emb_grad_samples_per_s": round(grad_s),
                 "vs_bound_with_emb_grad": round(ours_s / grad_s, 3),
+                "featurize_samples_per_s": round(feat_s),
+                "p25_p75_samples_per_s": {
+                    k: [round(a.batch / float(np.percentile(v, q))) for q in (75, 25)]
+                    for k, v in res.items()
+                },
                 "batch": a.batch,
                 "threads": a.threads,
                 "fields": F,
@@ -164,7 +213,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script: three variants side by
                 "vocab": a.vocab,
                 "steps": a.steps,
                 "live_rows": rows,
-                "bytes_per_row": tables[0].bytes_per_row(),
+                "bytes_per_row": bpr,
+                "table_bytes": sum(mem["bytes"].values()),
             }
         )
     )

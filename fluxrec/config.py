@@ -10,7 +10,7 @@ Layout (``configs/local.yaml`` is the reference; ``fluxrec config keys`` lists e
     object_store: url, s3.{endpoint_url,region,access_key,secret_key},
                   oss.{endpoint,access_key_id,access_key_secret}, s3_server.{enabled,port}
     model:        arch, embedding_dim, mlp
-    features:     sparse[{name, dim}], dense[{name}]
+    features:     sparse[{name, dim, ids}], dense[{name}]
     replay:       see replay/settings.py
     join:         see sample_join/settings.py
     trainer:      see trainer/settings.py
@@ -230,10 +230,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SparseFeature:
-    """A categorical field; ``dim`` overrides ``model.embedding_dim``."""
+    """A categorical field; ``dim`` overrides ``model.embedding_dim``; ``ids: raw`` uses
+    the values (decimal int64 strings) as feature ids instead of hashing them."""
 
     name: str
     dim: int | None = None
+    ids: Literal["hash", "raw"] = "hash"
 
 
 @dataclass(frozen=True)

@@ -1,106 +1,215 @@
-"""Crash test: ``kill -9`` the ``fluxrec train`` daemon mid-stream, restart, and check that
-every sample was trained exactly once (sample-id checksum and count in the checkpoint)."""
+"""Crash test of ``fluxrec train`` (a real subprocess on a real topic, exporter on):
+
+1. ``kill -9`` it while it holds trained samples that no checkpoint has yet;
+2. restart it and stop it with SIGTERM: exit 0 with a final checkpoint and export;
+3. restart it until caught up: every sample was trained exactly once (count and XOR of
+   sample ids in the checkpoint), and a server reading the published versions with the
+   delta consumer SDK holds exactly the trainer's final tables and dense parameters.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from exporter.sdk import DeltaConsumer, open_store
+from fluxrec.testing import free_port
 from trainer.hashing import stable_hash
 from trainer.synthetic import synthetic_samples
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
-N = 3000
+N = 4000
+EVERY = 1000  # checkpoint every this many samples
 
 
-def _newest_meta(ck: Path) -> dict[str, int] | None:
+def _newest_meta(ck: Path) -> dict[str, Any] | None:
     found = sorted(ck.glob("ckpt-*"))
     return json.loads((found[-1] / "meta.json").read_text()) if found else None
 
 
-def test_kill_9_and_restart_trains_every_sample_exactly_once(
-    bootstrap: str, new_topic: Callable[..., str], stack_config_path: Path, tmp_path: Path
-) -> None:
+def _trained(port: int) -> int | None:
+    """``fluxrec_trainer_samples_total`` from the daemon's /metrics (None: not up yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            body = r.read().decode()
+    except OSError:
+        return None
+    m = re.search(r"^fluxrec_trainer_samples_total (\d+)$", body, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _wait(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while not cond():
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            pytest.fail(f"daemon exited ({proc.returncode}) before {what}:\n{out}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _manifests(url: str) -> list[dict[str, Any]]:
+    store = open_store(url)
+    keys = sorted(k for k in store.list("versions/") if k.endswith("/manifest.json"))
+    return [json.loads(store.get(k)) for k in keys]
+
+
+def _produce(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], int]:
+    """N samples, 1 undecodable record and a conversion correction every 100 samples
+    (the click model skips it) in one transaction; returns (samples, corrections)."""
     from kafka import KafkaProducer
 
-    topic = new_topic(partitions=2)
     samples = synthetic_samples(N, seed=5)
     prod = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topic}-tx")
     prod.init_transactions()
     prod.begin_transaction()
-    for s in samples:
+    skipped = 0
+    for k, s in enumerate(samples):
         prod.send(topic, key=s["sample_id"].encode(), value=json.dumps(s).encode())
+        if k % 100 == 7:
+            corr = s | {
+                "sample_id": s["sample_id"] + "|conversion",
+                "labels": {"click": 0, "conversion": 1},
+                "correction": True,
+            }
+            prod.send(topic, key=s["sample_id"].encode(), value=json.dumps(corr).encode())
+            skipped += 1
+    prod.send(topic, key=b"junk", value=b"{not json")
     prod.commit_transaction()
     prod.close()
+    return samples, skipped
 
+
+def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
+    bootstrap: str, new_topic: Callable[..., str], stack_config_path: Path, tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    samples, n_skipped = _produce(bootstrap, topic)
+    port = free_port()
+    objects = f"file://{tmp_path / 'objects'}"
     doc = yaml.safe_load(stack_config_path.read_text())
-    doc.setdefault("kafka", {}).setdefault("topics", {})["samples"] = topic
+    doc["kafka"].setdefault("topics", {})["samples"] = topic
+    doc["object_store"]["url"] = objects
     doc["model"] = {"arch": "deepfm", "embedding_dim": 8, "mlp": [16]}
     doc["features"] = {
-        "sparse": [{"name": "user_id"}, {"name": "item_id"}, {"name": "category"}],
+        "sparse": [{"name": "user_id"}, {"name": "item_id", "dim": 4}, {"name": "category"}],
         "dense": [{"name": "price"}],
     }
-    ck = tmp_path / "ck"
     doc["trainer"] = {
-        "batch_size": 50,
+        "batch_size": 20,
         "max_batch_wait_s": 0.2,
-        "checkpoint_every_samples": 300,
+        "checkpoint_every_samples": EVERY,
         "checkpoint_every_s": 3600,
+        "max_rows": 120,  # fewer rows than users: LFU eviction, tombstones in the deltas
+        "evict_every": 10,
+        "metrics_port": port,
+        "threads": 1,
     }
+    doc["exporter"] = {"interval_s": 0.3, "max_norm_jump": 1e9, "snapshot_every": 5}
     cfg = tmp_path / "fluxrec.yaml"
     cfg.write_text(yaml.safe_dump(doc))
-    cmd = [
-        sys.executable,
-        "-m",
-        "fluxrec.cli",
-        "train",
-        "--config",
-        str(cfg),
-        "--checkpoint-dir",
-        str(ck),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "fluxrec.cli", "train", "--config", str(cfg)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "FLUXREC_TRAIN_CHECKPOINT_DIR": str(ck),
+    }
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    # 1. kill -9 with trained samples that are in no checkpoint yet
+    first = start()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            meta = _newest_meta(ck)
-            if meta and meta["samples"] >= 600:
-                break
-            time.sleep(0.05)
+
+        def ahead_of_checkpoint() -> bool:
+            meta, n = _newest_meta(ck), _trained(port)
+            return bool(meta and n and meta["samples"] >= EVERY and n >= meta["samples"] + 200)
+
+        _wait("training ahead of a checkpoint", ahead_of_checkpoint, first)
+        _wait("a published version", lambda: bool(_manifests(objects)), first)
         first.send_signal(signal.SIGKILL)
     finally:
         first.wait(timeout=30)
     killed_at = _newest_meta(ck)
-    assert killed_at is not None and 0 < killed_at["samples"] < N, killed_at
+    assert killed_at is not None and EVERY <= killed_at["samples"] < N, killed_at
+    published_before = len(_manifests(objects))
 
+    # 2. restart, then SIGTERM: a clean stop with a final checkpoint and export
+    second = start()
+    try:
+        _wait(
+            "training after the restart",
+            lambda: (_trained(port) or 0) >= killed_at["samples"] + 300,
+            second,
+        )
+        seen = _trained(port)
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=120)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    text = out.decode()
+    assert second.returncode == 0, text
+    assert f"resumed from {ck / 'ckpt-'}" in text and "stopped after" in text, text
+    stopped = _newest_meta(ck)
+    assert stopped is not None and seen is not None and stopped["samples"] >= seen
+    versions = _manifests(objects)
+    # the restored trainer's first export is a snapshot: deltas since the checkpoint
+    # would not apply to what the killed process had published after it
+    assert versions[published_before]["kind"] == "snapshot"
+    assert versions[published_before]["trainer_step"] >= killed_at["step"]
+    assert versions[-1]["samples"] == stopped["samples"]  # the final export
+
+    # 3. until caught up: every sample exactly once
     done = subprocess.run(
-        [*cmd, "--until-caught-up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [*cmd, "--until-caught-up"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "resumed from" in done.stdout
     meta = _newest_meta(ck)
     assert meta is not None
     want = 0
     for s in samples:
         want ^= stable_hash("sample_id", s["sample_id"])
-    assert meta["samples"] == N
+    assert (meta["samples"], meta["skipped"]) == (N, n_skipped)
     assert meta["id_xor"] == want  # a sample trained twice or never would change the XOR
-    assert sum(int(o) for o in meta["offsets"][topic].values()) >= N
-    assert (ck / "metrics.jsonl").exists()
+    assert sum(meta["offsets"][topic].values()) >= N + n_skipped + 1  # + control records
+    assert (ck / "metrics.jsonl").read_text().count('"auc"') >= 1
+
+    # what servers see is exactly the trainer's final state
+    last = _manifests(objects)[-1]
+    assert last["samples"] == N and last["kafka_offsets"][topic] == meta["offsets"][topic]
+    consumer = DeltaConsumer(open_store(objects))
+    assert consumer.sync() >= 1 and consumer.version == last["sequence"]
+    state = consumer.state
+    z = np.load(sorted(ck.glob("ckpt-*"))[-1] / "tensors.npz", allow_pickle=False)
+    tables = meta["tables"]
+    for tname, fields in tables.items():
+        ids, fld = z[f"table/{tname}/ids"], z[f"table/{tname}/field"]
+        weight = z[f"table/{tname}/weight"]
+        for k, field in enumerate(fields):
+            mine = fld == k
+            served = state.tables[field]
+            assert np.array_equal(served.ids, np.sort(ids[mine]))  # no stale, no missing
+            order = np.argsort(ids[mine])
+            assert np.array_equal(served.values, weight[mine][order])
+    deltas = [v for v in _manifests(objects) if v["kind"] == "delta"]
+    assert any(o["tombstones"] for v in deltas for o in v["objects"] if o["kind"] == "table")
+    for name, value in state.dense.items():
+        assert np.array_equal(value, z[f"model/{name}"]), name

@@ -33,6 +33,11 @@ def test_trains_from_a_committed_topic_and_auc_rises(
     for s in train:
         prod.send(topic, key=s["sample_id"].encode(), value=json.dumps(s).encode())
     prod.send(topic, key=b"bad", value=b"not json")  # counted, never trained
+    v2 = {**train[0], "v": 2, "sample_id": "r-v2|i-1|0"}  # a version it cannot read
+    prod.send(topic, key=b"v2", value=json.dumps(v2).encode())
+    conv = {**train[1], "sample_id": train[1]["sample_id"] + "|conversion", "correction": True}
+    conv["labels"] = {"click": 0, "conversion": 1}  # not a click sample: skipped
+    prod.send(topic, key=b"conv", value=json.dumps(conv).encode())
     prod.commit_transaction()
     prod.begin_transaction()  # aborted: read_committed must never see these
     for s in held[:50]:
@@ -53,11 +58,13 @@ def test_trains_from_a_committed_topic_and_auc_rises(
     assert not stop.is_set()  # ended by catching up, not by the guard
     assert st.samples == 4000 and t.samples == 4000  # the aborted 50 were never seen
     assert st.lag == 0
-    assert st.bad == 1 and st.bad_reasons == {"not json": 1}
-    assert sum(t.offsets[topic].values()) >= 4001  # includes the control/bad records
+    assert st.bad == 2 and st.bad_reasons == {"not json": 1, "bad sample": 1}
+    assert st.skipped == 1 and t.skipped == 1
+    assert sum(t.offsets[topic].values()) >= 4003  # includes the control/bad records
     p = t.score(featurize(held, [f for f, _ in FIELDS], ["price"]))
     y = np.array([s["labels"]["click"] for s in held], dtype=np.float64)
     got, oracle = auc(p, y), auc(np.array([s["p_click"] for s in held]), y)
     assert got > 0.68, (got, oracle)
     cut = t.take_cut()
+    assert cut is not None and cut.full
     assert cut.offsets == t.offsets and cut.samples == 4000

@@ -6,14 +6,30 @@ import numpy as np
 import pytest
 import torch
 
+from exporter.types import Cut, TableDelta
 from trainer.errors import TableError
 from trainer.hashing import stable_hash, stable_hash_many
-from trainer.sparse import SparseLookup, take_cut
+from trainer.sparse import FusedLookup, take_cut
 from trainer.tables import DynamicTable, IdMap, TableParams
 
 
 def ids(*xs: int) -> np.ndarray:
     return np.array(xs, dtype=np.int64)
+
+
+def train_on(t: DynamicTable, batch: np.ndarray, now: int = 0) -> FusedLookup:
+    """One sample per id of a single-field table; loss = sum of the pooled values."""
+    lk = FusedLookup(t, [(batch, None)], batch.size, now=now)
+    lk.pooled().sum().backward()
+    lk.step()
+    return lk
+
+
+def delta(t: DynamicTable) -> tuple[TableDelta, bool]:
+    """The only field's delta of a single-field table."""
+    deltas, full = t.take_delta()
+    (d,) = deltas.values()
+    return d, full
 
 
 def test_idmap_matches_dict_with_collisions_growth_and_deletes() -> None:
@@ -62,17 +78,24 @@ def test_ids_under_admission_threshold_never_get_rows() -> None:
     t = DynamicTable("f", TableParams(dim=4, admit_count=3))
     assert (t.lookup(ids(1, 2)) == -1).all()
     assert (t.lookup(ids(1)) == -1).all()
-    rows = t.lookup(ids(1, 2))  # id 1 seen 3 times, id 2 twice
+    rows = t.lookup(ids(1, 2))  # id 1 seen in 3 batches, id 2 in 2
     assert rows[0] >= 0 and rows[1] == -1
     assert len(t) == 1 and t.rejected == 4
-    delta, full = t.take_delta()
-    assert full and delta.ids.tolist() == [1]
-    # not-admitted ids read zeros and are not updated
-    lk = SparseLookup(t, ids(99, 99), None, 2)
+    d, full = delta(t)
+    assert full and d.ids.tolist() == [1]
+    # not-admitted ids read zeros, get no row and no update
+    lk = train_on(t, ids(99, 99))
     assert lk.pooled().abs().sum().item() == 0.0
-    lk.pooled().sum().backward()
-    lk.step()
-    assert len(t) == 1  # id 99 (seen once: per-batch dedup counts occurrences once)
+    assert len(t) == 1
+    d, _ = delta(t)
+    assert d.ids.size == 0  # nothing changed
+    # a batch counts an id once, however often it occurs: two more batches admit 99
+    train_on(t, ids(99, 99, 99))
+    assert len(t) == 1
+    train_on(t, ids(99))
+    assert t.lookup(ids(99), train=False)[0] >= 0
+    d, _ = delta(t)
+    assert d.ids.tolist() == [99]
 
 
 def test_probabilistic_admission_admits_about_p() -> None:
@@ -84,23 +107,30 @@ def test_probabilistic_admission_admits_about_p() -> None:
 def test_cut_contains_exactly_the_changed_rows() -> None:
     t = DynamicTable("f", TableParams(dim=4))
     t.lookup(ids(10, 20, 30, 40))
-    first, full = t.take_delta()
+    first, full = delta(t)
     assert full and sorted(first.ids.tolist()) == [10, 20, 30, 40]
     before = {int(i): v.copy() for i, v in zip(first.ids, first.values, strict=True)}
-    # train on 20 and 30 only
-    lk = SparseLookup(t, ids(20, 30, 20), None, 3)
-    lk.pooled().sum().backward()
-    lk.step()
-    delta, full = t.take_delta()
+    train_on(t, ids(20, 30, 20))  # train on 20 and 30 only
+    d, full = delta(t)
     assert not full
-    assert sorted(delta.ids.tolist()) == [20, 30]
-    for i, v in zip(delta.ids.tolist(), delta.values, strict=True):
+    assert sorted(d.ids.tolist()) == [20, 30]
+    for i, v in zip(d.ids.tolist(), d.values, strict=True):
         assert not np.allclose(v, before[i])
+        assert np.array_equal(v, t.gather(t.lookup(ids(i), train=False))[0].numpy())
     # the unchanged rows still hold their old values
     untouched = t.gather(t.lookup(ids(10, 40), train=False)).numpy()
     assert np.allclose(untouched, np.stack([before[10], before[40]]))
-    empty, _ = t.take_delta()
+    empty, _ = delta(t)
     assert empty.ids.size == 0 and empty.tombstones.size == 0
+
+
+def test_a_zero_gradient_changes_nothing_and_is_not_in_the_cut() -> None:
+    t = DynamicTable("f", TableParams(dim=2))
+    rows = t.lookup(ids(1, 2))
+    delta(t)
+    t.apply_adagrad(rows, torch.tensor([[0.0, 0.0], [0.5, 0.0]]))
+    d, _ = delta(t)
+    assert d.ids.tolist() == [2]
 
 
 def test_eviction_by_idle_time_and_lfu_produces_tombstones() -> None:
@@ -108,35 +138,46 @@ def test_eviction_by_idle_time_and_lfu_produces_tombstones() -> None:
     t.lookup(ids(1, 2, 3), now=0)
     for _ in range(3):
         t.lookup(ids(2, 3), now=5)
-    t.take_delta()
+    delta(t)
     gone = t.evict(now=5)  # 3 live rows > max_rows=2: id 1 is least used
     assert gone.tolist() == [1]
-    lk = SparseLookup(t, ids(3), None, 1, now=12)
-    lk.pooled().sum().backward()
-    lk.step()
+    train_on(t, ids(3), now=12)
     gone = t.evict(now=20)  # id 2 last updated at 0 (admitted), idle 20 > 10
     assert gone.tolist() == [2]
-    delta, full = t.take_delta()
+    d, full = delta(t)
     assert not full
-    assert sorted(delta.tombstones.tolist()) == [1, 2]
-    assert delta.ids.tolist() == [3]
+    assert sorted(d.tombstones.tolist()) == [1, 2]
+    assert d.ids.tolist() == [3]
     assert (t.lookup(ids(1, 2), train=False) == -1).all()
     # a readmitted id is live again: a row, not a tombstone
     t.lookup(ids(1), now=20)
     t.evict(now=20)
-    d2, _ = t.take_delta()
+    d2, _ = delta(t)
     assert 1 in d2.ids.tolist() and 1 not in d2.tombstones.tolist()
+    # evicted again before the next cut: a tombstone once, no row
+    t.evict(now=100)
+    d3, _ = delta(t)
+    assert sorted(d3.tombstones.tolist()) == [1, 3] and d3.ids.size == 0
 
 
 def test_tracking_overflow_makes_the_next_cut_full() -> None:
     t = DynamicTable("f", TableParams(dim=2, max_tracked=5))
     t.lookup(np.arange(3, dtype=np.int64))
-    t.take_delta()
+    delta(t)
     t.lookup(np.arange(3, 10, dtype=np.int64))  # 7 new changed rows > 5
-    delta, full = t.take_delta()
-    assert full and sorted(delta.ids.tolist()) == list(range(10))
-    _, full = t.take_delta()
+    assert t.overflow
+    d, full = delta(t)
+    assert full and sorted(d.ids.tolist()) == list(range(10))
+    _, full = delta(t)
     assert not full
+    # tombstones count against the bound too
+    t2 = DynamicTable("g", TableParams(dim=2, max_tracked=3, max_rows=1))
+    t2.lookup(np.arange(6, dtype=np.int64))
+    delta(t2)
+    t2.evict(now=0)  # 5 tombstones > 3
+    assert t2.overflow and t2.n_tombstones == 0  # none kept: the next cut is a snapshot
+    d, full = delta(t2)
+    assert full and d.ids.size == 1 and d.tombstones.size == 0
 
 
 def test_rows_are_reused_after_eviction_and_table_grows() -> None:
@@ -150,6 +191,15 @@ def test_rows_are_reused_after_eviction_and_table_grows() -> None:
     assert t.bytes_per_row() > 3 * 4
 
 
+def test_idmap_churn_does_not_grow_the_map() -> None:
+    m = IdMap(1024)
+    for k in range(200):  # insert and delete 100 fresh keys each round
+        batch = np.arange(k * 100, (k + 1) * 100, dtype=np.int64)
+        m.put(batch, batch)
+        m.delete(batch)
+    assert m.size == 0 and m.capacity <= 1024
+
+
 def test_adagrad_matches_reference_formula() -> None:
     p = TableParams(dim=2, lr=0.1, adagrad_init=0.0)
     t = DynamicTable("f", p)
@@ -159,16 +209,30 @@ def test_adagrad_matches_reference_formula() -> None:
     t.apply_adagrad(rows, g)
     acc = (0.09 + 0.16) / 2
     assert torch.allclose(t.weight[rows[0]], w0 - 0.1 * g[0] / (acc**0.5 + p.adagrad_eps))
+    assert t.accum[rows[0]].item() == pytest.approx(acc)
 
 
 def test_multi_valued_pooling_is_a_mean() -> None:
     t = DynamicTable("f", TableParams(dim=2))
-    lk = SparseLookup(t, ids(1, 2, 1), np.array([0, 0, 2], dtype=np.int64), 3)
-    out = lk.pooled()
+    lk = FusedLookup(t, [(ids(1, 2, 1), np.array([0, 0, 2], dtype=np.int64))], 3)
+    out = lk.pooled()[:, 0]
     e = t.gather(t.lookup(ids(1, 2), train=False))
     assert torch.allclose(out[0], (e[0] + e[1]) / 2)
     assert out[1].abs().sum().item() == 0.0
     assert torch.allclose(out[2], e[0])
+
+
+def _cut(tables: dict[str, DynamicTable], step: int, full: bool = False) -> Cut:
+    lin = torch.nn.Linear(2, 1)
+    return take_cut(
+        tables,
+        dict(lin.named_parameters()),
+        full=full,
+        step=step,
+        samples=4 * step,
+        watermark_ms=9,
+        offsets={"s": {0: step}},
+    )
 
 
 def test_take_cut_is_full_for_every_table_when_one_overflows() -> None:
@@ -176,42 +240,20 @@ def test_take_cut_is_full_for_every_table_when_one_overflows() -> None:
     b = DynamicTable("b", TableParams(dim=3, max_tracked=1))
     a.lookup(ids(1))
     b.lookup(ids(1))
-    lin = torch.nn.Linear(2, 1)
-    cut = take_cut(
-        {"a": a, "b": b},
-        dict(lin.named_parameters()),
-        step=1,
-        samples=4,
-        watermark_ms=9,
-        offsets={"s": {0: 3}},
-    )
-    assert cut.full and cut.offsets == {"s": {0: 3}}
+    cut = _cut({"a": a, "b": b}, 1)
+    assert cut.full and cut.offsets == {"s": {0: 1}}
     a.lookup(ids(2))
-    cut = take_cut(
-        {"a": a, "b": b},
-        dict(lin.named_parameters()),
-        step=2,
-        samples=8,
-        watermark_ms=9,
-        offsets={"s": {0: 5}},
-    )
+    cut = _cut({"a": a, "b": b}, 2)
     assert not cut.full and cut.tables["a"].ids.tolist() == [2] and cut.tables["b"].ids.size == 0
     b.lookup(ids(2, 3))
-    cut = take_cut(
-        {"a": a, "b": b},
-        dict(lin.named_parameters()),
-        step=3,
-        samples=9,
-        watermark_ms=9,
-        offsets={"s": {0: 6}},
-    )
+    cut = _cut({"a": a, "b": b}, 3)
     assert cut.full and sorted(cut.tables["a"].ids.tolist()) == [1, 2]
     assert cut.dense["weight"].shape == (1, 2)
+    cut = _cut({"a": a, "b": b}, 4, full=True)  # asked for: every live row
+    assert cut.full and sorted(cut.tables["b"].ids.tolist()) == [1, 2, 3]
 
 
 def test_fused_lookup_matches_per_field_pooling() -> None:
-    from trainer.sparse import FusedLookup
-
     t = DynamicTable("shared", TableParams(dim=3))
     a = ids(1, 2, 3)  # field a: one id per sample
     c, seg = ids(10, 11, 10), np.array([0, 0, 2], dtype=np.int64)  # field c: jagged
@@ -226,5 +268,32 @@ def test_fused_lookup_matches_per_field_pooling() -> None:
     t.take_delta()
     out[2].sum().backward()  # sample 2 uses ids 3 and 10 only
     lk.step()
-    delta, _ = t.take_delta()
-    assert sorted(delta.ids.tolist()) == [3, 10]
+    d, _ = delta(t)
+    assert sorted(d.ids.tolist()) == [3, 10]
+
+
+def test_a_shared_table_cuts_and_evicts_per_field() -> None:
+    t = DynamicTable("shared", TableParams(dim=2, max_rows=2), fields=["user", "item"])
+    # user ids 1..3 (jagged), item ids 100..101; distinct keys, as hashing makes them
+    users, seg = ids(1, 2, 3, 1), np.array([0, 0, 1, 1], dtype=np.int64)
+    items = ids(100, 101)
+    lk = FusedLookup(t, [(users, seg), (items, None)], 2, field_index=[0, 1])
+    deltas, full = t.take_delta()
+    assert full and set(deltas) == {"user", "item"}
+    assert sorted(deltas["user"].ids.tolist()) == [1, 2, 3]
+    assert sorted(deltas["item"].ids.tolist()) == [100, 101]
+    assert t.rows_per_field() == {"user": 3, "item": 2}
+    lk.pooled()[:, 1].sum().backward()  # only the item field has a gradient
+    lk.step()
+    deltas, full = t.take_delta()
+    assert not full and deltas["user"].ids.size == 0
+    assert sorted(deltas["item"].ids.tolist()) == [100, 101]
+    for _ in range(2):
+        t.lookup(ids(1, 3))  # user 2 is the least used user
+    gone = t.evict(now=0)  # users 3 > max_rows 2; items 2 <= 2
+    assert gone.tolist() == [2]
+    deltas, _ = t.take_delta()
+    assert deltas["user"].tombstones.tolist() == [2]
+    assert deltas["item"].tombstones.size == 0
+    with pytest.raises(TableError):
+        DynamicTable("x", TableParams(), fields=["a", "a"])

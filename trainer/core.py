@@ -1,14 +1,15 @@
 """The trainer's in-process core: samples -> batch -> prequential score -> update -> cut.
 
 :class:`Trainer` owns the dynamic tables, the dense model and its optimizer. The daemon
-feeds it decoded Sample records (the v1 wire contract in the project brief); the exporter
+feeds it decoded Sample records (``sample_join/CONTRACTS.md``, section 2); the exporter
 calls :meth:`Trainer.take_cut` from another thread. Every public method holds one lock,
 so a cut always falls between two training steps::
 
     t = Trainer.from_config(cfg)
-    t.train_samples([{"sample_id": "r-1|i-9|0", "features": {...}, "labels": {"click": 1},
-                      "event_time_ms": 1700000000000, "strategy": "window", ...}, ...])
-    cut = t.take_cut()          # exporter.types.Cut
+    t.train_samples([{"v": 1, "sample_id": "r-1|i-9|0", "features": {...},
+                      "labels": {"click": 1}, "event_time_ms": 1700000000000,
+                      "strategy": "window", "correction": False}, ...])
+    cut = t.take_cut(full=False)   # exporter.types.Cut, or None when nothing changed
 
 A batch in tensor form (:class:`Batch`), for B samples and fields ``user_id``, ``category``::
 
@@ -16,29 +17,44 @@ A batch in tensor form (:class:`Batch`), for B samples and fields ``user_id``, `
                "category": (ids int64 (K,), segment int64 (K,))}  # K values, sample of each
     dense   = float32 (B, N);  label = float32 (B,);  event_ms = int64 (B,)
     fake    = bool (B,)        # strategy == "fake_negative"
+
+Fields are stored in groups: all hashed fields of one dim share one
+:class:`~trainer.tables.DynamicTable` (one dedup, probe and update per batch for all of
+them), each raw-id field has its own. Cuts and checkpoints still name every field.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
 from exporter.types import Cut
 from trainer.errors import TrainerError
 from trainer.hashing import stable_hash
-from trainer.losses import loss_fn, predict
+from trainer.losses import fnw_weights, predict, stream_prob
 from trainer.metrics import PrequentialMetrics
 from trainer.model import CTRModel
-from trainer.sparse import SparseLookup, take_cut
+from trainer.sparse import FusedLookup, Jagged, take_cut
 from trainer.tables import DynamicTable, TableParams
 
-__all__ = ["BadSample", "Batch", "Trainer", "featurize"]
+if TYPE_CHECKING:
+    from fluxrec.config import Config
+
+__all__ = ["BadSample", "Batch", "Featurizer", "SparseField", "Trainer", "featurize"]
+
+log = logging.getLogger(__name__)
+
+_RESERVED = (np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1)
 
 
 class BadSample(TrainerError, ValueError):
@@ -46,104 +62,245 @@ class BadSample(TrainerError, ValueError):
 
 
 @dataclass(frozen=True)
-class Batch:
-    """A micro-batch in tensor form (layout in the module docstring)."""
+class SparseField:
+    """One categorical input: its name, embedding dim, and whether values are raw ids."""
 
-    sparse: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]]
+    name: str
+    dim: int
+    raw: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A micro-batch in tensor form (layout in the module docstring).
+
+    ``id_xor`` is the XOR of ``stable_hash("sample_id", id)`` over the batch's samples
+    (the trainer folds it into its exactly-once checksum); ``skipped`` counts records
+    left out on purpose (corrections of another label).
+    """
+
+    sparse: dict[str, Jagged]
     dense: torch.Tensor
     label: torch.Tensor
     event_ms: npt.NDArray[np.int64]
     fake: npt.NDArray[np.bool_]
-    sample_ids: list[str] = field(default_factory=list)
+    id_xor: int = 0
+    skipped: int = 0
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
 
-def featurize(
-    samples: Sequence[Mapping[str, Any]], sparse: Sequence[str], dense: Sequence[str]
-) -> Batch:
-    """Decode Sample records into a :class:`Batch`; raises :class:`BadSample` naming the id.
+class Featurizer:
+    """Decodes Sample records into a :class:`Batch` for fixed fields and one label.
 
-    Sparse values are strings hashed with :func:`trainer.hashing.stable_hash` (the field name
-    is part of the hash). A missing sparse field is an empty list; a missing dense value is 0.
+    Hashed values go through :func:`trainer.hashing.stable_hash` (the field name is part
+    of the hash), with a cache of at most ``cache_size`` values; raw values must be
+    decimal int64 strings. A missing sparse field is an empty list, a missing dense
+    value 0. A correction record (``correction: true``) of another label than ``label``
+    is skipped (counted in ``Batch.skipped``): the contract sets only its own label.
     """
-    b = len(samples)
-    ids: dict[str, list[int]] = {f: [] for f in sparse}
-    seg: dict[str, list[int]] = {f: [] for f in sparse}
-    single = dict.fromkeys(sparse, True)
-    dense_v = np.zeros((b, len(dense)), dtype=np.float32)
-    label = np.zeros(b, dtype=np.float32)
-    ev = np.zeros(b, dtype=np.int64)
-    fake = np.zeros(b, dtype=bool)
-    sids: list[str] = []
-    for i, s in enumerate(samples):
-        sid = str(s.get("sample_id", f"<#{i}>"))
-        try:
-            feats = s["features"]
-            sp, dn = feats.get("sparse", {}), feats.get("dense", {})
-            for f in sparse:
-                vals = sp.get(f, [])
-                if len(vals) != 1:
-                    single[f] = False
-                for v in vals:
-                    ids[f].append(stable_hash(f, str(v)))
-                    seg[f].append(i)
-            for j, f in enumerate(dense):
-                dense_v[i, j] = float(dn.get(f, 0.0))
-            label[i] = float(int(s["labels"]["click"]))
-            ev[i] = int(s["event_time_ms"])
-            strategy = s.get("strategy", "window")
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise BadSample(
-                f"sample {sid}: {type(e).__name__}: {e}; see the v1 Sample contract"
-            ) from e
-        if strategy not in ("window", "fake_negative"):
-            raise BadSample(f"sample {sid}: strategy {strategy!r}: use window or fake_negative")
-        fake[i] = strategy == "fake_negative"
-        sids.append(sid)
-    out: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]] = {}
-    for f in sparse:
-        a = np.array(ids[f], dtype=np.int64)
-        out[f] = (a, None if single[f] else np.array(seg[f], dtype=np.int64))
-    return Batch(out, torch.from_numpy(dense_v), torch.from_numpy(label), ev, fake, sids)
-
-
-class Trainer:
-    """Tables + model + optimizer + metrics, guarded by one lock."""
 
     def __init__(
         self,
-        sparse: Sequence[tuple[str, int]],
+        sparse: Sequence[SparseField | str],
+        dense: Sequence[str],
+        label: str = "click",
+        cache_size: int = 1_000_000,
+    ) -> None:
+        self.fields = [f if isinstance(f, SparseField) else SparseField(f, 1) for f in sparse]
+        self.dense = list(dense)
+        self.label = label
+        self.cache_size = cache_size
+        self._cache: dict[str, dict[str, int]] = {f.name: {} for f in self.fields}
+        self._cached = 0
+
+    def _miss(self, f: SparseField, value: Any) -> int:
+        """The id of a value not in the cache (then cached)."""
+        if not isinstance(value, str):
+            raise TypeError(f"features.sparse.{f.name} value {value!r} is not a string")
+        if f.raw:
+            h = int(value)
+            if not -(2**63) <= h < 2**63 or h in _RESERVED:
+                raise ValueError(f"features.sparse.{f.name}: raw id {value} is out of range")
+        else:
+            h = stable_hash(f.name, value)
+        if self._cached >= self.cache_size:
+            for c in self._cache.values():
+                c.clear()
+            self._cached = 0
+        self._cache[f.name][value] = h
+        self._cached += 1
+        return h
+
+    def _header(self, s: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
+        """(sample_id, label, event time, fake negative) of a record; None for a
+        correction of another label. Raises KeyError/TypeError/ValueError."""
+        if s["v"] != 1:
+            raise ValueError(f"v {s['v']!r}: this trainer reads version 1")
+        sid, y, t, strategy = (
+            s["sample_id"],
+            s["labels"][self.label],
+            s["event_time_ms"],
+            s["strategy"],
+        )
+        if not isinstance(sid, str):
+            raise TypeError(f"sample_id {sid!r} is not a string")
+        if y not in (0, 1) or isinstance(y, bool):
+            raise ValueError(f"labels.{self.label} {y!r}: need 0 or 1")
+        if not isinstance(t, int) or isinstance(t, bool):
+            raise ValueError(f"event_time_ms {t!r}: need an integer")
+        if strategy not in ("window", "fake_negative"):
+            raise ValueError(f"strategy {strategy!r}: use window or fake_negative")
+        correction = s.get("correction", False)
+        if correction is not True and correction is not False:
+            raise ValueError(f"correction {correction!r}: need true or false")
+        if correction and y != 1:
+            return None
+        return sid, y, t, strategy == "fake_negative"
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
+        """Decode ``samples``; raises :class:`BadSample` naming the first bad record."""
+        ids: list[list[int]] = [[] for _ in self.fields]
+        seg: list[list[int]] = [[] for _ in self.fields]
+        single = [True] * len(self.fields)
+        fields = [(j, f, self._cache[f.name]) for j, f in enumerate(self.fields)]
+        b = len(samples)
+        dense_v = np.zeros((b, len(self.dense)), dtype=np.float32)
+        label = np.zeros(b, dtype=np.float32)
+        ev = np.zeros(b, dtype=np.int64)
+        fake = np.zeros(b, dtype=bool)
+        id_xor, i = 0, 0
+        for k, s in enumerate(samples):
+            try:
+                head = self._header(s)
+                if head is None:  # a correction of another label
+                    continue
+                feats = s["features"]
+                sp, dn = feats.get("sparse", {}), feats.get("dense", {})
+                for j, f, cache in fields:
+                    vals = sp.get(f.name, ())
+                    if type(vals) is not list and (
+                        isinstance(vals, str) or not isinstance(vals, Sequence)
+                    ):
+                        raise TypeError(f"features.sparse.{f.name} {vals!r} is not a list")
+                    if len(vals) != 1:
+                        single[j] = False
+                    for v in vals:
+                        h = cache.get(v)
+                        ids[j].append(self._miss(f, v) if h is None else h)
+                        seg[j].append(i)
+                for j, name in enumerate(self.dense):
+                    x = dn.get(name, 0.0)
+                    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, int)):
+                        raise TypeError(f"features.dense.{name} {x!r} is not a number")
+                    if not math.isfinite(x):  # Python's json reads NaN and Infinity
+                        raise ValueError(f"features.dense.{name} {x!r} is not finite")
+                    dense_v[i, j] = x
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                sid = s.get("sample_id") if isinstance(s, Mapping) else None
+                where = sid if isinstance(sid, str) else f"#{k}"
+                raise BadSample(
+                    f"sample {where}: {type(e).__name__}: {e}; "
+                    "see sample_join/CONTRACTS.md section 2"
+                ) from e
+            sid, label[i], ev[i], fake[i] = head
+            id_xor ^= stable_hash("sample_id", sid)
+            i += 1
+        out: dict[str, Jagged] = {}
+        for j, f in enumerate(self.fields):
+            a = np.array(ids[j], dtype=np.int64)
+            out[f.name] = (a, None if single[j] else np.array(seg[j], dtype=np.int64))
+        return Batch(
+            out,
+            torch.from_numpy(dense_v[:i]),
+            torch.from_numpy(label[:i]),
+            ev[:i],
+            fake[:i],
+            id_xor,
+            b - i,
+        )
+
+
+def featurize(
+    samples: Sequence[Mapping[str, Any]],
+    sparse: Sequence[SparseField | str],
+    dense: Sequence[str],
+    label: str = "click",
+) -> Batch:
+    """One-off :class:`Featurizer` call (no cache kept between calls)."""
+    return Featurizer(sparse, dense, label)(samples)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One table and the fields it holds, in the model's input order."""
+
+    table: DynamicTable
+    fields: list[str]
+
+
+class Trainer:
+    """Tables + model + optimizer + metrics, guarded by one lock.
+
+    ``sparse`` lists the fields as :class:`SparseField` or ``(name, dim)``; ``inter_dim``
+    is the dim field vectors are projected to for FM/DLRM interactions when the fields'
+    dims differ (default: the first field's dim).
+    """
+
+    def __init__(
+        self,
+        sparse: Sequence[SparseField | tuple[str, int]],
         dense: Sequence[str],
         *,
         arch: str = "deepfm",
         mlp: Sequence[int] = (256, 128),
         table: TableParams | None = None,
+        inter_dim: int | None = None,
         dense_lr: float = 0.01,
         delayed_loss: str = "fnw",
+        label: str = "click",
         evict_every: int = 100,
         metrics: PrequentialMetrics | None = None,
+        hash_cache: int = 1_000_000,
         seed: int = 0,
     ) -> None:
-        dims = {d for _, d in sparse}
-        if len(dims) != 1:
+        fields = [f if isinstance(f, SparseField) else SparseField(*f) for f in sparse]
+        names = [f.name for f in fields]
+        if not fields or len(set(names)) != len(names) or any(f.dim <= 0 for f in fields):
             raise TrainerError(
-                f"features.sparse dims {sorted(dims)}: every field needs the same dim "
-                "(set model.embedding_dim and drop per-field dim overrides)"
+                f"features.sparse {names}: need at least one field, unique names, dims > 0"
             )
         if delayed_loss not in ("fnw", "fnc"):
             raise TrainerError(f"trainer.delayed_loss {delayed_loss!r}: use fnw or fnc")
-        dim = dims.pop()
-        torch.manual_seed(seed)
-        base = table or TableParams(dim=dim)
-        self.tables = {
-            n: DynamicTable(n, TableParams(**{**base.__dict__, "dim": d}), seed=seed + i)
-            for i, (n, d) in enumerate(sparse)
-        }
-        self.sparse_names = [n for n, _ in sparse]
+        base = table or TableParams()
+        by_dim: dict[int, list[str]] = {}
+        layout: list[tuple[str, int, list[str]]] = []  # (table name, dim, fields)
+        for f in fields:
+            if f.raw:  # raw ids of two fields may be equal: a table of their own
+                layout.append((f.name, f.dim, [f.name]))
+            else:
+                by_dim.setdefault(f.dim, []).append(f.name)
+        layout[:0] = [
+            (fs[0] if len(fs) == 1 else f"shared_d{d}", d, fs) for d, fs in by_dim.items()
+        ]
+        self.groups = [
+            _Group(DynamicTable(tn, TableParams(**{**base.__dict__, "dim": d}), seed + i, fs), fs)
+            for i, (tn, d, fs) in enumerate(layout)
+        ]
+        self.tables = {g.table.name: g.table for g in self.groups}
+        self.featurizer = Featurizer(fields, dense, label, cache_size=hash_cache)
+        self.sparse_fields = fields
         self.dense_names = list(dense)
-        self.model = CTRModel(arch, len(sparse), dim, len(dense), list(mlp))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = CTRModel(
+                arch,
+                [(len(g.fields), g.table.p.dim) for g in self.groups],
+                len(dense),
+                list(mlp),
+                inter_dim or fields[0].dim,
+            )
         self.opt = torch.optim.Adagrad(self.model.parameters(), lr=dense_lr)
         self.delayed_loss = delayed_loss
         self.evict_every = evict_every
@@ -151,93 +308,186 @@ class Trainer:
         self.lock = threading.Lock()
         self.step = 0
         self.samples = 0
+        self.skipped = 0  # corrections of other labels, never trained
+        self.nonfinite = 0  # batches with non-finite predictions: not trained, not scored
         self.watermark_ms = 0
         self.offsets: dict[str, dict[int, int]] = {}
         self.id_xor = 0  # XOR of stable_hash("sample_id", id) over every trained sample
+        self._cut_step = -1  # step of the last cut (-1: none yet)
 
-    def _forward(self, batch: Batch, train: bool) -> tuple[torch.Tensor, list[SparseLookup]]:
+    @classmethod
+    def from_config(cls, cfg: Config, metrics_jsonl: Path | None = None) -> Trainer:
+        """A trainer for ``cfg.features``, ``cfg.model`` and ``cfg.trainer``."""
+        tc, dim = cfg.trainer, cfg.model.embedding_dim
+        labels = [lb.name for lb in cfg.join.labels]
+        if labels and tc.label not in labels:
+            raise TrainerError(
+                f"trainer.label {tc.label!r} is not a join label: use one of {labels}"
+            )
+        return cls(
+            [SparseField(f.name, f.dim or dim, f.ids == "raw") for f in cfg.features.sparse],
+            [f.name for f in cfg.features.dense],
+            arch=str(cfg.model.arch),
+            mlp=cfg.model.mlp,
+            table=TableParams(
+                lr=tc.lr,
+                admit_count=tc.admit_count,
+                admit_prob=tc.admit_prob,
+                max_rows=tc.max_rows,
+                max_idle=tc.max_idle_ms,
+                max_tracked=tc.max_tracked,
+            ),
+            inter_dim=dim,
+            dense_lr=tc.dense_lr,
+            delayed_loss=tc.delayed_loss,
+            label=tc.label,
+            evict_every=tc.evict_every,
+            metrics=PrequentialMetrics(tc.metrics_window_ms, jsonl=metrics_jsonl),
+            hash_cache=tc.hash_cache,
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def featurize(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
+        """Decode Sample records for this trainer's fields and label."""
+        return self.featurizer(samples)
+
+    def _forward(self, batch: Batch, train: bool) -> tuple[torch.Tensor, list[FusedLookup]]:
+        n = len(batch)
         lks = [
-            SparseLookup(self.tables[f], ids, seg, len(batch), now=self.watermark_ms, train=train)
-            for f, (ids, seg) in batch.sparse.items()
+            FusedLookup(
+                g.table,
+                [batch.sparse[f] for f in g.fields],
+                n,
+                now=self.watermark_ms,
+                train=train,
+            )
+            for g in self.groups
         ]
-        emb = torch.stack([lk.pooled() for lk in lks], dim=1)
-        return self.model(emb, batch.dense), lks
+        return self.model([lk.pooled() for lk in lks], batch.dense), lks
 
-    def _predict(self, logit: torch.Tensor, fake: npt.NDArray[np.bool_]) -> torch.Tensor:
-        p = predict("logloss", logit)
-        if fake.any() and self.delayed_loss == "fnc":
-            m = torch.from_numpy(fake)
-            p = torch.where(m, predict("fnc", logit), p)
-        return p
+    def _delayed(self, batch: Batch) -> torch.Tensor | None:
+        """Mask of the fake-negative samples (None when the batch has none)."""
+        return torch.from_numpy(batch.fake) if batch.fake.any() else None
 
     def train_batch(
         self, batch: Batch, offsets: Mapping[str, Mapping[int, int]] | None = None
     ) -> float:
         """Score ``batch`` (prequential), then train on it; returns the loss.
 
-        ``offsets`` (topic -> partition -> next offset) are recorded atomically with the step.
+        ``offsets`` (topic -> partition -> next offset) are recorded atomically with the
+        step, also when every record of the batch was skipped.
         """
-        if len(batch) == 0:
-            return 0.0
         with self.lock:
+            self.skipped += batch.skipped
+            if offsets:
+                for topic, parts in offsets.items():
+                    self.offsets.setdefault(topic, {}).update(parts)
+            if len(batch) == 0:
+                return 0.0
             self.model.train()
+            if self.step == 0:  # a fresh model: start from the first batch's positive rate
+                n = len(batch)  # smoothed: a first batch without positives is no proof of 0
+                self.model.init_bias((float(batch.label.sum()) + 0.5) / (n + 1.0))
+            norm = self.model.norm
+            saved = (norm.mean.clone(), norm.var.clone(), norm.seen, self.watermark_ms)
             self.watermark_ms = max(self.watermark_ms, int(batch.event_ms.max()))
             logit, lks = self._forward(batch, train=True)
-            with torch.no_grad():
-                p = self._predict(logit, batch.fake).double().numpy()
-            self.metrics.add(p, batch.label.double().numpy(), batch.event_ms)
-            fake = torch.from_numpy(batch.fake)
-            n = len(batch)
-            loss = torch.zeros(())
-            if (~fake).any():
-                loss = loss + loss_fn("logloss", logit[~fake], batch.label[~fake]) * (
-                    int((~fake).sum()) / n
+            if not bool(torch.isfinite(logit).all()):
+                # never let one batch turn every parameter into NaN: no update at all
+                norm.mean.copy_(saved[0])
+                norm.var.copy_(saved[1])
+                norm.seen, self.watermark_ms = saved[2], saved[3]
+                self.nonfinite += 1
+                log.warning(
+                    "trainer: step %d: non-finite predictions, batch not trained", self.step
                 )
-            if fake.any():
-                loss = loss + loss_fn(self.delayed_loss, logit[fake], batch.label[fake]) * (
-                    int(fake.sum()) / n
-                )
+                return float("nan")
+            fake = self._delayed(batch)
+            with torch.no_grad():  # prequential: scored before the update
+                seen = stream_prob("logloss", logit)
+                if fake is not None:
+                    seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
+            self.metrics.add(seen.double().numpy(), batch.label.double().numpy(), batch.event_ms)
+            w = None
+            if fake is not None and self.delayed_loss == "fnw":
+                w = torch.where(fake, fnw_weights(logit, batch.label), 1.0)
+            loss = F.binary_cross_entropy_with_logits(logit, batch.label, weight=w)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             self.opt.step()
             for lk in lks:
                 lk.step()
             self.step += 1
-            self.samples += n
-            for sid in batch.sample_ids:
-                self.id_xor ^= stable_hash("sample_id", sid)
+            self.samples += len(batch)
+            self.id_xor ^= batch.id_xor
             if self.evict_every and self.step % self.evict_every == 0:
                 for t in self.tables.values():
                     t.evict(self.watermark_ms)
-            if offsets:
-                for topic, parts in offsets.items():
-                    self.offsets.setdefault(topic, {}).update(parts)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
-            return float(loss.item())
+            return float(loss.detach())
 
-    def train_samples(self, samples: Sequence[Mapping[str, Any]]) -> float:
+    def train_samples(
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        offsets: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> float:
         """Featurize and train one micro-batch of decoded Sample records."""
-        return self.train_batch(featurize(samples, self.sparse_names, self.dense_names))
+        return self.train_batch(self.featurize(samples), offsets)
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
-        """Predicted click probabilities without training or admitting ids."""
+        """Served click probabilities, without training or admitting ids."""
         with self.lock, torch.no_grad():
             self.model.eval()
             logit, _ = self._forward(batch, train=False)
-            return self._predict(logit, batch.fake).double().numpy()
+            p = predict("logloss", logit)
+            fake = self._delayed(batch)
+            if fake is not None:
+                p = torch.where(fake, predict(self.delayed_loss, logit), p)
+            return p.double().numpy()
+
+    # ------------------------------------------------------------------ export
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         """Every dense parameter and persistent buffer, by name."""
         return dict(self.model.state_dict())
 
-    def take_cut(self) -> Cut:
-        """A consistent :class:`~exporter.types.Cut` (thread-safe; between two steps)."""
+    def take_cut(self, full: bool = False) -> Cut | None:
+        """What changed since the previous cut, as an :class:`~exporter.types.Cut`.
+
+        Thread-safe; the cut falls between two steps. ``full=True`` asks for a snapshot
+        of every live row. The cut is full anyway when it is the first one, the first
+        after a restore, or change tracking overflowed. Returns None before the first
+        step, and when nothing changed (no step since the previous cut) and no full cut
+        is due.
+        """
         with self.lock:
+            due = full or any(t.overflow for t in self.tables.values())
+            if self.step == 0 or (not due and self.step == self._cut_step):
+                return None  # an untrained model is not worth serving
+            self._cut_step = self.step
             return take_cut(
                 self.tables,
                 self.dense_state(),
+                full=full,
                 step=self.step,
                 samples=self.samples,
                 watermark_ms=self.watermark_ms,
                 offsets=self.offsets,
             )
+
+    def mark_full(self) -> None:
+        """Make the next cut a full snapshot (a cut that was taken never reached a store)."""
+        with self.lock:
+            for t in self.tables.values():
+                t.mark_full()
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Per field: live rows; per table: bytes held and bytes per live row."""
+        with self.lock:
+            out: dict[str, dict[str, int]] = {"rows": {}, "bytes": {}, "bytes_per_row": {}}
+            for name, t in self.tables.items():
+                out["rows"].update(t.rows_per_field())
+                out["bytes"][name] = t.nbytes()
+                out["bytes_per_row"][name] = t.bytes_per_row()
+            return out

@@ -1,27 +1,43 @@
-"""The training loop over Kafka: read_committed consumer -> micro-batches -> Trainer.
+"""The training daemon: read_committed consumer -> micro-batches -> Trainer -> exporter.
 
-:func:`run` assigns every partition of the samples topic (no consumer group: the trainer
-owns its offsets and records them in each step, so a cut carries them), polls at most
-``batch_size`` records, and trains when a batch is full or ``max_wait_s`` has passed.
-Memory stays bounded: the consumer never holds more than one batch (``max_poll_records``)
-and the loop only polls again after training. Lag (log end - position) is reported in
-:class:`LoopStats`. Undecodable records are counted in ``bad`` and skipped::
+:func:`run` is the loop. It assigns every partition of the samples topic (no consumer
+group: the trainer owns its offsets and records them with each step, so checkpoints and
+cuts carry them), seeks to the trainer's stored offsets, polls at most what one batch
+still needs, and trains when a batch is full or ``max_wait_s`` has passed since its first
+record. Memory stays bounded: the consumer holds at most ``fetch_max_bytes`` of fetched
+data and one pending batch, and it only polls again after training (backpressure: a slow
+trainer simply lags, and the lag, log end minus position over all partitions, is
+reported). Undecodable records are counted in ``bad`` and skipped::
 
     stats = run(trainer, bootstrap, "fluxrec.samples", stop=threading.Event())
+
+:func:`serve` is ``fluxrec train``: it builds the trainer from the config, resumes from the
+newest checkpoint, serves ``/metrics``, checkpoints every N seconds or M samples, runs
+the exporter on a thread (:class:`ExportThread`) and, on SIGTERM/Ctrl-C or when caught
+up, writes a final checkpoint and a final export.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from trainer.core import BadSample, Batch, Trainer, featurize
+from trainer.core import BadSample, Batch, Trainer
+from trainer.errors import TrainerError
 
-__all__ = ["LoopStats", "run"]
+if TYPE_CHECKING:
+    from exporter.exporter import Exporter
+    from fluxrec.config import Config
+
+__all__ = ["ExportThread", "LoopStats", "run", "serve"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,14 +45,20 @@ class LoopStats:
     """Running counters of the loop (read by the metrics endpoint)."""
 
     batches: int = 0
-    samples: int = 0
+    samples: int = 0  # trained by this process
+    skipped: int = 0  # corrections of another label (counted, not trained)
     bad: int = 0
     lag: int = 0
+    samples_per_s: float = 0.0  # over the last few seconds
     bad_reasons: dict[str, int] = field(default_factory=dict)
+
+    def count_bad(self, reason: str) -> None:
+        self.bad += 1
+        self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + 1
 
 
 def _lag(consumer: Any, tps: list[Any]) -> int:
-    """Records between the consumer's position and the last stable offset, all partitions."""
+    """Records between the consumer's position and the log end, all partitions."""
     ends = consumer.end_offsets(tps)
     return sum(max(0, ends[tp] - consumer.position(tp)) for tp in tps)
 
@@ -50,21 +72,50 @@ def _seek_stored(consumer: Any, tps: list[Any], stored: dict[int, int]) -> None:
             consumer.seek_to_beginning(tp)
 
 
-def _featurize_counting(trainer: Trainer, pending: list[dict[str, Any]], st: LoopStats) -> Batch:
+def _partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise TrainerError(
+                f"topic {topic!r} (kafka.topics.samples) has no partitions: "
+                "create it with `fluxrec stack topics` or run the join job"
+            )
+        time.sleep(0.2)
+
+
+def _featurize_counting(trainer: Trainer, pending: list[Any], st: LoopStats) -> Batch:
     """Featurize ``pending``; bad samples are counted in ``st`` and left out."""
     try:
-        return featurize(pending, trainer.sparse_names, trainer.dense_names)
+        return trainer.featurize(pending)
     except BadSample:
         pass
     good = []
     for s in pending:
         try:
-            featurize([s], trainer.sparse_names, trainer.dense_names)
+            trainer.featurize([s])
             good.append(s)
-        except BadSample:
-            st.bad += 1
-            st.bad_reasons["bad sample"] = st.bad_reasons.get("bad sample", 0) + 1
-    return featurize(good, trainer.sparse_names, trainer.dense_names)
+        except BadSample as e:
+            log.warning("trainer: %s", e)
+            st.count_bad("bad sample")
+    return trainer.featurize(good)
+
+
+def _poll(
+    consumer: Any, room: int, pending: list[Any], next_off: dict[int, int], st: LoopStats
+) -> bool:
+    """Poll up to ``room`` records into ``pending`` (JSON-decoded); False when none came."""
+    got = consumer.poll(timeout_ms=100, max_records=max(room, 1))
+    for tp, recs in got.items():
+        for r in recs:
+            next_off[tp.partition] = r.offset + 1
+            try:
+                pending.append(json.loads(r.value))
+            except (ValueError, UnicodeDecodeError):
+                st.count_bad("not json")
+    return bool(got)
 
 
 def run(
@@ -75,6 +126,7 @@ def run(
     stop: threading.Event,
     batch_size: int = 1024,
     max_wait_s: float = 1.0,
+    fetch_max_bytes: int = 16 << 20,
     max_samples: int = 0,
     until_caught_up: bool = False,
     stats: LoopStats | None = None,
@@ -83,7 +135,9 @@ def run(
     """Train from ``topic`` until ``stop`` is set (or ``max_samples`` trained, if > 0).
 
     With ``until_caught_up`` the loop also ends once nothing is pending and the consumer
-    has reached the end of every partition (for tests and one-shot backfills).
+    has reached the end of every partition (for tests and one-shot backfills). Records
+    fetched but not yet trained when the loop ends are not in the trainer's offsets, so
+    a restart reads them again.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -94,44 +148,230 @@ def run(
         group_id=None,
         isolation_level="read_committed",
         max_poll_records=batch_size,
+        fetch_max_bytes=fetch_max_bytes,
+        max_partition_fetch_bytes=min(1 << 20, fetch_max_bytes),
         auto_offset_reset="earliest",
     )
     try:
-        parts = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         consumer.assign(tps)
         _seek_stored(consumer, tps, trainer.offsets.get(topic, {}))
-        pending: list[dict[str, Any]] = []
+        pending: list[Any] = []
         next_off: dict[int, int] = {}
-        started = time.monotonic()
+        first_at = 0.0  # when the first record of the pending batch arrived
+        lag_at = 0.0
+        rate_at, rate_n = time.monotonic(), 0
         while not stop.is_set():
             if max_samples and st.samples >= max_samples:
                 break
-            room = batch_size - len(pending)
-            got = consumer.poll(timeout_ms=200, max_records=max(room, 1))
-            for tp, recs in got.items():
-                for r in recs:
-                    next_off[tp.partition] = r.offset + 1
-                    try:
-                        pending.append(json.loads(r.value))
-                    except (ValueError, UnicodeDecodeError):
-                        st.bad += 1
-                        st.bad_reasons["not json"] = st.bad_reasons.get("not json", 0) + 1
+            got = _poll(consumer, batch_size - len(pending), pending, next_off, st)
+            now = time.monotonic()
+            if pending and not first_at:
+                first_at = now
             if not got and not pending:  # idle: refresh the lag
-                st.lag = _lag(consumer, tps)
+                st.lag, lag_at = _lag(consumer, tps), now
                 if until_caught_up and st.lag == 0:
                     break
-            full = len(pending) >= batch_size
-            if pending and (full or time.monotonic() - started >= max_wait_s):
+            if got and not pending:  # only bad records: move the offsets past them
+                trainer.train_batch(trainer.featurize([]), offsets={topic: dict(next_off)})
+            if pending and (len(pending) >= batch_size or now - first_at >= max_wait_s):
                 batch = _featurize_counting(trainer, pending, st)
                 trainer.train_batch(batch, offsets={topic: dict(next_off)})
                 st.batches += 1
                 st.samples += len(batch)
-                pending = []
-                started = time.monotonic()
-                st.lag = _lag(consumer, tps)
+                st.skipped += batch.skipped
+                pending, first_at = [], 0.0
+                if now - lag_at >= 1.0:
+                    st.lag, lag_at = _lag(consumer, tps), now
+                if now - rate_at >= 5.0:
+                    st.samples_per_s = (st.samples - rate_n) / (now - rate_at)
+                    rate_at, rate_n = now, st.samples
                 if on_batch is not None:
                     on_batch()
     finally:
         consumer.close()
     return st
+
+
+class ExportThread:
+    """Runs ``exporter.run(trainer.take_cut, ...)`` on a daemon thread.
+
+    An exception from the exporter (a store outage, say) is logged and counted, the
+    trainer is told that the cut it handed out never reached the store (the next cut is
+    full), and the exporter is run again after ``retry_s``.
+    """
+
+    def __init__(self, trainer: Trainer, exporter: Exporter, retry_s: float = 5.0) -> None:
+        self.trainer, self.exporter, self.retry_s = trainer, exporter, retry_s
+        self.stop = threading.Event()
+        self.errors = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="exporter")
+
+    def start(self) -> ExportThread:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.exporter.run(self.trainer.take_cut, self.stop)
+            except Exception:
+                self.errors += 1
+                log.exception("exporter failed; retrying in %.0f s with a full cut", self.retry_s)
+                self.trainer.mark_full()
+                self.stop.wait(self.retry_s)
+
+    def close(self, final: bool = True) -> dict[str, Any] | None:
+        """Stop the thread; with ``final``, publish what changed since the last cut."""
+        self.stop.set()
+        self._thread.join()
+        if not final:
+            return None
+        from exporter.errors import GateRefused
+
+        cut = self.trainer.take_cut(self.exporter.wants_full)
+        if cut is None:
+            return None
+        try:
+            return self.exporter.publish(cut)
+        except GateRefused:
+            return None  # counted in exporter.stats.refused
+        except Exception:
+            self.errors += 1
+            log.exception("final export failed; the next start exports a full cut")
+            return None
+
+
+def _gauges(t: Trainer, st: LoopStats, exp: ExportThread | None) -> dict[str, Any]:
+    mem = t.memory()
+    g: dict[str, Any] = {
+        "lag": st.lag,
+        "samples_total": t.samples,
+        "skipped_total": t.skipped,
+        "nonfinite_batches_total": t.nonfinite,
+        "bad_total": st.bad,
+        "batches_total": st.batches,
+        "samples_per_s": round(st.samples_per_s, 1),
+        "step": t.step,
+        "watermark_ms": t.watermark_ms,
+        "table_rows": mem["rows"],
+        "table_bytes": mem["bytes"],
+        "table_bytes_per_row": mem["bytes_per_row"],
+        "table_evicted_total": {n: tab.evicted for n, tab in t.tables.items()},
+        "table_rejected_total": {n: tab.rejected for n, tab in t.tables.items()},
+    }
+    if exp is not None:
+        s = exp.exporter.stats
+        g |= {
+            "export_published_total": s.published,
+            "export_snapshots_total": s.snapshots,
+            "export_refused_total": s.refused,
+            "export_failed_total": getattr(s, "failed", 0),
+            "export_errors_total": exp.errors,
+            "export_sequence": exp.exporter.sequence,
+        }
+    return g
+
+
+def serve(
+    cfg: Config,
+    *,
+    checkpoint_dir: Path | None = None,
+    export: bool | None = None,
+    until_caught_up: bool = False,
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] = print,
+) -> LoopStats:
+    """``fluxrec train``: train until ``stop`` (or caught up), with checkpoints and export."""
+    from trainer.checkpoint import load_latest, save
+    from trainer.http import serve_metrics
+    from trainer.metrics import prometheus_text
+
+    tc = cfg.trainer
+    if tc.threads > 0:
+        import torch
+
+        torch.set_num_threads(tc.threads)
+    ckdir = checkpoint_dir or tc.checkpoint_dir or cfg.stack.state_dir / "trainer"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    t = Trainer.from_config(cfg, metrics_jsonl=ckdir / "metrics.jsonl")
+    resumed = load_latest(t, ckdir)
+    say(
+        f"fluxrec train: {'resumed from ' + str(resumed) if resumed else 'fresh start'} "
+        f"(step {t.step}, {t.samples} samples, offsets {t.offsets.get(cfg.kafka.topics.samples)})"
+    )
+    stop = stop or threading.Event()
+    stats = LoopStats()
+    exp: ExportThread | None = None
+    if tc.export if export is None else export:
+        from exporter.exporter import Exporter, hmac_key_from_env
+        from exporter.store import open_store
+
+        exp = ExportThread(
+            t,
+            Exporter(
+                open_store(cfg.object_store.url, cfg.object_store),
+                cfg.exporter,
+                redis_url=cfg.redis.url,
+                channel=cfg.redis.channel,
+                hmac_key=hmac_key_from_env(cfg.exporter),
+            ),
+        ).start()
+        say(f"fluxrec train: exporting to {cfg.object_store.url} every {cfg.exporter.interval_s} s")
+    srv = None
+    if tc.metrics_port:
+        try:
+            srv = serve_metrics(
+                tc.metrics_host,
+                tc.metrics_port,
+                lambda: prometheus_text(t.metrics, _gauges(t, stats, exp)),
+            )
+        except OSError as e:
+            if exp is not None:
+                exp.close(final=False)
+            raise TrainerError(
+                f"trainer.metrics_port {tc.metrics_port} on {tc.metrics_host}: {e}; "
+                "pick a free port, or 0 to turn /metrics off"
+            ) from e
+    last = {"t": time.monotonic(), "n": t.samples}
+
+    def checkpoint() -> Path:
+        path = save(t, ckdir, keep=tc.checkpoint_keep)
+        last["t"], last["n"] = time.monotonic(), t.samples
+        return path
+
+    def maybe_checkpoint() -> None:
+        if (
+            time.monotonic() - last["t"] >= tc.checkpoint_every_s
+            or t.samples - last["n"] >= tc.checkpoint_every_samples
+        ):
+            path = checkpoint()
+            say(f"fluxrec train: checkpoint {path.name} ({t.samples} samples, lag {stats.lag})")
+
+    try:
+        run(
+            t,
+            cfg.kafka.bootstrap,
+            cfg.kafka.topics.samples,
+            stop=stop,
+            batch_size=tc.batch_size,
+            max_wait_s=tc.max_batch_wait_s,
+            fetch_max_bytes=tc.fetch_max_bytes,
+            until_caught_up=until_caught_up,
+            on_batch=maybe_checkpoint,
+            stats=stats,
+        )
+        path = checkpoint()
+        final = exp.close() if exp is not None else None
+    finally:
+        if exp is not None:
+            exp.stop.set()
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+    exported = f", exported version {final['sequence']}" if final else ""
+    say(
+        f"fluxrec train: stopped after {stats.samples} samples ({stats.bad} bad, "
+        f"{stats.skipped} skipped), total {t.samples}, checkpoint {path}{exported}"
+    )
+    return stats

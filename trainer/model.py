@@ -1,24 +1,39 @@
 """The dense part of the CTR models: DeepFM, wide&deep and DLRM over pooled embeddings.
 
-The sparse part lives in :mod:`trainer.tables`; a model receives, per batch of ``B``::
+The sparse part lives in :mod:`trainer.tables`. Fields are looked up in groups (one
+table per group, every field of a group has the group's dim); a model receives, per
+batch of ``B``::
 
-    emb   : (B, F, D)  float32   pooled embedding of each of the F sparse fields
-    dense : (B, N)     float32   raw dense features (normalised inside the model)
+    embs  : [(B, F_g, D_g) float32, ...]   pooled embeddings of each group's F_g fields
+    dense : (B, N)         float32         raw dense features (normalised inside the model)
 
-and returns one logit per sample, shape ``(B,)``. For the reference DeepFM (26 fields,
-D=16, 13 dense) the deep input is ``26*16 + 13 = 429`` wide, then the MLP 256-128-1.
+and returns one logit per sample, shape ``(B,)``. For the reference DeepFM (one group of
+26 fields, D=16, 13 dense) the deep input is ``26*16 + 13 = 429`` wide, then the MLP
+256-128-1. With ``e = concat(flatten(embs))`` and ``d = norm(dense)``:
 
-- ``deepfm``:    logit = w·x + FM(emb) + MLP(x),  x = [flatten(emb), norm(dense)]
-- ``wide_deep``: logit = w·x + MLP(x)
-- ``dlrm``:      z = bottom(norm(dense)) in R^D; logit = top([z, pairwise dots of {z, emb}])
+- ``deepfm``:    logit = w·[e, d] + FM(v) + MLP([e, d])
+- ``wide_deep``: logit = w·[e, d] + MLP([e, d])
+- ``dlrm``:      z = bottom(d) in R^K; logit = top([z, pairwise dots of {z, v}])
+
+``v`` are the field vectors in the interaction dim ``K`` (``model.embedding_dim``): a
+group whose dim differs from ``K`` is projected by a learned ``Linear(D_g, K)`` shared by
+its fields, so fields may have their own dims in every architecture. The linear layers
+that read ``[e, d]`` (the wide term, the MLP's first layer) are split into an ``e`` part
+and a ``d`` part (``first`` + ``first_dense``): same function, no concatenated copy.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["CTRModel", "DenseNorm", "build_mlp"]
+__all__ = ["ARCHS", "CTRModel", "DenseNorm", "build_mlp"]
+
+ARCHS = ("deepfm", "wide_deep", "dlrm")
 
 
 def build_mlp(sizes: list[int]) -> nn.Sequential:
@@ -34,8 +49,10 @@ def build_mlp(sizes: list[int]) -> nn.Sequential:
 class DenseNorm(nn.Module):
     """Running standardisation of dense features: ``(x - mean) / sqrt(var + eps)``.
 
-    Statistics are buffers (exported with the dense parameters) updated in training mode
-    with an exponential moving average (``momentum``), never by gradients.
+    ``mean`` and ``var`` are buffers (exported with the dense parameters) updated in
+    training mode, never by gradients: the average of the batch statistics over the
+    first ``1/momentum`` batches, then an exponential moving average with ``momentum``.
+    ``seen`` (batches so far) is checkpointed by the trainer, not exported.
     """
 
     mean: torch.Tensor
@@ -43,56 +60,133 @@ class DenseNorm(nn.Module):
 
     def __init__(self, n: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
         super().__init__()
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.seen = momentum, eps, 0
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("var", torch.ones(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] > 1 and x.shape[1] > 0:
+            self.seen += 1
+            w = max(self.momentum, 1.0 / self.seen)
             with torch.no_grad():
-                self.mean.lerp_(x.mean(0), self.momentum)
-                self.var.lerp_(x.var(0, unbiased=False), self.momentum)
+                self.mean.lerp_(x.mean(0), w)
+                self.var.lerp_(x.var(0, unbiased=False), w)
         return (x - self.mean) / (self.var + self.eps).sqrt()
 
 
 class CTRModel(nn.Module):
-    """One of ``deepfm`` / ``wide_deep`` / ``dlrm`` over F fields of dim D and N dense."""
+    """One of ``deepfm`` / ``wide_deep`` / ``dlrm``.
+
+    ``groups`` is ``[(n_fields, dim), ...]`` in the order of the ``embs`` list;
+    ``inter_dim`` is the interaction dim ``K`` (default: the first group's dim).
+    """
 
     iu: torch.Tensor
 
-    def __init__(self, arch: str, n_fields: int, dim: int, n_dense: int, mlp: list[int]) -> None:
+    def __init__(
+        self,
+        arch: str,
+        groups: Sequence[tuple[int, int]],
+        n_dense: int,
+        mlp: Sequence[int],
+        inter_dim: int | None = None,
+    ) -> None:
         super().__init__()
-        if arch not in ("deepfm", "wide_deep", "dlrm"):
-            raise ValueError(f"model.arch {arch!r}: use deepfm, wide_deep or dlrm")
+        if arch not in ARCHS:
+            raise ValueError(f"model.arch {arch!r}: use one of {', '.join(ARCHS)}")
+        if not groups or any(f <= 0 or d <= 0 for f, d in groups):
+            raise ValueError(f"embedding groups {list(groups)}: need fields > 0 and dim > 0")
         self.arch = arch
+        self.groups = [(int(f), int(d)) for f, d in groups]
+        self.n_dense = n_dense
+        k = inter_dim or self.groups[0][1]
+        self.proj = nn.ModuleDict(
+            {
+                str(g): nn.Linear(d, k, bias=False)
+                for g, (_, d) in enumerate(groups)
+                if d != k and arch != "wide_deep"  # wide&deep has no interactions
+            }
+        )
         self.norm = DenseNorm(n_dense)
-        width = n_fields * dim + n_dense
+        n_fields = sum(f for f, _ in self.groups)
+        width = sum(f * d for f, d in self.groups)
         if arch == "dlrm":
-            self.bottom = build_mlp([n_dense, dim]) if n_dense else None
+            self.bottom = build_mlp([n_dense, k]) if n_dense else None
             n_vec = n_fields + (1 if n_dense else 0)
-            self.top = build_mlp([(dim if n_dense else 0) + n_vec * (n_vec - 1) // 2, *mlp, 1])
+            self.top = build_mlp([(k if n_dense else 0) + n_vec * (n_vec - 1) // 2, *mlp, 1])
             iu = torch.triu_indices(n_vec, n_vec, offset=1)
             self.register_buffer("iu", iu, persistent=False)
-        else:
-            self.linear = nn.Linear(width, 1)
-            self.mlp = build_mlp([width, *mlp, 1])
+            return
+        # the wide term and the MLP's first layer, each split into an embedding part
+        # and a dense part: no concatenated copy of the input, and the gradient is only
+        # computed for the embeddings (the dense features are inputs, not parameters)
+        self.wide = nn.Linear(width, 1)
+        self.wide_dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
+        h = mlp[0] if mlp else 1
+        self.first = nn.Linear(width, h)
+        self.first_dense = nn.Linear(n_dense, h, bias=False) if n_dense else None
+        self.deep = build_mlp([*mlp, 1]) if mlp else None
 
-    def forward(self, emb: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def init_bias(self, ctr: float) -> None:
+        """Start the output at the observed rate: ``logit = log(ctr / (1 - ctr))``.
+
+        With rare positives (CTR 0.5%) an output that starts at p = 0.5 costs the
+        optimizer thousands of steps of badly calibrated predictions; this is the usual
+        prior initialisation of the final bias.
+        """
+        ctr = min(max(ctr, 1e-4), 1.0 - 1e-4)
+        last = self.top[-1] if self.arch == "dlrm" else self.wide
+        if not isinstance(last, nn.Linear):
+            raise TypeError(f"the output layer of {self.arch} is {type(last).__name__}")
+        with torch.no_grad():
+            last.bias.fill_(math.log(ctr / (1.0 - ctr)))
+
+    def _vectors(self, embs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Every field's vector in the interaction dim: ``(B, F, K)``."""
+        vs = [self.proj[str(g)](e) if str(g) in self.proj else e for g, e in enumerate(embs)]
+        return vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
+
+    def forward(self, embs: Sequence[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         d = self.norm(dense)
         if self.arch == "dlrm":
-            vecs = [emb]
+            v = self._vectors(embs)
             parts = []
             if self.bottom is not None:
                 z = self.bottom(d)
-                vecs.insert(0, z.unsqueeze(1))
+                v = torch.cat([z.unsqueeze(1), v], dim=1)
                 parts.append(z)
-            v = torch.cat(vecs, dim=1)
             dots = torch.bmm(v, v.transpose(1, 2))[:, self.iu[0], self.iu[1]]
             parts.append(dots)
             return self.top(torch.cat(parts, dim=1)).squeeze(1)  # type: ignore[no-any-return]
-        x = torch.cat([emb.flatten(1), d], dim=1)
-        logit = self.linear(x).squeeze(1) + self.mlp(x).squeeze(1)
+        e = embs[0].flatten(1) if len(embs) == 1 else torch.cat([x.flatten(1) for x in embs], 1)
+        h: torch.Tensor = self.first(e)
+        wide: torch.Tensor = self.wide(e)
+        if self.first_dense is not None and self.wide_dense is not None:
+            h = h + self.first_dense(d)
+            wide = wide + self.wide_dense(d)
+        logit = wide.squeeze(1)
+        if self.deep is not None:
+            logit = logit + self.deep(torch.relu(h)).squeeze(1)
+        else:
+            logit = logit + h.squeeze(1)
         if self.arch == "deepfm":
-            s = emb.sum(1)
-            logit = logit + 0.5 * (s * s - (emb * emb).sum(1)).sum(1)
-        return logit  # type: ignore[no-any-return]
+            logit = logit + _FMInteraction.apply(self._vectors(embs))
+        return logit
+
+
+class _FMInteraction(torch.autograd.Function):
+    """FM's pairwise term ``sum_{i<j} <v_i, v_j> = (|sum_i v_i|^2 - sum_i |v_i|^2) / 2``
+    of ``v`` (B, F, K), with the hand-written gradient ``(sum_j v_j - v_i) * g``: two
+    passes over ``v`` where autograd's graph of the same formula makes four."""
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor) -> torch.Tensor:
+        s = v.sum(1)
+        ctx.save_for_backward(v, s)
+        return 0.5 * (s.square().sum(1) - v.square().sum((1, 2)))
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        v, s = ctx.saved_tensors
+        grad: torch.Tensor = (s.unsqueeze(1) - v).mul_(g.view(-1, 1, 1))
+        return grad

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 __all__ = ["TrainerConfig"]
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """The training daemon: batching, tables, optimizer, checkpoints, metrics.
+    """The training daemon: batching, tables, optimizer, checkpoints, metrics, export.
 
-    Every field has a default so existing deployment files stay valid.
+    Every field has a default so existing deployment files stay valid. The features
+    come from ``features``, the architecture from ``model``.
     """
 
+    label: str = "click"  # the join label (join.labels[].name) the model learns
     batch_size: int = 1024
     max_batch_wait_s: float = 1.0
+    fetch_max_bytes: int = 16 << 20  # bound on what the consumer buffers per fetch
+    threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
     lr: float = 0.05
     dense_lr: float = 0.01
     admit_count: int = 1
@@ -24,11 +30,13 @@ class TrainerConfig:
     max_idle_ms: int = 0
     max_tracked: int = 1_000_000
     evict_every: int = 100
-    delayed_loss: str = "fnw"
+    delayed_loss: Literal["fnw", "fnc"] = "fnw"
+    hash_cache: int = 1_000_000  # feature value -> id hashes kept (reset when full)
     metrics_window_ms: int = 60_000
-    checkpoint_dir: str = "./var/trainer/checkpoints"
+    checkpoint_dir: Path | None = None  # None: stack.state_dir / "trainer"
     checkpoint_every_s: float = 60.0
     checkpoint_every_samples: int = 100_000
     checkpoint_keep: int = 3
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    export: bool = True  # run the exporter (exporter.*) in the trainer process

@@ -6,16 +6,19 @@ id belongs to (a jagged layout, like torchrec's ``KeyedJaggedTensor``)::
     category: sample 0 -> ["c-1", "c-7"], sample 1 -> [], sample 2 -> ["c-1"]
     ids     = [h(c-1), h(c-7), h(c-1)]      int64, hashed with trainer.hashing
     segment = [0,      0,      2     ]      int64, sample index of each id
+    (a field with exactly one value per sample has segment None)
 
-:class:`SparseLookup` deduplicates ids (``torch.unique(return_inverse=True)``), resolves
-each unique id once, gathers one leaf tensor of unique rows and mean-pools into
-``(B, dim)``. After ``backward()`` :meth:`SparseLookup.step` applies row-wise Adagrad to
-the unique rows only.
+:class:`FusedLookup` looks up every field that one table holds in one go: it deduplicates
+the ids of all those fields (``torch.unique(return_inverse=True)``), resolves and admits
+each unique id once, gathers one leaf tensor of unique rows and mean-pools it into
+``(B, n_fields, dim)``. After ``backward()`` :meth:`FusedLookup.step` applies row-wise
+Adagrad to the unique rows only.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -24,84 +27,74 @@ import torch
 from exporter.types import Cut, TableDelta
 from trainer.tables import DynamicTable
 
-__all__ = ["FusedLookup", "SparseLookup", "take_cut"]
+__all__ = ["FusedLookup", "Jagged", "take_cut"]
 
-
-class SparseLookup:
-    """One batch's lookup into one table: forward pooling, then a row-wise update."""
-
-    def __init__(
-        self,
-        table: DynamicTable,
-        ids: npt.NDArray[np.int64],
-        segment: npt.NDArray[np.int64] | None,
-        batch: int,
-        *,
-        now: int = 0,
-        train: bool = True,
-    ) -> None:
-        self.table = table
-        self.now = now
-        uniq, inverse = torch.unique(torch.from_numpy(ids), return_inverse=True)
-        self.rows = table.lookup(uniq.numpy(), now=now, train=train)
-        self.emb = table.gather(self.rows).requires_grad_(train)
-        self.inverse = inverse
-        self.segment = None if segment is None else torch.from_numpy(segment)
-        self.batch = batch
-
-    def pooled(self) -> torch.Tensor:
-        """Mean-pooled embeddings, shape ``(batch, dim)`` (zeros for empty samples)."""
-        per_id = torch.index_select(self.emb, 0, self.inverse)
-        if self.segment is None:  # exactly one id per sample
-            return per_id
-        out = torch.zeros(self.batch, self.table.p.dim).index_add_(0, self.segment, per_id)
-        n = torch.zeros(self.batch).index_add_(0, self.segment, torch.ones(self.segment.shape[0]))
-        return out / n.clamp(min=1.0).unsqueeze(1)
-
-    def step(self) -> None:
-        """Apply row-wise Adagrad to the unique rows (after ``backward()``)."""
-        if self.emb.grad is not None:
-            self.table.apply_adagrad(self.rows, self.emb.grad, now=self.now)
+I64 = npt.NDArray[np.int64]
+Jagged = tuple[I64, I64 | None]
+"""One field of a batch: ``(ids, segment)``; segment None means one id per sample."""
 
 
 class FusedLookup:
-    """All fields of a batch looked up in ONE shared table: one dedup, one probe, one update.
+    """All fields of a batch that live in ONE table: one dedup, one probe, one update.
 
-    Field ids must already be distinct across fields (stable hashes salt the value with the
-    field name). ``fields`` is a list of ``(ids, segment)`` in the jagged layout above; the
-    output of :meth:`pooled` has shape ``(batch, len(fields), dim)``::
+    ``fields[k]`` is field ``field_index[k]`` of ``table.fields`` (default: ``k``); ids
+    of different fields must be distinct keys (the stable hash salts values with the
+    field name). The output of :meth:`pooled` has shape ``(batch, len(fields), dim)``::
 
         fields = [(ids_user (B,), None), (ids_cat (K,), seg_cat (K,))]
-        pooled()  ->  (B, 2, dim)        # field 1 mean-pooled per sample
+        pooled()  ->  (B, 2, dim)        # field 1 mean-pooled per sample, zeros if empty
     """
 
     def __init__(
         self,
         table: DynamicTable,
-        fields: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]],
+        fields: Sequence[Jagged],
         batch: int,
         *,
         now: int = 0,
         train: bool = True,
+        field_index: Sequence[int] | None = None,
     ) -> None:
         self.table, self.now, self.batch, self.n_fields = table, now, batch, len(fields)
+        index = list(range(len(fields))) if field_index is None else list(field_index)
         self.single = all(seg is None for _, seg in fields)
         if self.single and fields:  # sample-major (B, F): the pooled view needs no copy
             all_ids = np.stack([f[0] for f in fields], axis=1).ravel()
         else:
             all_ids = np.concatenate([f[0] for f in fields]) if fields else np.empty(0, np.int64)
         uniq, inverse = torch.unique(torch.from_numpy(all_ids), return_inverse=True)
-        self.rows = table.lookup(uniq.numpy(), now=now, train=train)
+
+        def field_of(pos: I64) -> npt.NDArray[np.int16]:
+            """Field (index into ``table.fields``) of the unique ids at ``pos``."""
+            idx = np.array(index, dtype=np.int16)
+            if self.single:
+                occ = np.tile(idx, batch)
+            else:
+                occ = np.repeat(idx, [f[0].shape[0] for f in fields])
+            per_unique = np.empty(uniq.shape[0], dtype=np.int16)
+            per_unique[inverse.numpy()] = occ
+            return per_unique[pos]
+
+        multi = len(table.fields) > 1
+        self.rows = table.lookup(
+            uniq.numpy(),
+            now=now,
+            train=train,
+            field=field_of if multi else index[0] if index else 0,
+        )
         self.emb = table.gather(self.rows).requires_grad_(train)
         self.inverse = inverse
         if not self.single:  # flat output slot (sample * F + field) of every id
             slots = []
-            for k, (_ids, seg) in enumerate(fields):
+            for k, (ids, seg) in enumerate(fields):
                 s = np.arange(batch, dtype=np.int64) if seg is None else seg
+                if s.shape != ids.shape:
+                    raise ValueError(f"field {k}: {ids.shape[0]} ids but {s.shape[0]} segments")
                 slots.append(s * len(fields) + k)
             self.slot = torch.from_numpy(np.concatenate(slots))
 
     def pooled(self) -> torch.Tensor:
+        """Mean-pooled embeddings, shape ``(batch, n_fields, dim)``."""
         per_id = torch.index_select(self.emb, 0, self.inverse)
         d = self.table.p.dim
         if self.single:
@@ -121,6 +114,7 @@ def take_cut(
     tables: dict[str, DynamicTable],
     dense: dict[str, torch.Tensor],
     *,
+    full: bool = False,
     step: int,
     samples: int,
     watermark_ms: int,
@@ -128,16 +122,16 @@ def take_cut(
 ) -> Cut:
     """A :class:`~exporter.types.Cut` of ``tables`` and ``dense``; resets change tracking.
 
-    If any table overflowed its tracking bound (or was never cut), every table is cut
+    The cut is full (every live row of every field) when ``full`` is asked for, or when
+    any table overflowed its tracking bound (or was never cut): then every table is cut
     full, so the cut as a whole is a consistent snapshot.
     """
-    full = any(t.overflow for t in tables.values())
-    if full:
-        for t in tables.values():
-            t.mark_full()
+    full = full or any(t.overflow for t in tables.values())
     deltas: dict[str, TableDelta] = {}
-    for name, t in tables.items():
-        deltas[name], _ = t.take_delta()
+    for t in tables.values():
+        if full:
+            t.mark_full()
+        deltas.update(t.take_delta()[0])
     return Cut(
         step=step,
         samples=samples,

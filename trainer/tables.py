@@ -2,31 +2,40 @@
 
 A :class:`DynamicTable` maps signed int64 feature ids to rows of a float32 matrix through
 :class:`IdMap`, a numpy-vectorised open-addressing (linear probing) hash map, so a batch of
-ids is resolved without a per-id Python loop. Layout of one table with ``dim=4``::
+ids is resolved without a per-id Python loop. One table may hold the rows of several
+fields (``fields``) of the same dim: their ids must be distinct keys (the stable hash
+salts every value with its field name), and each row carries the index of its field, so
+the table exports one :class:`~exporter.types.TableDelta` per field. Layout of a table of
+``dim=4`` holding fields ``["user_id", "item_id"]``::
 
     IdMap   keys  [EMPTY, 42, EMPTY, 17, DELETED, ...]   (capacity = power of two)
             rows  [   -1,  0,    -1,  1,      -1, ...]   slot -> row
     rows    weight[0] = embedding of id 42               (float32, shape (capacity, 4))
             accum[0]  = row-wise Adagrad accumulator     (float32, one per row)
             row_id[0] = 42, last_update[0], freq[0]      (int64 bookkeeping)
+            row_field[0] = 1                             (int16: id 42 is an item_id)
 
-Ids pass **admission** before they get a row: an id must be seen ``admit_count`` times
-(counted in a second bounded IdMap) and then wins a coin flip with ``admit_prob``.
-Ids that are not admitted read a zero vector and get no gradient.
+Ids pass **admission** before they get a row: an id must be seen in ``admit_count``
+batches (counted in a second, bounded IdMap) and then wins a coin flip with
+``admit_prob``. Ids that are not admitted read a zero vector and get no gradient.
 
 **Eviction** frees rows idle for longer than ``max_idle`` (time since last update, in the
-caller's clock) and, above ``max_rows``, the least frequently used rows. Every evicted id
-becomes a tombstone for the next cut.
+caller's clock) and, above ``max_rows`` rows of one field, that field's least frequently
+used rows. Every evicted id becomes a tombstone of its field for the next delta.
 
 **Change tracking** marks each row written since the last :meth:`DynamicTable.take_delta`.
-Memory is bounded by ``max_tracked`` changed rows plus tombstones; past it the table flags
-an overflow and the next delta is a full snapshot (nothing is ever dropped silently)::
+Memory is bounded by ``max_tracked`` changed rows plus tombstones (a bitmap over rows and
+a tombstone list that never exceeds the bound); past it the table flags an overflow and
+the next delta is a full snapshot (nothing is ever dropped silently)::
 
-    t.take_delta()  ->  TableDelta(ids=[17, 42], values=(2, dim), tombstones=[5])
+    t.take_delta()  ->  ({"user_id": TableDelta(ids=[17], values=(1, 4), tombstones=[5]),
+                          "item_id": TableDelta(ids=[42], values=(1, 4), tombstones=[])},
+                         False)          # False: a delta, True: a full snapshot
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +52,7 @@ _DELETED = np.int64(np.iinfo(np.int64).min + 1)
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
 I64 = npt.NDArray[np.int64]
+I16 = npt.NDArray[np.int16]
 
 
 def _mix(ids: I64, mask: int) -> I64:
@@ -75,13 +85,15 @@ class IdMap:
     def _find(self, ids: I64) -> I64:
         """Slot of each id, or -1 where absent."""
         mask = self.capacity - 1
-        out = np.full(ids.shape[0], -1, dtype=np.int64)
-        pending = np.arange(ids.shape[0])
         slot = _mix(ids, mask)
+        k = self.keys[slot]
+        hit = k == ids  # the first probe settles most ids (load <= 1/2): no indirection
+        out = np.where(hit, slot, -1)
+        pending = np.flatnonzero(~hit & (k != _EMPTY))
+        slot = (slot[pending] + 1) & mask
         while pending.size:
             k = self.keys[slot]
-            want = ids[pending]
-            hit = k == want
+            hit = k == ids[pending]
             out[pending[hit]] = slot[hit]
             go = ~hit & (k != _EMPTY)
             pending, slot = pending[go], (slot[go] + 1) & mask
@@ -95,20 +107,25 @@ class IdMap:
         out[found] = self.vals[slot[found]]
         return out
 
-    def put(self, ids: I64, vals: I64) -> None:
-        """Insert or overwrite; ``ids`` must be unique."""
+    def put(self, ids: I64, vals: I64, absent: bool = False) -> None:
+        """Insert or overwrite; ``ids`` must be unique. ``absent``: the caller knows that
+        none of them is in the map (skips the search for ones to overwrite)."""
         if ids.size == 0:
             return
         if ((ids == _EMPTY) | (ids == _DELETED)).any():
             raise TableError("ids -2**63 and -2**63+1 are reserved; hash them to other values")
-        slot = self._find(ids)
-        old = slot >= 0
-        self.vals[slot[old]] = vals[old]
-        new_ids, new_vals = ids[~old], vals[~old]
-        if new_ids.size == 0:
-            return
+        new_ids, new_vals = ids, vals
+        if not absent:
+            slot = self._find(ids)
+            old = slot >= 0
+            self.vals[slot[old]] = vals[old]
+            new_ids, new_vals = ids[~old], vals[~old]
+            if new_ids.size == 0:
+                return
         if (self.used + new_ids.size) * 2 > self.capacity:
-            self._rehash(max(self.capacity * 2, (self.size + new_ids.size) * 4))
+            # sized from the live keys: a rehash after many deletes purges DELETED slots
+            # at the same capacity instead of doubling (churn must not grow the map)
+            self._rehash((self.size + new_ids.size) * 4)
         mask = self.capacity - 1
         pending = np.arange(new_ids.size)
         slot = _mix(new_ids, mask)
@@ -150,21 +167,31 @@ class TableParams:
     lr: float = 0.05
     adagrad_eps: float = 1e-8
     adagrad_init: float = 0.0
-    max_rows: int = 0  # 0: unbounded; above it LFU eviction
+    max_rows: int = 0  # per field; 0: unbounded; above it LFU eviction
     max_idle: int = 0  # 0: never; evict rows not updated for longer (caller's clock)
     max_tracked: int = 1_000_000  # changed rows + tombstones held before a full cut
-    max_candidates: int = 1_000_000  # ids counted for admission before the oldest reset
+    max_candidates: int = 1_000_000  # ids counted for admission before counting restarts
+
+
+FieldOf = int | Callable[[I64], I16]
+"""The field of ids being admitted: one index for all, or a function of their positions."""
 
 
 class DynamicTable:
-    """One growable embedding table with admission, eviction and change tracking."""
+    """One growable embedding table (one or more fields of one dim) with admission,
+    eviction and change tracking."""
 
-    def __init__(self, name: str, params: TableParams, seed: int = 0) -> None:
+    def __init__(
+        self, name: str, params: TableParams, seed: int = 0, fields: Sequence[str] = ()
+    ) -> None:
         if params.dim <= 0 or params.admit_count < 1 or not 0.0 < params.admit_prob <= 1.0:
             raise TableError(
                 f"table {name}: need dim > 0, admit_count >= 1, 0 < admit_prob <= 1, got {params}"
             )
         self.name = name
+        self.fields = list(fields) or [name]
+        if len(set(self.fields)) != len(self.fields) or len(self.fields) > 2**15:
+            raise TableError(f"table {name}: fields {self.fields} must be unique (< 32768)")
         self.p = params
         self.ids = IdMap()
         self.candidates = IdMap()
@@ -176,11 +203,12 @@ class DynamicTable:
         self.row_id: I64 = np.full(cap, _EMPTY, dtype=np.int64)
         self.last_update: I64 = np.zeros(cap, dtype=np.int64)
         self.freq: I64 = np.zeros(cap, dtype=np.int64)
+        self.row_field: I16 = np.zeros(cap, dtype=np.int16)
         self.dirty = np.zeros(cap, dtype=bool)
         self.n_dirty = 0
         self.free: list[int] = []
         self.n_rows = 0  # high-water mark of rows handed out
-        self.tombstones: list[I64] = []
+        self.tombstones: list[tuple[I64, I16]] = []  # (ids, fields) evicted since the cut
         self.n_tombstones = 0
         self.overflow = True  # the first delta is always full
         self.rejected = 0  # id occurrences not admitted (counted, never silent)
@@ -190,15 +218,23 @@ class DynamicTable:
     def __len__(self) -> int:
         return self.ids.size
 
+    def rows_per_field(self) -> dict[str, int]:
+        """Live rows of each field."""
+        live = self.row_id[: self.n_rows] != _EMPTY
+        counts = np.bincount(self.row_field[: self.n_rows][live], minlength=len(self.fields))
+        return {f: int(c) for f, c in zip(self.fields, counts, strict=True)}
+
     def bytes_per_row(self) -> int:
         """Bytes one live row costs: weight, accumulator, bookkeeping, hash slots (load 1/2)."""
-        return self.p.dim * 4 + 4 + 8 * 3 + 1 + 2 * 16
+        return self.p.dim * 4 + 4 + 8 * 3 + 2 + 1 + 2 * 16
 
     def nbytes(self) -> int:
+        """Bytes held now, spare capacity and the admission counters included."""
         return int(
             self.weight.nbytes
             + self.accum.nbytes
             + self.row_id.nbytes * 3
+            + self.row_field.nbytes
             + self.dirty.nbytes
             + self.ids.nbytes()
             + self.candidates.nbytes()
@@ -215,14 +251,17 @@ class DynamicTable:
         a = torch.full((new,), self.p.adagrad_init)
         a[:cap] = self.accum
         self.weight, self.accum = w, a
-        for attr, fill in (("row_id", _EMPTY), ("last_update", 0), ("freq", 0)):
+        for attr, fill in (
+            ("row_id", _EMPTY),
+            ("last_update", 0),
+            ("freq", 0),
+            ("row_field", 0),
+            ("dirty", False),
+        ):
             old = getattr(self, attr)
-            arr = np.full(new, fill, dtype=np.int64)
+            arr = np.full(new, fill, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, attr, arr)
-        d = np.zeros(new, dtype=bool)
-        d[:cap] = self.dirty
-        self.dirty = d
 
     def _alloc(self, n: int) -> I64:
         take = min(n, len(self.free))
@@ -233,41 +272,54 @@ class DynamicTable:
         self._grow(self.n_rows)
         return np.concatenate([reused, fresh])
 
+    def _check_bound(self) -> None:
+        """Past ``max_tracked``, give up on tracking: the next delta is a full snapshot."""
+        if self.n_dirty + self.n_tombstones > self.p.max_tracked:
+            self.overflow = True
+            self.tombstones, self.n_tombstones = [], 0  # a snapshot needs none
+
     def _mark(self, rows: I64) -> None:
+        if self.overflow:  # the next delta is full anyway
+            return
         new = rows[~self.dirty[rows]]
         self.dirty[new] = True
         self.n_dirty += int(new.size)
-        if self.n_dirty + self.n_tombstones > self.p.max_tracked:
-            self.overflow = True
+        self._check_bound()
 
-    def lookup(self, unique_ids: I64, now: int = 0, train: bool = True) -> I64:
+    def lookup(self, unique_ids: I64, now: int = 0, train: bool = True, field: FieldOf = 0) -> I64:
         """Rows of unique ids, -1 for ids without a row.
 
         With ``train`` the ids are counted and admitted: admitted ids get fresh rows
-        (normal(0, init_std), marked changed).
+        (normal(0, init_std), marked changed) of field ``field`` (an index into
+        ``fields``, or a function from positions in ``unique_ids`` to indices).
         """
         rows = self.ids.get(unique_ids)
         if not train:
             return rows
-        missing = np.flatnonzero(rows < 0)
-        hit = rows[rows >= 0]
-        self.freq[hit] += 1
+        found = rows >= 0
+        self.freq[rows[found]] += 1
+        missing = np.flatnonzero(~found)
         if missing.size == 0:
             return rows
         miss_ids = unique_ids[missing]
-        counts = np.maximum(self.candidates.get(miss_ids), 0) + 1
-        ok = counts >= self.p.admit_count
-        if self.p.admit_prob < 1.0:
-            ok &= self._rng.random(miss_ids.size) < self.p.admit_prob
-        if self.candidates.size + int((~ok).sum()) > self.p.max_candidates:
-            self.candidates = IdMap()  # bounded: counting restarts, admission gets stricter
-        self.candidates.put(miss_ids[~ok], counts[~ok])
-        self.rejected += int((~ok).sum())
-        if ok.any():
-            new_ids = miss_ids[ok]
-            self.candidates.delete(new_ids)
+        if self.p.admit_count == 1 and self.p.admit_prob >= 1.0:  # everyone is admitted
+            ok, n_wait = np.ones(miss_ids.size, dtype=bool), 0
+        else:
+            counts = np.maximum(self.candidates.get(miss_ids), 0) + 1
+            ok = counts >= self.p.admit_count
+            if self.p.admit_prob < 1.0:
+                ok &= self._rng.random(miss_ids.size) < self.p.admit_prob
+            n_wait = int(miss_ids.size - np.count_nonzero(ok))
+            if self.candidates.size + n_wait > self.p.max_candidates:
+                self.candidates = IdMap()  # bounded: counting restarts, stricter admission
+            self.candidates.put(miss_ids[~ok], counts[~ok])
+            self.candidates.delete(miss_ids[ok])
+            self.rejected += n_wait
+        if n_wait < miss_ids.size:
+            admitted = missing[ok]
+            new_ids = unique_ids[admitted]
             new_rows = self._alloc(new_ids.size)
-            self.ids.put(new_ids, new_rows)
+            self.ids.put(new_ids, new_rows, absent=True)  # they just missed
             init = torch.randn(new_ids.size, self.p.dim, generator=self._gen) * self.p.init_std
             r = torch.from_numpy(new_rows)
             self.weight[r] = init
@@ -275,94 +327,110 @@ class DynamicTable:
             self.row_id[new_rows] = new_ids
             self.last_update[new_rows] = now
             self.freq[new_rows] = 1
+            self.row_field[new_rows] = field if isinstance(field, int) else field(admitted)
             self._mark(new_rows)
-            rows[missing[ok]] = new_rows
+            rows[admitted] = new_rows
         return rows
 
     def gather(self, rows: I64) -> torch.Tensor:
-        """Embeddings of ``rows`` (zeros where the row is -1)."""
+        """Embeddings of ``rows`` (zeros where the row is -1), a new tensor."""
         r = torch.from_numpy(rows)
-        out = self.weight[r.clamp(min=0)]
-        out[r < 0] = 0.0
-        return out
+        if rows.size and rows.min() < 0:
+            out = self.weight.index_select(0, r.clamp(min=0))
+            out[r < 0] = 0.0
+            return out
+        return self.weight.index_select(0, r)
 
     def apply_adagrad(self, rows: I64, grad: torch.Tensor, now: int = 0) -> None:
         """Row-wise Adagrad on unique ``rows`` (rows of -1 are skipped).
 
         ``accum[r] += mean(g_r ** 2)``; ``w[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
+        Rows whose gradient is all zero do not change and are not marked, so the next
+        delta holds exactly the rows whose values changed.
         """
-        # rows without a row (-1) or with an all-zero gradient do not change: skip them,
-        # so the next delta holds exactly the rows whose values changed
         keep = (rows >= 0) & (grad != 0).any(dim=1).numpy()
-        if not keep.any():
-            return
-        rk = rows[keep]
-        r = torch.from_numpy(rk)
-        g = grad[torch.from_numpy(keep)]
-        acc = self.accum[r] + g.pow(2).mean(dim=1)
-        self.accum[r] = acc
-        self.weight[r] -= (self.p.lr / (acc.sqrt() + self.p.adagrad_eps)).unsqueeze(1) * g
-        self.last_update[rk] = now
-        self._mark(rk)
+        if not keep.all():
+            if not keep.any():
+                return
+            rows, grad = rows[keep], grad[torch.from_numpy(keep)]
+        r = torch.from_numpy(rows)
+        acc = self.accum.index_select(0, r).add_(grad.square().mean(dim=1))
+        self.accum.index_copy_(0, r, acc)
+        scale = acc.sqrt_().add_(self.p.adagrad_eps).reciprocal_().mul_(-self.p.lr)
+        self.weight.index_add_(0, r, grad * scale.unsqueeze(1))
+        self.last_update[rows] = now
+        self._mark(rows)
 
     # ------------------------------------------------------------------ eviction
     def evict(self, now: int) -> I64:
-        """Evict idle rows and, above ``max_rows``, the least used; returns evicted ids."""
+        """Evict idle rows and, above ``max_rows`` rows of a field, its least used rows.
+
+        Returns the evicted ids (each a tombstone of its field in the next delta).
+        """
         live_rows = np.flatnonzero(self.row_id[: self.n_rows] != _EMPTY)
         victims = np.empty(0, dtype=np.int64)
         if self.p.max_idle > 0:
             victims = live_rows[now - self.last_update[live_rows] > self.p.max_idle]
         if self.p.max_rows > 0:
             rest = np.setdiff1d(live_rows, victims, assume_unique=True)
-            extra = rest.size - self.p.max_rows
-            if extra > 0:
-                lfu = rest[np.argsort(self.freq[rest], kind="stable")[:extra]]
-                victims = np.concatenate([victims, lfu])
+            lfu = [victims]
+            for f in range(len(self.fields)):
+                mine = rest if len(self.fields) == 1 else rest[self.row_field[rest] == f]
+                extra = mine.size - self.p.max_rows
+                if extra > 0:
+                    lfu.append(mine[np.argsort(self.freq[mine], kind="stable")[:extra]])
+            victims = np.concatenate(lfu)
         if victims.size == 0:
             return victims
         ids = self.row_id[victims].copy()
         self.ids.delete(ids)
         self.row_id[victims] = _EMPTY
         self.weight[torch.from_numpy(victims)] = 0.0
-        was_dirty = self.dirty[victims]
+        self.n_dirty -= int(np.count_nonzero(self.dirty[victims]))
         self.dirty[victims] = False
-        self.n_dirty -= int(was_dirty.sum())
         self.free.extend(victims.tolist())
-        self.tombstones.append(ids)
-        self.n_tombstones += int(ids.size)
         self.evicted += int(ids.size)
-        if self.n_dirty + self.n_tombstones > self.p.max_tracked:
-            self.overflow = True
+        if not self.overflow:  # a full snapshot needs no tombstones
+            self.tombstones.append((ids, self.row_field[victims].copy()))
+            self.n_tombstones += int(ids.size)
+            self._check_bound()
         return ids
 
     # ------------------------------------------------------------------ export
-    def take_delta(self) -> tuple[TableDelta, bool]:
-        """Rows changed and ids evicted since the last delta; resets tracking.
+    def take_delta(self) -> tuple[dict[str, TableDelta], bool]:
+        """Per field: rows changed and ids evicted since the last delta; resets tracking.
 
-        Returns the delta and whether it is full (a snapshot of every live row).
+        Returns the deltas and whether they are full (a snapshot of every live row).
         """
         full = self.overflow
-        if full:
-            rows = np.flatnonzero(self.row_id[: self.n_rows] != _EMPTY)
-            tomb = np.empty(0, dtype=np.int64)
-        else:
-            rows = np.flatnonzero(self.dirty[: self.n_rows])
-            ids_now = self.row_id[rows]
-            tomb = (
-                np.unique(np.concatenate(self.tombstones))
-                if self.tombstones
-                else np.empty(0, dtype=np.int64)
-            )
-            tomb = np.setdiff1d(tomb, ids_now, assume_unique=False)  # re-admitted: live
-        ids = self.row_id[rows].copy()
-        values = self.weight[torch.from_numpy(rows)].numpy().astype(np.float32, copy=True)
+        live = self.row_id[: self.n_rows] != _EMPTY
+        rows = np.flatnonzero(live if full else self.dirty[: self.n_rows])
+        tomb, tomb_f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int16)
+        if not full and self.tombstones:
+            tomb = np.concatenate([t for t, _ in self.tombstones])
+            tomb_f = np.concatenate([f for _, f in self.tombstones])
+            gone = self.ids.get(tomb) < 0  # a re-admitted id is live: a row, not a tombstone
+            tomb, first = np.unique(tomb[gone], return_index=True)
+            tomb_f = tomb_f[gone][first]
+        ids = self.row_id[rows]
+        values = self.weight[torch.from_numpy(rows)].numpy()
         self.dirty[:] = False
         self.n_dirty = 0
         self.tombstones = []
         self.n_tombstones = 0
         self.overflow = False
-        return TableDelta(self.name, self.p.dim, ids, values, tomb), full
+        dim = self.p.dim
+        if len(self.fields) == 1:
+            name = self.fields[0]
+            return {name: TableDelta(name, dim, ids, values, tomb)}, full
+        fields = self.row_field[rows]
+        out = {}
+        for k, name in enumerate(self.fields):
+            mine = fields == k
+            out[name] = TableDelta(name, dim, ids[mine], values[mine], tomb[tomb_f == k])
+        return out, full
 
     def mark_full(self) -> None:
         """Force the next delta to be a full snapshot (e.g. after a restore)."""
         self.overflow = True
+        self.tombstones, self.n_tombstones = [], 0
