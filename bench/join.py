@@ -116,6 +116,7 @@ def _datagen_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
     columns = f"seq BIGINT,\n  payload AS {payload},{rest}"
     return (
         f"CREATE TEMPORARY TABLE {name} (\n  {columns}\n) WITH ('connector' = 'datagen', "
+        "'rows-per-second' = '1000000000', "  # the default would cap it at 10,000 rows/s
         f"'fields.seq.kind' = 'sequence', 'fields.seq.start' = '0', "
         f"'fields.seq.end' = '{rows - 1}')"
     )

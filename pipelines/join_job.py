@@ -70,7 +70,11 @@ def declare_join(
     caller) and return a statement set inserting into the tables named by ``sinks``
     (keys ``samples``, ``dead``, ``metrics``; each a table of ``(k STRING, v STRING)``)."""
     jc = cfg.join
-    t_env.get_config().set("table.exec.state.ttl", f"{jc.dedup_ttl_ms} ms")
+    conf = t_env.get_config()
+    conf.set("table.exec.state.ttl", f"{jc.dedup_ttl_ms} ms")
+    # a view read by several consumers is optimised once and its result shared: the JSON
+    # parsing of the validation views then runs once per event, not once per consumer
+    conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
     sql = JoinSql(jc, prefix)
     for view in sql.views():
         t_env.execute_sql(view)

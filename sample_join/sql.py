@@ -47,8 +47,13 @@ _INT = r"^\[-?[0-9]+\]$"
 _STR = r'^\["'
 _NUM = r"^\[(-?[0-9][0-9.eE+-]*)\]$"
 _OBJ = r"^\[\{"
+_HEAD_KEYS = {
+    "impression": ("v", "request_id", "item_id", "user_id", "event_time_ms", "p_click"),
+    "action": ("v", "request_id", "item_id", "user_id", "action", "event_time_ms"),
+}
 _UNIQUE_COLUMNS = (
-    "ev_stream", "request_id", "item_id", "user_id", "action", "payload", "event_time_ms"
+    "ev_stream", "request_id", "item_id", "user_id", "action", "payload", "event_time_ms",
+    "fq", "p_click",
 )  # fmt: skip
 _MATCH_COLUMNS = (
     "a.request_id", "a.item_id", "a.event_time_ms", "a.payload",
@@ -77,8 +82,14 @@ def barrier(expr: str, *keep: str) -> str:
     return f"CASE WHEN RAND() < 2 THEN {expr} ELSE {other} END"
 
 
-def _typed(field: str, regex: str) -> str:
-    return f"REGEXP(JSON_QUERY(payload, '$.{field}' WITH WRAPPER NULL ON ERROR), '{regex}')"
+def _q(field: str) -> str:
+    """The value of ``field`` in the small ``h`` as a JSON array (``["..."]``, ``[12]``...),
+    NULL when absent or null."""
+    return f"JSON_QUERY(h, 'lax $.{field}' WITH WRAPPER NULL ON ERROR)"
+
+
+_H_TIME = "TRY_CAST(JSON_VALUE(h, '$.event_time_ms') AS BIGINT)"
+_H_EVENT_TIME = f"CASE WHEN REGEXP({_q('event_time_ms')}, '{_INT}') THEN {_H_TIME} END"
 
 
 def _json_str(expr: str) -> str:
@@ -133,7 +144,8 @@ class JoinSql:
 
     def views(self) -> list[str]:
         """``CREATE TEMPORARY VIEW`` statements, in dependency order."""
-        out = [self._checked("impression"), self._checked("action"), self._unique()]
+        out = [self._head("impression"), self._head("action")]
+        out += [self._checked("impression"), self._checked("action"), self._unique()]
         out += [self._unique_of("impression"), self._unique_of("action"), self._scored()]
         out += [self._match(n, spec) for n, spec in enumerate(self.cfg.labels)]
         if self.cfg.strategy == "window":
@@ -141,52 +153,70 @@ class JoinSql:
         out.append(self._counts())
         return out
 
+    def _head(self, stream: str) -> str:
+        """``P_imp_head`` / ``P_act_head``: every raw event with ``h``, the compact JSON of
+        just its scalar fields (NULL unless the payload is a JSON object), and for impressions
+        ``fq``, its features wrapped in an array (``[{...}]``; NULL when absent). These
+        are the only parses of the whole payload; everything else reads the small ``h``."""
+        keys = ",".join(f"''{k}''" for k in _HEAD_KEYS[stream])
+        fq = (
+            ", JSON_QUERY(payload, 'lax $.features' WITH WRAPPER NULL ON ERROR) AS fq"
+            if stream == "impression"
+            else ""
+        )
+        short = "imp" if stream == "impression" else "act"
+        return f"""
+CREATE TEMPORARY VIEW {self._v(short + "_head")} AS
+SELECT payload, et, pt, JSON_QUERY(payload, 'lax $[{keys}]' NULL ON ERROR) AS h{fq}
+FROM {self._v(short + "_raw")}
+"""
+
     def _checked(self, stream: str) -> str:
         """Every raw event, its parsed fields and ``reason`` (NULL = valid so far): content
         checks and the future-skew check, evaluated where the event is read."""
         cfg = self.cfg
         short = "imp" if stream == "impression" else "act"
         strings = ["request_id", "item_id", "user_id"]
+        required = ["v", *strings, "event_time_ms"]
         if stream == "impression":
-            required = ["v", *strings, "event_time_ms", "features"]
-            extra_type = f" OR NOT {_typed('features', _OBJ)}"
+            absent = " OR fq IS NULL"
+            extra_type = f" OR NOT REGEXP(fq, '{_OBJ}')"
             unknown = ""
             action = "CAST('' AS STRING) AS action"
         else:
             strings.append("action")
-            required = ["v", *strings, "event_time_ms"]
-            extra_type = ""
+            required.append("action")
+            absent = extra_type = ""
             actions = ", ".join(f"'{s.action}'" for s in cfg.labels)
             unknown = (
-                f"      WHEN JSON_VALUE(payload, '$.action') NOT IN ({actions}) "
-                "THEN 'unknown_action'\n"
+                f"      WHEN JSON_VALUE(h, '$.action') NOT IN ({actions}) THEN 'unknown_action'\n"
             )
-            action = "JSON_VALUE(payload, '$.action') AS action"
-        missing = " OR ".join(
-            f"NOT JSON_EXISTS(payload, '$.{f}') OR "
-            f"JSON_QUERY(payload, '$.{f}' WITH WRAPPER NULL ON ERROR) = '[null]'"
-            for f in required
-        )
-        bad = " OR ".join(f"NOT {_typed(f, _STR)}" for f in strings)
-        bad += f" OR NOT {_typed('event_time_ms', _INT)} OR NOT {_typed('v', _INT)}{extra_type}"
-        cols = ", ".join(f"JSON_VALUE(payload, '$.{f}') AS {f}" for f in strings[:3])
+            action = "JSON_VALUE(h, '$.action') AS action"
+        missing = " OR ".join(f"{_q(f)} IS NULL" for f in required) + absent
+        bad = " OR ".join(f"NOT REGEXP({_q(f)}, '{_STR}')" for f in strings)
+        bad += f" OR NOT REGEXP({_q('event_time_ms')}, '{_INT}')"
+        bad += f" OR NOT REGEXP({_q('v')}, '{_INT}'){extra_type}"
+        cols = ", ".join(f"JSON_VALUE(h, '$.{f}') AS {f}" for f in strings[:3])
+        t = _H_TIME
         skew = interval(cfg.max_future_skew_ms)
+        if stream == "impression":
+            p_click = f"REGEXP_EXTRACT({_q('p_click')}, '{_NUM}', 1)"
+            features = f", fq, {p_click} AS p_click"
+        else:
+            features = ", CAST(NULL AS STRING) AS fq, CAST(NULL AS STRING) AS p_click"
         return f"""
 CREATE TEMPORARY VIEW {self._v(short + "_checked")} AS
-SELECT '{stream}' AS ev_stream, payload, et, pt, {cols}, {action},
-  CASE WHEN {_typed("event_time_ms", _INT)} THEN
-    TRY_CAST(JSON_VALUE(payload, '$.event_time_ms' NULL ON ERROR) AS BIGINT) END AS event_time_ms,
+SELECT '{stream}' AS ev_stream, payload, et, pt, {cols}, {action}{features},
+  {_H_EVENT_TIME} AS event_time_ms,
   CASE
-      WHEN NOT (payload IS JSON OBJECT) THEN 'malformed_json'
+      WHEN h IS NULL THEN 'malformed_json'
       WHEN {missing} THEN 'missing_field'
       WHEN {bad} THEN 'bad_type'
-      WHEN TRY_CAST(JSON_VALUE(payload, '$.v' NULL ON ERROR) AS BIGINT) <> 1
-        THEN 'unsupported_version'
-{unknown}      WHEN TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(payload, '$.event_time_ms' NULL ON ERROR)
-               AS BIGINT), 3) > CURRENT_TIMESTAMP + {skew} THEN 'future_event'
+      WHEN TRY_CAST(JSON_VALUE(h, '$.v') AS BIGINT) <> 1 THEN 'unsupported_version'
+{unknown}      WHEN TO_TIMESTAMP_LTZ({t}, 3) > CURRENT_TIMESTAMP + {skew} THEN 'future_event'
       ELSE CAST(NULL AS STRING)
   END AS reason
-FROM {self._v(short + "_raw")}
+FROM {self._v(short + "_head")}
 """
 
     def _unique(self) -> str:
@@ -217,12 +247,8 @@ SELECT *, {route} AS route FROM (
         """Accepted unique events of one stream; impressions also get ``features``/``p_click``."""
         short = "imp" if stream == "impression" else "act"
         extra = ""
-        if stream == "impression":
-            extra = (
-                ", JSON_QUERY(payload, '$.features') AS features,"
-                f" REGEXP_EXTRACT(JSON_QUERY(payload, '$.p_click' WITH WRAPPER NULL ON ERROR),"
-                f" '{_NUM}', 1) AS p_click"
-            )
+        if stream == "impression":  # fq is "[{...}]": the object inside the array
+            extra = ", SUBSTRING(fq FROM 2 FOR CHAR_LENGTH(fq) - 2) AS features, p_click"
         return f"""
 CREATE TEMPORARY VIEW {self._v(short + "_unique")} AS
 SELECT payload, et, request_id, item_id, user_id, action, event_time_ms{extra}
@@ -401,8 +427,9 @@ FROM {self._v("imp_unique")} i
         rows = []
         for stream, short in (("impression", "imp"), ("action", "act")):
             checked = self._v(f"{short}_checked")
+            head = _Rows(self._v(f"{short}_head"), "", f"'{stream}'", _H_EVENT_TIME)
             rows += [
-                self._count(_Rows(checked, "", f"'{stream}'"), "in"),
+                self._count(head, "in"),
                 self._count(_Rows(checked, "reason IS NULL", f"'{stream}'"), "duplicate"),
             ]
         unique = _Rows(self._v("unique"), "route IS NOT NULL", "ev_stream")
