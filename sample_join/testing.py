@@ -61,8 +61,8 @@ class Request:
     actions: Sequence[Act] = field(default_factory=tuple)
 
 
-#: Invalid payloads (``@T`` stands for the event time), one or more per validation reason
-#: that does not depend on the clock or the watermark.
+#: Invalid payloads (``@T`` stands for the event time, ``@T0000000000`` for a time far in
+#: the future), one or more per validation reason that does not depend on the watermark.
 BAD_PAYLOADS: tuple[tuple[str, str, str], ...] = (
     ("impression", "{not json", "malformed_json"),
     ("impression", "[1, 2]", "malformed_json"),
@@ -106,6 +106,12 @@ BAD_PAYLOADS: tuple[tuple[str, str, str], ...] = (
         '{"v":1,"request_id":"r","item_id":"i","user_id":"u","action":"click",'
         '"event_time_ms":@T.5}',
         "bad_type",
+    ),
+    (  # about 115 days ahead of @T: beyond any clock skew
+        "impression",
+        '{"v":1,"request_id":"f","item_id":"i","user_id":"u","event_time_ms":@T0000000000,'
+        '"features":{}}',
+        "future_event",
     ),
 )
 
