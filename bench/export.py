@@ -174,7 +174,7 @@ def main() -> None:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
         store = open_store(f"file://{d}")
-        ex = Exporter(store, ExporterConfig(snapshot_every=10**6, max_norm_jump=1e9))
+        ex = Exporter(store, ExporterConfig(snapshot_every=10**6))
         ex.publish(cut(ids[:10], vals[:10], True, 0))
         step = [0]
 

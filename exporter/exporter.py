@@ -8,9 +8,32 @@ For each accepted cut, in this order (a reader never sees an incomplete version)
     4. PUBLISH redis.channel {"sequence": SEQ, "base_snapshot": BASE, "kind": ...}
     5. prune versions older than the oldest retained snapshot
 
-The safety gate refuses NaN/Inf and norm jumps (``GateRefused``, counted in ``stats``);
-after a refusal the exporter needs a full cut (``wants_full``) because the refused
-changes never reached the store.
+The safety gate (``GateRefused``, counted in ``stats``) compares scales, never sums, so a
+delta's few rows and a snapshot's many are measured alike. The scale of a table in a cut
+is the RMS of the elements of its upserted rows; of a dense tensor, the RMS of its
+elements. A cut is refused when
+
+- a row or tensor holds NaN or Inf, or
+- a scale exceeds ``max_norm_jump`` x max(its reference, ``norm_floor``).
+
+References come from published versions only. A dense tensor's is its RMS in the last
+published version. A table's is the largest RMS published since the last snapshot (the
+snapshot's, over all rows, and each later delta's, over its rows), or the RMS of the last
+delta before that snapshot if larger: a delta holds the rows that train most, which are
+larger than the table's average, so it is never measured against the whole table alone.
+Only growth is refused (shrinking rows, evictions and weight decay are normal), and
+``norm_floor`` keeps growth from near zero (a fresh bias, rows at their initial scale)
+from counting as a jump. A table or tensor with no reference yet (the exporter's first
+version, a new table) is checked for NaN/Inf only.
+
+Example, ``max_norm_jump`` 4, ``norm_floor`` 0.1: item_id published at RMS 0.2; a delta
+whose rows have RMS 0.5 passes (2.5x), one at 2.0 is refused (10x); a bias published at
+RMS 0.01 may grow to 0.4 (4 x the floor) in one version.
+
+A refusal writes nothing and keeps the references of the last published version; the
+refused changes never reached the store, so the next cut must be full (``wants_full``)
+and the next version published is a snapshot. While a model stays blown up every cut is
+refused (each one logged with its reason); an exporter started afresh has no references.
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from exporter.errors import GateRefused, ObjectNotFound, StoreError
 from exporter.format import write_dense, write_table
@@ -65,6 +89,23 @@ def list_versions(store: ObjectStore) -> list[int]:
     return sorted(out)
 
 
+def _mean_square(key: str, arr: npt.NDArray[np.float32], step: int) -> float:
+    """Mean of ``arr ** 2``; ``GateRefused`` where ``arr`` holds NaN or Inf."""
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    sq = float(np.dot(flat, flat))  # NaN/Inf anywhere make this non-finite
+    if not np.isfinite(sq):
+        finite = np.isfinite(arr)
+        bad = int(finite.size - np.count_nonzero(finite))
+        if bad:
+            where = ""
+            if arr.ndim == 2:
+                rows = int(np.count_nonzero(~finite.all(axis=1)))
+                where = f" in {rows} of {arr.shape[0]} rows"
+            raise GateRefused(f"{key}: {bad} NaN/Inf values{where} in step {step}")
+        sq = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))  # fp32 overflow
+    return sq / flat.size
+
+
 @dataclass
 class ExportStats:
     published: int = 0
@@ -99,7 +140,10 @@ class Exporter:
             self._redis = redis.Redis.from_url(
                 redis_url, socket_connect_timeout=1, socket_timeout=1
             )
-        self._norms: dict[str, float] = {}
+        # the safety gate's references (mean squares), from the published versions only:
+        # per table the largest since the last snapshot, and that of the last delta
+        self._refs: dict[str, float] = {}
+        self._last_delta: dict[str, float] = {}
         self._kinds: dict[int, str] = {}  # sequence -> manifest kind, read once (for prune)
         # on a store that has versions, start with a full cut: whoever wrote them, our
         # trainer's change tracking does not start where they end
@@ -130,32 +174,42 @@ class Exporter:
 
     # ------------------------------------------------------------------ safety gate
 
-    def _gate(self, cut: Cut) -> dict[str, float]:
-        norms: dict[str, float] = {}
-        named = [(f"table:{n}", t.values) for n, t in cut.tables.items()]
-        named += [(f"dense:{n}", v) for n, v in cut.dense.items()]
-        for name, arr in named:
-            if arr.size == 0:
-                continue
-            flat = arr.reshape(-1)
-            sq = float(np.dot(flat, flat))  # NaN/Inf anywhere make this non-finite
-            if not np.isfinite(sq):
-                bad = int(flat.size - np.isfinite(flat).sum())
-                if bad:
-                    raise GateRefused(f"{name}: {bad} NaN/Inf values in step {cut.step}")
-                sq = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))
-            # dense: whole-tensor L2 norm; tables: RMS row norm of the changed rows
-            norm = sq**0.5 if name.startswith("dense:") else (sq / max(arr.shape[0], 1)) ** 0.5
-            prev = self._norms.get(name)
-            if prev is not None and prev > 0:
-                jump = abs(norm - prev) / prev
-                if jump > self.cfg.max_norm_jump:
-                    raise GateRefused(
-                        f"{name}: norm {norm:.4g} vs {prev:.4g} published before "
-                        f"(change {jump:.2f}x > exporter.max_norm_jump {self.cfg.max_norm_jump})"
-                    )
-            norms[name] = norm
-        return norms
+    def _gate(self, cut: Cut) -> tuple[dict[str, float], dict[str, float]]:
+        """Check ``cut`` (rules in the module docstring); returns the references it leaves
+        behind if it is published. Raises ``GateRefused`` with the reason."""
+        refs = {} if cut.full else dict(self._refs)
+        last_delta = dict(self._last_delta)
+        for name, t in sorted(cut.tables.items()):
+            key = f"table {name}"
+            if not len(t.ids):
+                continue  # tombstones only: no row to measure
+            ms = _mean_square(key, t.values, cut.step)
+            ref = max(self._refs.get(key, -1.0), self._last_delta.get(key, -1.0))
+            self._check_jump(key, ms, ref, cut, f"over {len(t.ids)} rows")
+            refs[key] = max(refs.get(key, 0.0), ms)
+            if not cut.full:
+                last_delta[key] = ms
+        for name, v in sorted(cut.dense.items()):
+            key = f"dense {name}"
+            if v.size:
+                refs[key] = _mean_square(key, v, cut.step)
+                self._check_jump(key, refs[key], self._refs.get(key, -1.0), cut, "")
+        return refs, last_delta
+
+    def _check_jump(self, key: str, ms: float, ref_ms: float, cut: Cut, what: str) -> None:
+        """Refuse when RMS ``ms**0.5`` exceeds max_norm_jump x max(reference, norm_floor);
+        ``ref_ms`` < 0: no reference (nothing published yet to compare with)."""
+        if ref_ms < 0:
+            return
+        rms, ref = ms**0.5, ref_ms**0.5
+        base = max(ref, self.cfg.norm_floor)
+        if rms > self.cfg.max_norm_jump * base:
+            floor = f" (exporter.norm_floor {self.cfg.norm_floor:g})" if base > ref else ""
+            raise GateRefused(
+                f"{key}: RMS {rms:.4g}{' ' + what if what else ''} in step {cut.step} vs "
+                f"{ref:.4g} as published up to version {self.sequence}{floor}: "
+                f"{rms / base:.1f}x > exporter.max_norm_jump {self.cfg.max_norm_jump:g}"
+            )
 
     # ------------------------------------------------------------------ publish
 
@@ -171,7 +225,7 @@ class Exporter:
         if not cut.full and self.wants_full:
             self._refuse(f"step {cut.step}: a full cut is required (wants_full) but got a delta")
         try:
-            norms = self._gate(cut)
+            refs, last_delta = self._gate(cut)
         except GateRefused as e:
             self._refuse(str(e))
         seq = self.sequence + 1
@@ -190,7 +244,7 @@ class Exporter:
         self._kinds[seq] = doc["kind"]
         self._deltas_since = 0 if cut.full else self._deltas_since + 1
         self._needs_full = False
-        self._norms.update(norms)
+        self._refs, self._last_delta = refs, last_delta
         self.stats.published += 1
         self.stats.snapshots += int(cut.full)
         latest = {"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}

@@ -45,7 +45,7 @@ def store(tmp_path: Path) -> FlakyStore:
 
 
 def test_payloads_then_manifest_then_latest(store: FlakyStore) -> None:
-    t, ex = Trainer(50), Exporter(store, ExporterConfig(snapshot_every=2, max_norm_jump=1e9))
+    t, ex = Trainer(50), Exporter(store, ExporterConfig(snapshot_every=2))
     for _ in range(4):
         t.train()
         before = len(store.writes)
@@ -59,7 +59,7 @@ def test_payloads_then_manifest_then_latest(store: FlakyStore) -> None:
 
 def _following(store: FlakyStore, seed: int) -> tuple[Trainer, Exporter, DeltaConsumer]:
     """Version 0 published and applied by a consumer."""
-    t, ex = Trainer(seed), Exporter(store, ExporterConfig(snapshot_every=100, max_norm_jump=1e9))
+    t, ex = Trainer(seed), Exporter(store, ExporterConfig(snapshot_every=100))
     t.publish(ex)
     c = DeltaConsumer(store)
     assert c.sync() == 1
@@ -109,7 +109,7 @@ def test_failure_of_latest_keeps_the_version_and_the_next_one_shows_it(
 
 
 def test_run_loop_survives_store_outages(store: FlakyStore) -> None:
-    t, ex = Trainer(53), Exporter(store, ExporterConfig(snapshot_every=100, max_norm_jump=1e9))
+    t, ex = Trainer(53), Exporter(store, ExporterConfig(snapshot_every=100))
     asked: list[bool] = []
     stop = threading.Event()
 

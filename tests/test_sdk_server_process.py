@@ -128,7 +128,7 @@ def test_server_process_follows_a_trainer_on_the_stack(
         t = Trainer([("user_id", 8), ("item_id", 8), ("category", 8)], ["price"], mlp=[16])
         ex = Exporter(
             store,
-            ExporterConfig(snapshot_every=6, retain_snapshots=2, max_norm_jump=1e9),
+            ExporterConfig(snapshot_every=6, retain_snapshots=2),
             stack_config.redis.url,
             channel,
         )
