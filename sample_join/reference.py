@@ -197,7 +197,8 @@ def validate(event: RawEvent, cfg: JoinConfig) -> tuple[dict[str, Any] | None, s
 
 
 def _is_int(v: Any) -> bool:
-    return type(v) is int
+    """A JSON integer that fits in int64 (the type of ``event_time_ms`` and ``v``)."""
+    return type(v) is int and -(2**63) <= v < 2**63
 
 
 def _field_problem(rec: dict[str, Any], stream: Stream) -> str | None:
@@ -356,8 +357,9 @@ class _Run:
 
 
 def _p_click(imp: dict[str, Any]) -> float | None:
+    """The logged number as written (the job copies its JSON text: 1 stays 1)."""
     p = imp.get("p_click")
-    return float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
+    return p if isinstance(p, int | float) and not isinstance(p, bool) else None
 
 
 def _sample(

@@ -88,6 +88,12 @@ def _q(field: str) -> str:
     return f"JSON_QUERY(h, 'lax $.{field}' WITH WRAPPER NULL ON ERROR)"
 
 
+def _int64(field: str) -> str:
+    """``field`` of ``h`` is a JSON integer that fits in BIGINT."""
+    cast = f"TRY_CAST(JSON_VALUE(h, '$.{field}') AS BIGINT)"
+    return f"(REGEXP({_q(field)}, '{_INT}') AND {cast} IS NOT NULL)"
+
+
 _H_TIME = "TRY_CAST(JSON_VALUE(h, '$.event_time_ms') AS BIGINT)"
 _H_EVENT_TIME = f"CASE WHEN REGEXP({_q('event_time_ms')}, '{_INT}') THEN {_H_TIME} END"
 
@@ -194,8 +200,7 @@ FROM {self._v(short + "_raw")}
             action = "JSON_VALUE(h, '$.action') AS action"
         missing = " OR ".join(f"{_q(f)} IS NULL" for f in required) + absent
         bad = " OR ".join(f"NOT REGEXP({_q(f)}, '{_STR}')" for f in strings)
-        bad += f" OR NOT REGEXP({_q('event_time_ms')}, '{_INT}')"
-        bad += f" OR NOT REGEXP({_q('v')}, '{_INT}'){extra_type}"
+        bad += f" OR NOT {_int64('event_time_ms')} OR NOT {_int64('v')}{extra_type}"
         cols = ", ".join(f"JSON_VALUE(h, '$.{f}') AS {f}" for f in strings[:3])
         t = _H_TIME
         skew = interval(cfg.max_future_skew_ms)

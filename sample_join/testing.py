@@ -61,8 +61,8 @@ class Request:
     actions: Sequence[Act] = field(default_factory=tuple)
 
 
-#: Invalid payloads (``@T`` stands for the event time, ``@T0000000000`` for a time far in
-#: the future), one or more per validation reason that does not depend on the watermark.
+#: Invalid payloads (``@T`` stands for the event time, ``@F`` for a time far in the
+#: future), one or more per validation reason that does not depend on the watermark.
 BAD_PAYLOADS: tuple[tuple[str, str, str], ...] = (
     ("impression", "{not json", "malformed_json"),
     ("impression", "[1, 2]", "malformed_json"),
@@ -107,11 +107,16 @@ BAD_PAYLOADS: tuple[tuple[str, str, str], ...] = (
         '"event_time_ms":@T.5}',
         "bad_type",
     ),
-    (  # about 115 days ahead of @T: beyond any clock skew
+    (  # @F: about 115 days ahead of @T, beyond any clock skew
         "impression",
-        '{"v":1,"request_id":"f","item_id":"i","user_id":"u","event_time_ms":@T0000000000,'
-        '"features":{}}',
+        '{"v":1,"request_id":"f","item_id":"i","user_id":"u","event_time_ms":@F,"features":{}}',
         "future_event",
+    ),
+    (  # beyond int64
+        "action",
+        '{"v":1,"request_id":"r","item_id":"i","user_id":"u","action":"click",'
+        '"event_time_ms":99999999999999999999}',
+        "bad_type",
     ),
 )
 
@@ -165,7 +170,8 @@ def build_stream(
             emit(t, RawEvent("action", json.dumps(rec)), a.dup)
     if bad_at_ms is not None:
         for stream, text, _reason in BAD_PAYLOADS:
-            emit(bad_at_ms, RawEvent(stream, text.replace("@T", str(bad_at_ms))))  # type: ignore[arg-type]
+            payload = text.replace("@F", str(bad_at_ms + 10**10)).replace("@T", str(bad_at_ms))
+            emit(bad_at_ms, RawEvent(stream, payload))  # type: ignore[arg-type]
     timed.sort(key=lambda x: (x[0], x[1]))
     return [ev for _, _, ev in timed]
 

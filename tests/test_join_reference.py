@@ -273,7 +273,9 @@ def test_every_bad_payload_of_the_test_streams_gets_its_reason() -> None:
     events = build_stream([], 2_000, bad_at_ms=T0)
     out = run_reference(events, CFG, now_ms=T0 + 1_000)
     got = sorted((d.stream, d.payload, d.reason) for d in out.dead_letters)
-    want = sorted((s, p.replace("@T", str(T0)), r) for s, p, r in BAD_PAYLOADS)
+    want = sorted(
+        (s, p.replace("@F", str(T0 + 10**10)).replace("@T", str(T0)), r) for s, p, r in BAD_PAYLOADS
+    )
     assert got == want
     assert {r for *_, r in BAD_PAYLOADS} == set(DEAD_LETTER_REASONS) - {
         "too_late", "bot", "orphan_action", "late_action"
