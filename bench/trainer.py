@@ -2,11 +2,16 @@
 
 Reference model: 26 sparse fields, dim 16, 13 dense, MLP 429-256-128-1, batch 4096, dense
 Adagrad. Variants, same model code (:class:`trainer.model.CTRModel`) and batches, measured
-in one run and interleaved step by step so they share the machine's noise:
+in one run and interleaved (``--block`` steps of each in turn) so they share the
+machine's noise:
 
 - ``fluxrec``:  :meth:`trainer.core.Trainer.train_batch`, the daemon's own step: dynamic
   tables (hash-map ids, per-batch dedup, admission, row-wise Adagrad on the unique rows
-  only, change tracking), prequential metrics, loss, eviction pass every 100 steps.
+  only, change tracking), prequential metrics, loss, eviction pass every 100 steps;
+  sequential as in the daemon's default. ``--pipeline`` (``trainer.pipeline``) runs a
+  step's backward pass and updates on a worker thread while the next step dedups and
+  probes its ids; each block of steps then ends by waiting for the last update, inside
+  the timing.
 - ``baseline``: ``nn.Embedding(V, 16, sparse=True)`` per field + ``torch.optim.SparseAdam``
   (ids pre-mapped to ``[0, V)``: a fixed vocabulary, which is the baseline's advantage).
 - ``mlp_bound``: the same model fed a constant embedding tensor: no lookups at all (and
@@ -15,7 +20,11 @@ in one run and interleaved step by step so they share the machine's noise:
 
 Batches are pre-decoded (JSON decoding and hashing are measured apart, as
 ``featurize_samples_per_s``: the daemon's ``Trainer.featurize`` on Sample records of the
-same shape). Ids are Zipf(1.1) over ``--vocab`` values per field, fresh batches every
+same shape; ``loop_samples_per_s`` is the daemon's loop body
+``train_batch(featurize(records))`` with sequential steps, and
+``loop_pipelined_samples_per_s`` the same with the pipeline, where the update also
+overlaps the decoding of the next batch). Ids
+are Zipf(1.1) over ``--vocab`` values per field, fresh batches every
 round. Each variant's figure is the batch size over its median step time across
 ``--rounds`` timed rounds of ``--steps`` steps (after one untimed warm-up round); the
 median keeps bursts of load from other processes out. The last output line is one JSON
@@ -65,29 +74,39 @@ def make_batches(
     return ours, raw
 
 
-def timed(steps: dict[str, Step], n: int) -> dict[str, list[float]]:
-    """Seconds of each of ``n`` steps of every variant, interleaved step by step (step i
-    of each variant, then step i + 1 of each), so that load from other processes, which
-    comes in bursts of seconds, falls on all variants alike."""
+def timed(
+    steps: dict[str, Step], n: int, block: int, sync: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Seconds per step of every variant, interleaved block by block: ``block`` steps of
+    each variant, then the next ``block`` steps of each, so that load from other
+    processes, which comes in bursts of seconds, falls on all variants alike. The
+    trainer's steps are pipelined (the update of one overlaps the next one's start,
+    as in the daemon): ``sync`` waits for its last update inside the timed block, so
+    no variant's time holds another's work and each block pays one update that
+    nothing overlaps."""
     out: dict[str, list[float]] = {k: [] for k in steps}
-    for i in range(n):
+    for i in range(0, n, block):
+        todo = range(i, min(i + block, n))
         for k, step in steps.items():
             t0 = time.perf_counter()
-            step(i)
-            out[k].append(time.perf_counter() - t0)
+            for j in todo:
+                step(j)
+            if k == "ours":
+                sync()
+            out[k].append((time.perf_counter() - t0) / len(todo))
     return out
 
 
-def featurize_rate(t: Trainer, batch: int, seed: int) -> float:
-    """Samples/s of ``Trainer.featurize`` on Sample records of the reference shape."""
+def make_records(batch: int, seed: int) -> list[dict[str, object]]:
+    """Sample records (already JSON-decoded) of the reference shape."""
     rng = np.random.default_rng(seed)
-    recs = []
+    recs: list[dict[str, object]] = []
     for k in range(batch):
         vals = np.minimum(rng.zipf(1.1, F) - 1, 99_999)
         recs.append(
             {
                 "v": 1,
-                "sample_id": f"r-{k}|i-{vals[1]}|0",
+                "sample_id": f"r-{seed}-{k}|i-{vals[1]}|0",
                 "event_time_ms": 1_700_000_000_000 + k,
                 "features": {
                     "sparse": {f"f{j}": [f"v{vals[j]}"] for j in range(F)},
@@ -98,10 +117,37 @@ def featurize_rate(t: Trainer, batch: int, seed: int) -> float:
                 "correction": False,
             }
         )
+    return recs
+
+
+def featurize_rate(t: Trainer, batch: int, seed: int) -> float:
+    """Samples/s of ``Trainer.featurize`` on Sample records of the reference shape."""
+    recs = make_records(batch, seed)
     t.featurize(recs)  # warm the hash cache like a running daemon
     t0 = time.perf_counter()
     t.featurize(recs)
     return batch / (time.perf_counter() - t0)
+
+
+def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
+    """Samples/s of the daemon's loop body, ``train_batch(featurize(records))``, with the
+    trainer's pipeline on (the update overlaps decoding the next batch) and off, ``n``
+    batches each in turn, ``rounds`` times (fresh records every batch; the median
+    per-batch time)."""
+    pipeline = t.pipeline
+    data = [make_records(batch, seed=1000 + k) for k in range(n * 2 * rounds)]
+    took: dict[str, list[float]] = {"pipelined": [], "sequential": []}
+    for r in range(rounds):
+        for m, mode in enumerate(took):
+            t.sync()
+            t.pipeline = mode == "pipelined"
+            t0 = time.perf_counter()
+            for recs in data[(2 * r + m) * n : (2 * r + m + 1) * n]:
+                t.train_batch(t.featurize(recs))
+            t.sync()
+            took[mode].append((time.perf_counter() - t0) / n)
+    t.pipeline = pipeline
+    return {k: batch / float(np.median(v)) for k, v in took.items()}
 
 
 def variants(
@@ -116,6 +162,7 @@ def variants(
         mlp=MLP,
         table=TableParams(lr=0.05),
         dense_lr=0.01,
+        pipeline=a.pipeline,
     )
 
     def model_step(model: CTRModel, opts: list[torch.optim.Optimizer]) -> Callable[..., None]:
@@ -152,7 +199,9 @@ def variants(
         "ours": ours,
         "base": lambda i: bstep(torch.stack([embs[k](raw_t[i][k]) for k in range(F)], 1), i),
         "bound": lambda i: mstep(const, i),
-        "bound_grad": lambda i: mstep(const.clone().requires_grad_(True), i),
+        # a new leaf over the same storage each step: no copy (the gradient lands in
+        # the leaf's .grad, const itself never changes)
+        "bound_grad": lambda i: mstep(const.detach().requires_grad_(True), i),
     }
 
 
@@ -163,6 +212,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one warm-up")
     ap.add_argument("--vocab", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--block", type=int, default=5, help="steps per variant in turn")
+    ap.add_argument(
+        "--pipeline", action="store_true", help="the trainer's pipelined step (trainer.pipeline)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     # fresh batches every round (the Zipf tail keeps bringing new ids to admit, as a live
@@ -175,7 +228,7 @@ def main() -> None:
     for r, (ours_b, raw) in enumerate(data):
         batches[:] = ours_b
         raw_t[:] = [torch.from_numpy(x) for x in raw]
-        took = timed(steps, a.steps)
+        took = timed(steps, a.steps, a.block, t.sync)
         for k in steps:
             if r:
                 res[k] += took[k]
@@ -186,11 +239,16 @@ def main() -> None:
     rows = sum(mem["rows"].values())
     (bpr,) = mem["bytes_per_row"].values()
     feat_s = featurize_rate(t, a.batch, seed=1)
+    loop = loop_rates(t, a.batch, n=4, rounds=3)
     print(f"fluxrec   {ours_s:10.0f} samples/s  ({rows} live rows, {bpr} B/row)")
     print(f"baseline  {base_s:10.0f} samples/s  (nn.Embedding sparse + SparseAdam)")
     print(f"mlp bound {bound_s:10.0f} samples/s  (no lookups)")
     print(f"mlp bound {grad_s:10.0f} samples/s  (no lookups, with the gradient w.r.t. them)")
     print(f"featurize {feat_s:10.0f} samples/s  (Sample records -> Batch, one thread)")
+    print(
+        f"loop      {loop['sequential']:10.0f} samples/s  (train_batch(featurize(records)); "
+        f"{loop['pipelined']:.0f} pipelined)"
+    )
     print(
         json.dumps(
             {
@@ -202,6 +260,9 @@ def main() -> None:
                 "mlp_bound_with_emb_grad_samples_per_s": round(grad_s),
                 "vs_bound_with_emb_grad": round(ours_s / grad_s, 3),
                 "featurize_samples_per_s": round(feat_s),
+                "loop_samples_per_s": round(loop["sequential"]),
+                "loop_pipelined_samples_per_s": round(loop["pipelined"]),
+                "pipeline": a.pipeline,
                 "p25_p75_samples_per_s": {
                     k: [round(a.batch / float(np.percentile(v, q))) for q in (75, 25)]
                     for k, v in res.items()

@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,12 +241,38 @@ class _Group:
     fields: list[str]
 
 
+class _StepLock:
+    """The trainer's lock. Entering it also waits for the background half of the
+    previous step (:meth:`Trainer.train_batch`), so whoever holds it (the exporter's
+    cut, a checkpoint) sees the trainer between two whole steps. ``raw`` is the plain
+    lock, for the step itself."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.raw = threading.Lock()
+        self._sync = sync
+
+    def __enter__(self) -> _StepLock:
+        self.raw.acquire()
+        try:
+            self._sync()
+        except BaseException:
+            self.raw.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.release()
+
+
 class Trainer:
     """Tables + model + optimizer + metrics, guarded by one lock.
 
     ``sparse`` lists the fields as :class:`SparseField` or ``(name, dim)``; ``inter_dim``
     is the dim field vectors are projected to for FM/DLRM interactions when the fields'
-    dims differ (default: the first field's dim).
+    dims differ (default: the first field's dim). ``pipeline``: run each step's backward
+    pass and updates on a worker thread (see :meth:`train_batch`); off by default, on in
+    :meth:`from_config`. Code that reads ``model`` or ``tables`` directly after a
+    pipelined step holds ``lock`` (or calls :meth:`sync`) first.
     """
 
     def __init__(
@@ -264,6 +291,7 @@ class Trainer:
         metrics: PrequentialMetrics | None = None,
         hash_cache: int = 1_000_000,
         seed: int = 0,
+        pipeline: bool = False,
     ) -> None:
         fields = [f if isinstance(f, SparseField) else SparseField(*f) for f in sparse]
         names = [f.name for f in fields]
@@ -305,7 +333,11 @@ class Trainer:
         self.delayed_loss = delayed_loss
         self.evict_every = evict_every
         self.metrics = metrics or PrequentialMetrics()
-        self.lock = threading.Lock()
+        self.pipeline = pipeline
+        self.lock = _StepLock(self._sync)
+        self._pending: Future[None] | None = None
+        self._failed: BaseException | None = None
+        self._worker: ThreadPoolExecutor | None = None
         self.step = 0
         self.samples = 0
         self.skipped = 0  # corrections of other labels, never trained
@@ -344,6 +376,7 @@ class Trainer:
             evict_every=tc.evict_every,
             metrics=PrequentialMetrics(tc.metrics_window_ms, jsonl=metrics_jsonl),
             hash_cache=tc.hash_cache,
+            pipeline=tc.pipeline,
         )
 
     # ------------------------------------------------------------------ training
@@ -352,23 +385,72 @@ class Trainer:
         """Decode Sample records for this trainer's fields and label."""
         return self.featurizer(samples)
 
-    def _forward(self, batch: Batch, train: bool) -> tuple[torch.Tensor, list[FusedLookup]]:
-        n = len(batch)
-        lks = [
-            FusedLookup(
-                g.table,
-                [batch.sparse[f] for f in g.fields],
-                n,
-                now=self.watermark_ms,
-                train=train,
+    def _lookups(
+        self, batch: Batch, train: bool, out: list[FusedLookup] | None = None
+    ) -> list[FusedLookup]:
+        """The id half of every group's lookup (see :meth:`FusedLookup.finish`),
+        appended to ``out`` one by one (a caller that sees an error finishes those)."""
+        out = [] if out is None else out
+        for g in self.groups:
+            out.append(
+                FusedLookup(
+                    g.table,
+                    [batch.sparse[f] for f in g.fields],
+                    len(batch),
+                    now=self.watermark_ms,
+                    train=train,
+                    defer=True,
+                )
             )
-            for g in self.groups
-        ]
+        return out
+
+    def _forward(
+        self, batch: Batch, train: bool, lks: list[FusedLookup] | None = None
+    ) -> tuple[torch.Tensor, list[FusedLookup]]:
+        lks = self._lookups(batch, train) if lks is None else lks
+        for lk in lks:
+            lk.finish()
         return self.model([lk.pooled() for lk in lks], batch.dense), lks
 
     def _delayed(self, batch: Batch) -> torch.Tensor | None:
         """Mask of the fake-negative samples (None when the batch has none)."""
         return torch.from_numpy(batch.fake) if batch.fake.any() else None
+
+    def _sync(self) -> None:
+        """Wait for the background half of the previous step; re-raise its failure
+        (then and at every later call: a trainer whose update failed is broken)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except BaseException as e:
+                self._failed = e
+        if self._failed is not None:
+            raise TrainerError(
+                f"trainer: the update of step {self.step} failed: {self._failed!r}"
+            ) from self._failed
+
+    def _update(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
+        """The second half of a step: backward, dense optimizer, row-wise Adagrad."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.opt.step()
+        for lk in lks:
+            lk.step()
+
+    def _launch(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
+        """Run the step's second half: on the worker thread (pipeline), or here when
+        it is off or this step evicts (eviction rewrites the id maps and rows)."""
+        evict = self.evict_every and self.step % self.evict_every == 0
+        if self.pipeline and not evict:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="fluxrec-update")
+            self._pending = self._worker.submit(self._update, loss, lks)
+            return
+        self._update(loss, lks)
+        if evict:
+            for t in self.tables.values():
+                t.evict(self.watermark_ms)
 
     def train_batch(
         self, batch: Batch, offsets: Mapping[str, Mapping[int, int]] | None = None
@@ -377,14 +459,33 @@ class Trainer:
 
         ``offsets`` (topic -> partition -> next offset) are recorded atomically with the
         step, also when every record of the batch was skipped.
+
+        With ``pipeline`` (``trainer.pipeline``) the step's
+        second half (backward pass, optimizer
+        updates of the model and the tables) runs on a worker thread after this returns,
+        overlapping what the caller does next (decoding the next batch) and the id work
+        of the next step (dedup, probe, admission); every other use of the trainer
+        (``lock``, ``take_cut``, ``score``, checkpoints) waits for it first, so nothing
+        observes a half-trained step. The result is the same as a sequential step.
         """
-        with self.lock:
+        with self.lock.raw:
             self.skipped += batch.skipped
-            if offsets:
-                for topic, parts in offsets.items():
-                    self.offsets.setdefault(topic, {}).update(parts)
+            for topic, parts in (offsets or {}).items():
+                self.offsets.setdefault(topic, {}).update(parts)
             if len(batch) == 0:
                 return 0.0
+            # the id half of the lookups overlaps the previous step's update; the
+            # admitted rows are written after it (finish) whatever happens
+            lks: list[FusedLookup] = []
+            try:
+                if self._failed is None:
+                    self._lookups(batch, True, lks)
+            finally:
+                try:
+                    self._sync()
+                finally:  # admitted rows get their values, whatever failed
+                    for lk in lks:
+                        lk.finish()
             self.model.train()
             if self.step == 0:  # a fresh model: start from the first batch's positive rate
                 n = len(batch)  # smoothed: a first batch without positives is no proof of 0
@@ -392,7 +493,7 @@ class Trainer:
             norm = self.model.norm
             saved = (norm.mean.clone(), norm.var.clone(), norm.seen, self.watermark_ms)
             self.watermark_ms = max(self.watermark_ms, int(batch.event_ms.max()))
-            logit, lks = self._forward(batch, train=True)
+            logit, lks = self._forward(batch, train=True, lks=lks)
             if not bool(torch.isfinite(logit).all()):
                 # never let one batch turn every parameter into NaN: no update at all
                 norm.mean.copy_(saved[0])
@@ -413,19 +514,13 @@ class Trainer:
             if fake is not None and self.delayed_loss == "fnw":
                 w = torch.where(fake, fnw_weights(logit, batch.label), 1.0)
             loss = F.binary_cross_entropy_with_logits(logit, batch.label, weight=w)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            self.opt.step()
-            for lk in lks:
-                lk.step()
             self.step += 1
             self.samples += len(batch)
             self.id_xor ^= batch.id_xor
-            if self.evict_every and self.step % self.evict_every == 0:
-                for t in self.tables.values():
-                    t.evict(self.watermark_ms)
+            value = float(loss.detach())
+            self._launch(loss, lks)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
-            return float(loss.detach())
+            return value
 
     def train_samples(
         self,
@@ -448,8 +543,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ export
 
+    def sync(self) -> None:
+        """Wait until the last step is wholly applied (see ``pipeline``)."""
+        with self.lock:
+            pass
+
     def dense_state(self) -> dict[str, torch.Tensor]:
         """Every dense parameter and persistent buffer, by name."""
+        with self.lock:
+            return self._dense_state()
+
+    def _dense_state(self) -> dict[str, torch.Tensor]:
         return dict(self.model.state_dict())
 
     def take_cut(self, full: bool = False) -> Cut | None:
@@ -468,7 +572,7 @@ class Trainer:
             self._cut_step = self.step
             return take_cut(
                 self.tables,
-                self.dense_state(),
+                self._dense_state(),
                 full=full,
                 step=self.step,
                 samples=self.samples,

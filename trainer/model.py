@@ -158,20 +158,105 @@ class CTRModel(nn.Module):
             dots = torch.bmm(v, v.transpose(1, 2))[:, self.iu[0], self.iu[1]]
             parts.append(dots)
             return self.top(torch.cat(parts, dim=1)).squeeze(1)  # type: ignore[no-any-return]
-        e = embs[0].flatten(1) if len(embs) == 1 else torch.cat([x.flatten(1) for x in embs], 1)
-        h: torch.Tensor = self.first(e)
-        wide: torch.Tensor = self.wide(e)
-        if self.first_dense is not None and self.wide_dense is not None:
-            h = h + self.first_dense(d)
-            wide = wide + self.wide_dense(d)
-        logit = wide.squeeze(1)
+        fused_fm = self.arch == "deepfm" and not self.proj
+        if len(embs) == 1:
+            x = embs[0]
+        else:  # fields of one dim and no projection: FM runs on the concatenation
+            x = torch.cat(list(embs), 1) if fused_fm else torch.cat([e.flatten(1) for e in embs], 1)
+        h: torch.Tensor
+        logit: torch.Tensor
+        h, logit = _DeepInput.apply(
+            x.reshape(x.shape[0], -1),
+            d,
+            self.first.weight,
+            self.first.bias,
+            None if self.first_dense is None else self.first_dense.weight,
+            self.wide.weight,
+            self.wide.bias,
+            None if self.wide_dense is None else self.wide_dense.weight,
+            x.shape[1] if fused_fm else 0,
+        )
         if self.deep is not None:
             logit = logit + self.deep(torch.relu(h)).squeeze(1)
         else:
             logit = logit + h.squeeze(1)
-        if self.arch == "deepfm":
+        if self.arch == "deepfm" and not fused_fm:  # projected fields: FM on their vectors
             logit = logit + _FMInteraction.apply(self._vectors(embs))
         return logit
+
+
+class _DeepInput(torch.autograd.Function):
+    """Every layer that reads the embeddings ``e`` (B, W) and dense features ``d``, fused:
+
+    - ``h = e W1^T + b1 + d Wd^T``: the MLP's first layer (``first``, ``first_dense``);
+    - ``y = e w^T + b + d wd^T + FM(e)``: the wide term, plus FM's pairwise term when
+      ``fm_fields`` > 0 (``e`` read as (B, fm_fields, K) field vectors).
+
+    The gradient w.r.t. ``e`` is one GEMM (``g_h W1``) into which the wide and FM terms
+    are added in place (``g_y (sum_j v_j - v_i + w_i)``): autograd's graph of the same
+    layers allocates and sums three (B, W) gradients, and turns the wide term's into a
+    rank-1 matrix product. Parameters keep their layers (and state_dict names).
+    """
+
+    @staticmethod
+    def forward(  # noqa: PLR0917 (Function.apply takes positional arguments only)
+        ctx: Any,
+        e: torch.Tensor,
+        d: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor,
+        wd1: torch.Tensor | None,
+        w: torch.Tensor,
+        b: torch.Tensor,
+        wd: torch.Tensor | None,
+        fm_fields: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.addmm(b1, e, w1.t())
+        y = torch.addmv(b, e, w.view(-1))
+        dense = wd1 is not None and wd is not None and d.shape[1] > 0
+        if dense:
+            h.addmm_(d, wd1.t())  # type: ignore[union-attr]
+            y.addmv_(d, wd.view(-1))  # type: ignore[union-attr]
+        s = None
+        if fm_fields:
+            s = e.view(e.shape[0], fm_fields, -1).sum(1)
+            # |sum_i v_i|^2 - sum_i |v_i|^2, as one-pass norms (no (B, W) temporary)
+            sq = torch.linalg.vector_norm(e, dim=1).square_()
+            y.add_(torch.linalg.vector_norm(s, dim=1).square_().sub_(sq), alpha=0.5)
+        ctx.fm_fields, ctx.dense = fm_fields, dense
+        ctx.save_for_backward(e, d, w1, w, s)
+        return h, y
+
+    @staticmethod
+    def backward(ctx: Any, g_h: torch.Tensor, g_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        e, d, w1, w, s = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_e = g_d1 = g_w1 = g_b1 = g_w = g_b = g_wd = None
+        if need[0]:
+            g_e = g_h.mm(w1)
+            if ctx.fm_fields:  # FM: (sum_j v_j - v_i) g_y; wide: w g_y; in place
+                v = e.view(e.shape[0], ctx.fm_fields, -1)
+                g = g_e.view_as(v)
+                gy = g_y.view(-1, 1, 1)
+                g.add_((s * g_y.unsqueeze(1)).unsqueeze(1))
+                g.addcmul_(v, gy, value=-1.0)
+                g.addcmul_(gy, w.view(1, ctx.fm_fields, -1))
+            else:
+                g_e.addcmul_(g_y.unsqueeze(1), w)
+        if need[2]:
+            g_w1 = g_h.t().mm(e)
+        if need[3]:
+            g_b1 = g_h.sum(0)
+        if need[5]:
+            g_w = g_y.unsqueeze(0).mm(e)
+        if need[6]:
+            g_b = g_y.sum().view(1)
+        if ctx.dense:
+            if need[4]:
+                g_d1 = d.t().mm(g_h).t()  # K = B, N = 13: faster this way round
+            if need[7]:
+                g_wd = g_y.unsqueeze(0).mm(d)
+        return g_e, None, g_w1, g_b1, g_d1, g_w, g_b, g_wd, None
 
 
 class _FMInteraction(torch.autograd.Function):

@@ -54,6 +54,7 @@ class FusedLookup:
         now: int = 0,
         train: bool = True,
         field_index: Sequence[int] | None = None,
+        defer: bool = False,
     ) -> None:
         self.table, self.now, self.batch, self.n_fields = table, now, batch, len(fields)
         index = list(range(len(fields))) if field_index is None else list(field_index)
@@ -76,13 +77,12 @@ class FusedLookup:
             return per_unique[pos]
 
         multi = len(table.fields) > 1
-        self.rows = table.lookup(
+        self.rows, self._admitted = table.resolve(
             uniq.numpy(),
             now=now,
             train=train,
             field=field_of if multi else index[0] if index else 0,
         )
-        self.emb = table.gather(self.rows).requires_grad_(train)
         self.inverse = inverse
         if not self.single:  # flat output slot (sample * F + field) of every id
             slots = []
@@ -92,6 +92,25 @@ class FusedLookup:
                     raise ValueError(f"field {k}: {ids.shape[0]} ids but {s.shape[0]} segments")
                 slots.append(s * len(fields) + k)
             self.slot = torch.from_numpy(np.concatenate(slots))
+        self.train = train
+        self._gathered = False
+        self.emb = torch.empty(0, table.p.dim)
+        if not defer:
+            self.finish()
+
+    def finish(self) -> None:
+        """Initialise the rows admitted for this batch and gather its unique rows.
+
+        Construction with ``defer=True`` stops after the id work (dedup, probe,
+        admission: :meth:`DynamicTable.resolve`), which touches no row values and may
+        overlap the previous step's update; this is the rest. Idempotent.
+        """
+        if self._admitted is not None:
+            self.table.commit(self._admitted)
+            self._admitted = None
+        if not self._gathered:
+            self.emb = self.table.gather(self.rows).requires_grad_(self.train)
+            self._gathered = True
 
     def pooled(self) -> torch.Tensor:
         """Mean-pooled embeddings, shape ``(batch, n_fields, dim)``."""
@@ -107,7 +126,7 @@ class FusedLookup:
     def step(self) -> None:
         """Apply row-wise Adagrad to the unique rows (after ``backward()``)."""
         if self.emb.grad is not None:
-            self.table.apply_adagrad(self.rows, self.emb.grad, now=self.now)
+            self.table.apply_adagrad(self.rows, self.emb.grad, now=self.now, scratch=True)
 
 
 def take_cut(

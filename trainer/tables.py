@@ -66,12 +66,19 @@ class IdMap:
     """Open-addressing int64 -> int64 map; every operation takes a whole array of keys.
 
     ``EMPTY`` and ``DELETED`` (the two smallest int64) are reserved and rejected as keys.
+    A slot's key and value are adjacent (one ``(capacity + 1, 2)`` array, ``keys`` and
+    ``vals`` are views of its columns), so a probe that finds its key has the value in
+    the same cache line; the extra last row holds the value -1 that ``vals[-1]`` reads
+    for an absent key.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
         cap = 1 << max(4, (capacity - 1).bit_length())
-        self.keys: I64 = np.full(cap, _EMPTY, dtype=np.int64)
-        self.vals: I64 = np.full(cap, -1, dtype=np.int64)
+        self._kv: I64 = np.empty((cap + 1, 2), dtype=np.int64)
+        self._kv[:, 0] = _EMPTY
+        self._kv[:, 1] = -1
+        self.keys: I64 = self._kv[:cap, 0]
+        self.vals: I64 = self._kv[:, 1]  # vals[-1] == vals[cap] == -1: "absent"
         self.size = 0
         self.used = 0  # live + deleted slots
 
@@ -80,7 +87,7 @@ class IdMap:
         return int(self.keys.shape[0])
 
     def nbytes(self) -> int:
-        return int(self.keys.nbytes + self.vals.nbytes)
+        return int(self._kv.nbytes)
 
     def _find(self, ids: I64) -> I64:
         """Slot of each id, or -1 where absent."""
@@ -88,8 +95,11 @@ class IdMap:
         slot = _mix(ids, mask)
         k = self.keys[slot]
         hit = k == ids  # the first probe settles most ids (load <= 1/2): no indirection
-        out = np.where(hit, slot, -1)
         pending = np.flatnonzero(~hit & (k != _EMPTY))
+        if pending.size == 0:  # every id settled by its first probe
+            slot[~hit] = -1
+            return slot
+        out = np.where(hit, slot, -1)
         slot = (slot[pending] + 1) & mask
         while pending.size:
             k = self.keys[slot]
@@ -101,11 +111,7 @@ class IdMap:
 
     def get(self, ids: I64) -> I64:
         """Value of each id, -1 where absent."""
-        slot = self._find(ids)
-        found = slot >= 0
-        out = np.full(ids.shape[0], -1, dtype=np.int64)
-        out[found] = self.vals[slot[found]]
-        return out
+        return self.vals[self._find(ids)]  # slot -1 reads the sentinel -1
 
     def put(self, ids: I64, vals: I64, absent: bool = False) -> None:
         """Insert or overwrite; ``ids`` must be unique. ``absent``: the caller knows that
@@ -129,13 +135,16 @@ class IdMap:
         mask = self.capacity - 1
         pending = np.arange(new_ids.size)
         slot = _mix(new_ids, mask)
+        pend_ids, pend_vals = new_ids, new_vals
         while pending.size:
             free = self.keys[slot] == _EMPTY
             # claim free slots; with duplicates the last write wins, losers probe on
-            self.keys[slot[free]] = new_ids[pending[free]]
-            won = free & (self.keys[slot] == new_ids[pending])
-            self.vals[slot[won]] = new_vals[pending[won]]
-            pending, slot = pending[~won], (slot[~won] + 1) & mask
+            self.keys[slot[free]] = pend_ids[free]
+            won = free & (self.keys[slot] == pend_ids)
+            self.vals[slot[won]] = pend_vals[won]
+            lost = ~won
+            pending, slot = pending[lost], (slot[lost] + 1) & mask
+            pend_ids, pend_vals = pend_ids[lost], pend_vals[lost]
         self.size += int(new_ids.size)
         self.used += int(new_ids.size)
 
@@ -148,7 +157,7 @@ class IdMap:
 
     def items(self) -> tuple[I64, I64]:
         live = (self.keys != _EMPTY) & (self.keys != _DELETED)
-        return self.keys[live].copy(), self.vals[live].copy()
+        return self.keys[live].copy(), self.vals[: self.capacity][live].copy()
 
     def _rehash(self, capacity: int) -> None:
         k, v = self.items()
@@ -175,6 +184,20 @@ class TableParams:
 
 FieldOf = int | Callable[[I64], I16]
 """The field of ids being admitted: one index for all, or a function of their positions."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Rows handed out by :meth:`DynamicTable.resolve`, not yet initialised: their
+    initial values (drawn already) and, unless ``booked``, their ids, fields and
+    frequencies (written by ``resolve`` when the arrays did not need to grow)."""
+
+    rows: I64
+    ids: I64
+    fields: int | I16
+    now: int
+    init: torch.Tensor
+    booked: bool
 
 
 class DynamicTable:
@@ -264,13 +287,20 @@ class DynamicTable:
             setattr(self, attr, arr)
 
     def _alloc(self, n: int) -> I64:
+        """Numbers of ``n`` free rows, the arrays grown to hold them."""
+        rows = self._take_rows(n)
+        self._grow(self.n_rows)
+        return rows
+
+    def _take_rows(self, n: int) -> I64:
+        """Numbers of ``n`` free rows without growing the arrays (:meth:`commit` does):
+        :meth:`resolve` may run while the previous step's update writes the rows."""
         take = min(n, len(self.free))
         reused = np.array(self.free[len(self.free) - take :], dtype=np.int64)
         del self.free[len(self.free) - take :]
         fresh = np.arange(self.n_rows, self.n_rows + n - take, dtype=np.int64)
         self.n_rows += n - take
-        self._grow(self.n_rows)
-        return np.concatenate([reused, fresh])
+        return np.concatenate([reused, fresh]) if take else fresh
 
     def _check_bound(self) -> None:
         """Past ``max_tracked``, give up on tracking: the next delta is a full snapshot."""
@@ -292,18 +322,34 @@ class DynamicTable:
         With ``train`` the ids are counted and admitted: admitted ids get fresh rows
         (normal(0, init_std), marked changed) of field ``field`` (an index into
         ``fields``, or a function from positions in ``unique_ids`` to indices).
+        Same as :meth:`resolve` then :meth:`commit`.
         """
+        rows, new = self.resolve(unique_ids, now, train, field)
+        self.commit(new)
+        return rows
+
+    def resolve(
+        self, unique_ids: I64, now: int = 0, train: bool = True, field: FieldOf = 0
+    ) -> tuple[I64, Admitted | None]:
+        """The id half of :meth:`lookup`: rows of unique ids (-1: no row), counting and
+        admitting them, and the admitted rows, which :meth:`commit` must initialise
+        before the table is read or changed otherwise.
+
+        It touches the id maps, the free-row counters, the frequencies, ids and fields
+        of rows and the random generator, never the row values, accumulators, update
+        times or change tracking that :meth:`apply_adagrad` writes, nor reallocates an
+        array: it may overlap the previous step's update (the trainer's pipeline)."""
         rows = self.ids.get(unique_ids)
         if not train:
-            return rows
+            return rows, None
         found = rows >= 0
         self.freq[rows[found]] += 1
         missing = np.flatnonzero(~found)
         if missing.size == 0:
-            return rows
+            return rows, None
         miss_ids = unique_ids[missing]
         if self.p.admit_count == 1 and self.p.admit_prob >= 1.0:  # everyone is admitted
-            ok, n_wait = np.ones(miss_ids.size, dtype=bool), 0
+            admitted = missing
         else:
             counts = np.maximum(self.candidates.get(miss_ids), 0) + 1
             ok = counts >= self.p.admit_count
@@ -315,22 +361,36 @@ class DynamicTable:
             self.candidates.put(miss_ids[~ok], counts[~ok])
             self.candidates.delete(miss_ids[ok])
             self.rejected += n_wait
-        if n_wait < miss_ids.size:
+            if n_wait == miss_ids.size:
+                return rows, None
             admitted = missing[ok]
-            new_ids = unique_ids[admitted]
-            new_rows = self._alloc(new_ids.size)
-            self.ids.put(new_ids, new_rows, absent=True)  # they just missed
-            init = torch.randn(new_ids.size, self.p.dim, generator=self._gen) * self.p.init_std
-            r = torch.from_numpy(new_rows)
-            self.weight[r] = init
-            self.accum[r] = self.p.adagrad_init
+        new_ids = unique_ids[admitted]
+        new_rows = self._take_rows(new_ids.size)
+        self.ids.put(new_ids, new_rows, absent=True)  # they just missed
+        rows[admitted] = new_rows
+        fields = field if isinstance(field, int) else field(admitted)
+        init = torch.randn(new_rows.size, self.p.dim, generator=self._gen).mul_(self.p.init_std)
+        booked = self.n_rows <= self.row_id.shape[0]  # no growth: book them now
+        if booked:  # arrays that the update never writes
             self.row_id[new_rows] = new_ids
-            self.last_update[new_rows] = now
             self.freq[new_rows] = 1
-            self.row_field[new_rows] = field if isinstance(field, int) else field(admitted)
-            self._mark(new_rows)
-            rows[admitted] = new_rows
-        return rows
+            self.row_field[new_rows] = fields
+        return rows, Admitted(new_rows, new_ids, fields, now, init, booked)
+
+    def commit(self, new: Admitted | None) -> None:
+        """Give the rows admitted by :meth:`resolve` their initial values and bookkeeping."""
+        if new is None:
+            return
+        self._grow(self.n_rows)
+        r = torch.from_numpy(new.rows)
+        self.weight.index_copy_(0, r, new.init)
+        self.accum.index_fill_(0, r, self.p.adagrad_init)
+        if not new.booked:
+            self.row_id[new.rows] = new.ids
+            self.freq[new.rows] = 1
+            self.row_field[new.rows] = new.fields
+        self.last_update[new.rows] = new.now
+        self._mark(new.rows)
 
     def gather(self, rows: I64) -> torch.Tensor:
         """Embeddings of ``rows`` (zeros where the row is -1), a new tensor."""
@@ -341,23 +401,33 @@ class DynamicTable:
             return out
         return self.weight.index_select(0, r)
 
-    def apply_adagrad(self, rows: I64, grad: torch.Tensor, now: int = 0) -> None:
+    def apply_adagrad(
+        self, rows: I64, grad: torch.Tensor, now: int = 0, scratch: bool = False
+    ) -> None:
         """Row-wise Adagrad on unique ``rows`` (rows of -1 are skipped).
 
         ``accum[r] += mean(g_r ** 2)``; ``w[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
         Rows whose gradient is all zero do not change and are not marked, so the next
-        delta holds exactly the rows whose values changed.
+        delta holds exactly the rows whose values changed. ``scratch``: ``grad`` may be
+        overwritten (saves a copy of it).
         """
-        keep = (rows >= 0) & (grad != 0).any(dim=1).numpy()
+        sq = torch.linalg.vecdot(grad, grad)  # sum of squares, one pass
+        keep = rows >= 0
+        zero = (sq == 0).numpy()
+        if zero.any():  # all zero, or so small that the squares underflow: look closer
+            z = np.flatnonzero(zero)
+            keep[z] &= grad[torch.from_numpy(z)].ne(0).any(1).numpy()
         if not keep.all():
             if not keep.any():
                 return
-            rows, grad = rows[keep], grad[torch.from_numpy(keep)]
+            k = torch.from_numpy(keep)
+            rows, grad, sq = rows[keep], grad[k], sq[k]
         r = torch.from_numpy(rows)
-        acc = self.accum.index_select(0, r).add_(grad.square().mean(dim=1))
+        acc = self.accum.index_select(0, r).add_(sq, alpha=1.0 / grad.shape[1])
         self.accum.index_copy_(0, r, acc)
         scale = acc.sqrt_().add_(self.p.adagrad_eps).reciprocal_().mul_(-self.p.lr)
-        self.weight.index_add_(0, r, grad * scale.unsqueeze(1))
+        step = grad.mul_(scale.unsqueeze(1)) if scratch else grad * scale.unsqueeze(1)
+        self.weight.index_add_(0, r, step)
         self.last_update[rows] = now
         self._mark(rows)
 
