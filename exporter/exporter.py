@@ -14,7 +14,9 @@ is the RMS of the elements of its upserted rows; of a dense tensor, the RMS of i
 elements. A cut is refused when
 
 - a row or tensor holds NaN or Inf, or
-- a scale exceeds ``max_norm_jump`` x max(its reference, ``norm_floor``).
+- a scale exceeds ``max_norm_jump`` x max(its reference, ``norm_floor``); dense entries
+  the cut names as ``statistics`` (a normalisation's running mean and variance, which
+  move from 0 to the data's scale at once) are checked for NaN/Inf only.
 
 References come from published versions only. A dense tensor's is its RMS in the last
 published version. A table's is the largest RMS published since the last snapshot (the
@@ -191,9 +193,12 @@ class Exporter:
                 last_delta[key] = ms
         for name, v in sorted(cut.dense.items()):
             key = f"dense {name}"
-            if v.size:
-                refs[key] = _mean_square(key, v, cut.step)
-                self._check_jump(key, refs[key], self._refs.get(key, -1.0), cut, "")
+            if not v.size:
+                continue
+            ms = _mean_square(key, v, cut.step)
+            if name not in cut.statistics:  # running statistics: NaN/Inf only
+                refs[key] = ms
+                self._check_jump(key, ms, self._refs.get(key, -1.0), cut, "")
         return refs, last_delta
 
     def _check_jump(self, key: str, ms: float, ref_ms: float, cut: Cut, what: str) -> None:

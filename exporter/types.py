@@ -52,7 +52,12 @@ class TableDelta:
 
 @dataclass(frozen=True)
 class Cut:
-    """A consistent cut of the trainer's state: what changed since the previous cut."""
+    """A consistent cut of the trainer's state: what changed since the previous cut.
+
+    ``statistics`` names the entries of ``dense`` that are running statistics of the data
+    (a normalisation's mean and variance, counters), not trained parameters: the safety
+    gate checks them for NaN/Inf only, since they legitimately move from their initial
+    value to the data's scale in one version."""
 
     step: int
     samples: int
@@ -62,3 +67,4 @@ class Cut:
     tables: dict[str, TableDelta]
     dense: dict[str, npt.NDArray[np.float32]]
     created_ms: int
+    statistics: frozenset[str] = frozenset()

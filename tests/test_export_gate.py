@@ -255,3 +255,35 @@ def test_config_rejects_a_factor_of_one_or_less() -> None:
     with pytest.raises(ConfigError, match=r"exporter.norm_floor: -1.0 is not a finite RMS"):
         ExporterConfig(norm_floor=-1.0)
     assert ExporterConfig(max_norm_jump=float("inf")).max_norm_jump == float("inf")
+
+
+def test_running_statistics_are_checked_for_nan_only(store: ObjectStore) -> None:
+    """A normalisation's running mean moves from 0 to the data's scale in one version: no
+    jump for an entry the cut names in ``statistics``, a jump for a parameter; NaN in a
+    statistic is still refused."""
+    t, ex = _published(store)
+    t.train()
+    big = {"norm.var": np.full(4, 400.0, np.float32)}
+    with pytest.raises(GateRefused, match=r"^dense norm.var: RMS 400 "):
+        ex.publish(_with(t.cut(ex.wants_full), **big))
+    ok = dataclasses.replace(_with(t.cut(ex.wants_full), **big), statistics=frozenset({"norm.var"}))
+    ex.publish(ok)
+    t.train()
+    nan = {"norm.var": np.array([1, np.nan, 1, 1], np.float32)}
+    bad = dataclasses.replace(_with(t.cut(False), **nan), statistics=frozenset({"norm.var"}))
+    with pytest.raises(GateRefused, match=r"norm\.var: 1 NaN/Inf values"):
+        ex.publish(bad)
+
+
+def test_the_trainer_names_its_buffers_as_statistics() -> None:
+    from trainer.core import Trainer
+    from trainer.synthetic import synthetic_samples
+
+    t = Trainer([("user_id", 8), ("item_id", 8)], ["price"], mlp=[16])
+    t.train_batch(t.featurize(synthetic_samples(100, seed=1)))
+    cut = t.take_cut()
+    assert cut is not None
+    buffers = {n for n, _ in t.model.named_buffers()}
+    assert {"norm.mean", "norm.var"} <= buffers
+    assert cut.statistics == buffers
+    assert not cut.statistics & {n for n, _ in t.model.named_parameters()}

@@ -578,6 +578,7 @@ class Trainer:
                 samples=self.samples,
                 watermark_ms=self.watermark_ms,
                 offsets=self.offsets,
+                statistics=frozenset(n for n, _ in self.model.named_buffers()),
             )
 
     def mark_full(self) -> None:

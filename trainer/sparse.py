@@ -138,6 +138,7 @@ def take_cut(
     samples: int,
     watermark_ms: int,
     offsets: dict[str, dict[int, int]],
+    statistics: frozenset[str] = frozenset(),
 ) -> Cut:
     """A :class:`~exporter.types.Cut` of ``tables`` and ``dense``; resets change tracking.
 
@@ -160,4 +161,5 @@ def take_cut(
         tables=deltas,
         dense={k: v.detach().numpy().astype(np.float32, copy=True) for k, v in dense.items()},
         created_ms=int(time.time() * 1000),
+        statistics=statistics & dense.keys(),
     )
