@@ -368,3 +368,18 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         "slot": ["slot"],
     }
     assert t.tables["slot"].p.dim == 4 and t.tables["user_id"].p.dim == 16
+
+
+def test_a_sample_weighs_one_over_the_nominal_batch_in_any_micro_batch() -> None:
+    """With ``nominal_batch`` the loss is the sum over the batch / nominal_batch: the
+    gradient of a micro-batch of 4 is 4/64 of its mean-loss gradient, so a click that
+    arrives alone does not weigh as much as a full batch."""
+    batch = synthetic_samples(4, seed=9)
+    grads = []
+    for nominal in (None, 64):
+        t = Trainer([("user_id", 4), ("item_id", 4)], ["price"], mlp=[8], nominal_batch=nominal)
+        mean_loss = t.train_batch(t.featurize(batch))
+        grads.append(t.model.first.weight.grad.clone())  # type: ignore[union-attr]
+        assert mean_loss > 0
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0] * 4 / 64)

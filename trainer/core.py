@@ -270,9 +270,13 @@ class Trainer:
     ``sparse`` lists the fields as :class:`SparseField` or ``(name, dim)``; ``inter_dim``
     is the dim field vectors are projected to for FM/DLRM interactions when the fields'
     dims differ (default: the first field's dim). ``pipeline``: run each step's backward
-    pass and updates on a worker thread (see :meth:`train_batch`); off by default, on in
-    :meth:`from_config`. Code that reads ``model`` or ``tables`` directly after a
-    pipelined step holds ``lock`` (or calls :meth:`sync`) first.
+    pass and updates on a worker thread (see :meth:`train_batch`); off by default
+    (``trainer.pipeline`` in :meth:`from_config`). Code that reads ``model`` or ``tables``
+    directly after a pipelined step holds ``lock`` (or calls :meth:`sync`) first.
+    ``nominal_batch`` (``trainer.batch_size`` in :meth:`from_config`): a step's loss is
+    the sum over its samples divided by this, so each sample weighs the same whatever
+    size the stream cut its micro-batch to (with the mean, a click that arrives alone
+    would weigh as much as a whole batch); None: the mean over the batch.
     """
 
     def __init__(
@@ -292,6 +296,7 @@ class Trainer:
         hash_cache: int = 1_000_000,
         seed: int = 0,
         pipeline: bool = False,
+        nominal_batch: int | None = None,
     ) -> None:
         fields = [f if isinstance(f, SparseField) else SparseField(*f) for f in sparse]
         names = [f.name for f in fields]
@@ -334,6 +339,7 @@ class Trainer:
         self.evict_every = evict_every
         self.metrics = metrics or PrequentialMetrics()
         self.pipeline = pipeline
+        self.nominal_batch = nominal_batch
         self.lock = _StepLock(self._sync)
         self._pending: Future[None] | None = None
         self._failed: BaseException | None = None
@@ -377,6 +383,7 @@ class Trainer:
             metrics=PrequentialMetrics(tc.metrics_window_ms, jsonl=metrics_jsonl),
             hash_cache=tc.hash_cache,
             pipeline=tc.pipeline,
+            nominal_batch=tc.batch_size,
         )
 
     # ------------------------------------------------------------------ training
@@ -513,11 +520,15 @@ class Trainer:
             w = None
             if fake is not None and self.delayed_loss == "fnw":
                 w = torch.where(fake, fnw_weights(logit, batch.label), 1.0)
-            loss = F.binary_cross_entropy_with_logits(logit, batch.label, weight=w)
+            # every sample weighs 1 / nominal_batch however the stream cuts the batches
+            total = F.binary_cross_entropy_with_logits(
+                logit, batch.label, weight=w, reduction="sum"
+            )
+            loss = total / (self.nominal_batch or len(batch))
             self.step += 1
             self.samples += len(batch)
             self.id_xor ^= batch.id_xor
-            value = float(loss.detach())
+            value = float(total.detach()) / len(batch)
             self._launch(loss, lks)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
             return value
