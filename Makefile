@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 .PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export
 
 help:
-	@echo "make demo    bring the stack up and run the pipeline demo"
+	@echo "make demo    the whole pipeline on a live stream, with a freshness and quality report"
+	@echo "             (DATA=../shared/data/obd replays a real log; DEMO_ARGS=... more options)"
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
@@ -30,8 +31,9 @@ venv: $(STAMP)
 deps: venv
 	@$(BIN)/fluxrec setup
 
+# make demo [DATA=../shared/data/obd] [DEMO_ARGS="--strategy fake_negative --duration 300"]
 demo: deps
-	$(BIN)/fluxrec demo
+	$(BIN)/fluxrec demo $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

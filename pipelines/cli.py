@@ -30,10 +30,9 @@ def _prepare(ns: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    import signal
     import sys
-    import threading
 
+    from fluxrec.signals import stop_on_signals
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import join_job
 
@@ -49,9 +48,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         flush=True,
     )
     # signals only set a flag: an exception raised inside a py4j call would leave noise
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     while not stop.wait(1.0):
         if client.get_job_status().result().name in ("FINISHED", "FAILED", "CANCELED"):
             result.wait()  # raises the job's failure, if it failed

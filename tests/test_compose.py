@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,67 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_of_the_topology(compose: dict[str, Any]) -> None:
-    assert {"kafka", "jobmanager", "taskmanager", "redis", "minio", "trainer", "exporter"} <= set(
-        compose["services"]
+    assert {
+        *("kafka", "jobmanager", "taskmanager", "redis", "minio"),
+        *("join", "trainer", "server", "replay", "prometheus", "grafana"),
+    } <= set(compose["services"])
+
+
+def test_the_pipeline_runs_as_services(compose: dict[str, Any]) -> None:
+    s = compose["services"]
+    cfg = load_config(REPO / "configs" / "compose.yaml")
+    for name in ("join", "trainer", "server"):
+        assert s[name]["profiles"] == ["pipeline"]
+    # the join is submitted to the compose Flink cluster, with the connector where it looks
+    assert (
+        s["join"]["command"][:2] == ["join", "submit"] and "jobmanager:8081" in s["join"]["command"]
     )
+    assert s["join"]["image"] == s["jobmanager"]["image"]
+    flink_docker = (REPO / "docker" / "flink" / "Dockerfile").read_text()
+    assert f"{cfg.stack.jars_dir}/flink/" in flink_docker
+    # the trainer runs its exporter (trainer.export) and serves /metrics on a published port
+    assert s["trainer"]["command"] == ["train"] and cfg.trainer.export
+    assert cfg.trainer.metrics_host == "0.0.0.0"
+    assert f"{cfg.trainer.metrics_port}:{cfg.trainer.metrics_port}" in s["trainer"]["ports"]
+    cmd = s["server"]["command"]
+    assert cmd[0] == "serve" and cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1]
+    assert f"{port}:{port}" in s["server"]["ports"]
+    for name in ("trainer", "server"):
+        assert s[name]["environment"]["FLUXREC_CONFIG"].endswith("configs/compose.yaml")
+    # every daemon is scraped: the trainer's and the server's ports, Flink's reporter
+    prom = yaml.safe_load((REPO / "docker" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    }
+    assert {f"trainer:{cfg.trainer.metrics_port}", f"server:{port}"} <= targets
+    for flink in ("jobmanager", "taskmanager"):
+        props = s[flink]["environment"]["FLINK_PROPERTIES"]
+        assert "PrometheusReporterFactory" in props and f"{flink}:9249" in targets
+
+
+def test_grafana_dashboard_queries_metrics_the_daemons_export() -> None:
+    dash = json.loads((REPO / "grafana" / "dashboards" / "fluxrec.json").read_text())
+    provisioning = REPO / "grafana" / "provisioning"
+    ds = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    assert all(p["datasource"]["uid"] == uid for p in dash["panels"] if p["type"] != "row")
+    code = {
+        "server": (REPO / "serving" / "server.py").read_text(),
+        "trainer": (REPO / "trainer" / "daemon.py").read_text()
+        + (REPO / "trainer" / "metrics.py").read_text(),
+    }
+    names = {m for e in exprs for m in re.findall(r"fluxrec_(?:server|trainer)_[a-z_]+", e)}
+    assert any(n.startswith("fluxrec_server_") for n in names)
+    assert any(n.startswith("fluxrec_trainer_") for n in names)
+    for name in names:
+        daemon, _, metric = name.removeprefix("fluxrec_").partition("_")
+        metric = re.sub(r"_(bucket|sum|count)$", "", metric)
+        if metric.startswith("window_"):  # fluxrec_trainer_window_{auc,logloss,...}
+            metric = metric.removeprefix("window_")
+        assert f'"{metric}' in code[daemon] or f"_{metric}" in code[daemon], name
 
 
 def test_kafka_is_a_single_kraft_node_reachable_from_host_and_network(

@@ -169,6 +169,6 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_help_shows_defaults_and_env_fallbacks() -> None:
-    out = " ".join(fluxrec("demo", "--help").stdout.split())  # argparse wraps lines
-    assert "[env FLUXREC_DEMO_EVENTS]" in out and "(default: 5000)" in out
+    out = " ".join(fluxrec("smoke", "--help").stdout.split())  # argparse wraps lines
+    assert "[env FLUXREC_SMOKE_EVENTS]" in out and "(default: 5000)" in out
     assert "FLUXREC_CONFIG" in out

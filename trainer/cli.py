@@ -24,17 +24,14 @@ def _flag(value: Any) -> bool | None:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    import signal
-    import threading
     from pathlib import Path
 
     from fluxrec.config import load_config
+    from fluxrec.signals import stop_on_signals
     from trainer.daemon import serve
 
     cfg = load_config(ns.config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     serve(
         cfg,
         checkpoint_dir=Path(ns.checkpoint_dir) if ns.checkpoint_dir else None,
@@ -42,6 +39,7 @@ def _train(ns: argparse.Namespace) -> int:
         until_caught_up=ns.until_caught_up,
         stop=stop,
         say=lambda line: print(line, flush=True),
+        trace=Path(ns.trace) if ns.trace else None,
     )
     return 0
 
@@ -70,6 +68,14 @@ def register(subs: Any, sub: Callable[..., Any], arg: Callable[..., Any]) -> Non
         default=None,
         help="run the exporter in this process: cuts every exporter.interval_s to "
         "object_store.url, announced on redis.channel (default: trainer.export)",
+    )
+    arg(
+        p,
+        "--trace",
+        env="FLUXREC_TRAIN_TRACE",
+        default=None,
+        help="append one JSON line per trained batch to this file: wall time, step, "
+        "offsets, prequential scores and labels (the demo report reads it)",
     )
     arg(
         p,

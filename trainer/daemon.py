@@ -14,7 +14,9 @@ reported). Undecodable records are counted in ``bad`` and skipped::
 :func:`serve` is ``fluxrec train``: it builds the trainer from the config, resumes from the
 newest checkpoint, serves ``/metrics``, checkpoints every N seconds or M samples, runs
 the exporter on a thread (:class:`ExportThread`) and, on SIGTERM/Ctrl-C or when caught
-up, writes a final checkpoint and a final export.
+up, writes a final checkpoint and a final export. With ``trace`` (``fluxrec train
+--trace PATH``) it appends one JSON line per trained batch (:class:`BatchTrace`): what the
+demo's freshness and quality report reads.
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from trainer.core import BadSample, Batch, Trainer
 from trainer.errors import TrainerError
+from trainer.metrics import PrequentialMetrics
 
 if TYPE_CHECKING:
     from exporter.exporter import Exporter
     from fluxrec.config import Config
 
-__all__ = ["ExportThread", "LoopStats", "run", "serve"]
+__all__ = ["BatchTrace", "ExportThread", "LoopStats", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +199,60 @@ def run(
     return st
 
 
+class _RecordingMetrics(PrequentialMetrics):
+    """Prequential metrics that also keep the last batch's scores for :class:`BatchTrace`."""
+
+    last: tuple[Any, Any, Any] | None = None
+
+    def add(
+        self,
+        pred: npt.NDArray[np.float64],
+        label: npt.NDArray[np.float64],
+        event_ms: npt.NDArray[np.int64],
+    ) -> None:
+        self.last = (pred, label, event_ms)
+        super().add(pred, label, event_ms)
+
+
+class BatchTrace:
+    """One JSON line per trained batch, appended to ``path`` (opt-in, for the demo report)::
+
+        {"t": 1700000012345, "step": 41, "n": 212, "lag": 0,
+         "offsets": {"0": 1810, "1": 1795},          # next offset per partition after it
+         "pred": [0.031, ...], "label": [0, ...],     # prequential: scored before training
+         "ev": [1700000001000, ...]}                  # event time of each sample
+
+    ``t`` is the wall-clock time (ms) when the batch was trained; ``pred`` is what the
+    prequential metrics compare with ``label`` (module ``trainer.metrics``).
+    """
+
+    def __init__(self, path: Path, trainer: Trainer, topic: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.trainer, self.topic = trainer, topic
+        self.metrics = _RecordingMetrics(trainer.metrics.window_ms, jsonl=trainer.metrics.jsonl)
+        trainer.metrics = self.metrics
+        self._file: IO[str] = path.open("a", buffering=1)
+
+    def write(self, stats: LoopStats) -> None:
+        last, self.metrics.last = self.metrics.last, None
+        pred, label, ev = last if last is not None else ([], [], [])
+        t = self.trainer
+        rec = {
+            "t": int(time.time() * 1000),
+            "step": t.step,
+            "n": len(pred),
+            "lag": stats.lag,
+            "offsets": {str(p): o for p, o in t.offsets.get(self.topic, {}).items()},
+            "pred": [round(float(x), 7) for x in pred],
+            "label": [int(y) for y in label],
+            "ev": [int(e) for e in ev],
+        }
+        self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class ExportThread:
     """Runs ``exporter.run(trainer.take_cut, ...)`` on a daemon thread.
 
@@ -273,7 +333,7 @@ def _gauges(t: Trainer, st: LoopStats, exp: ExportThread | None) -> dict[str, An
     return g
 
 
-def serve(
+def serve(  # noqa: PLR0915
     cfg: Config,
     *,
     checkpoint_dir: Path | None = None,
@@ -281,8 +341,10 @@ def serve(
     until_caught_up: bool = False,
     stop: threading.Event | None = None,
     say: Callable[[str], None] = print,
+    trace: Path | None = None,
 ) -> LoopStats:
-    """``fluxrec train``: train until ``stop`` (or caught up), with checkpoints and export."""
+    """``fluxrec train``: train until ``stop`` (or caught up), with checkpoints and export;
+    ``trace``: append a :class:`BatchTrace` line per batch to this file."""
     from trainer.checkpoint import load_latest, save
     from trainer.http import serve_metrics
     from trainer.metrics import prometheus_text
@@ -302,6 +364,7 @@ def serve(
     )
     stop = stop or threading.Event()
     stats = LoopStats()
+    tracer = BatchTrace(trace, t, cfg.kafka.topics.samples) if trace is not None else None
     exp: ExportThread | None = None
     if tc.export if export is None else export:
         from exporter.exporter import Exporter, hmac_key_from_env
@@ -340,6 +403,11 @@ def serve(
         last["t"], last["n"] = time.monotonic(), t.samples
         return path
 
+    def on_batch() -> None:
+        if tracer is not None:
+            tracer.write(stats)
+        maybe_checkpoint()
+
     def maybe_checkpoint() -> None:
         if (
             time.monotonic() - last["t"] >= tc.checkpoint_every_s
@@ -358,7 +426,7 @@ def serve(
             max_wait_s=tc.max_batch_wait_s,
             fetch_max_bytes=tc.fetch_max_bytes,
             until_caught_up=until_caught_up,
-            on_batch=maybe_checkpoint,
+            on_batch=on_batch,
             stats=stats,
         )
         path = checkpoint()
@@ -369,6 +437,8 @@ def serve(
         if srv is not None:
             srv.shutdown()
             srv.server_close()
+        if tracer is not None:
+            tracer.close()
     exported = f", exported version {final['sequence']}" if final else ""
     say(
         f"fluxrec train: stopped after {stats.samples} samples ({stats.bad} bad, "

@@ -1,6 +1,7 @@
-"""The stack demo: events -> Kafka -> Flink SQL smoke job -> Kafka, and what came out.
+"""The stack smoke check (`fluxrec smoke`): events -> Kafka -> Flink SQL smoke job -> Kafka.
 
-Until the sample-join, trainer and exporter stages land, ``make demo`` runs this.
+What `make demo` ran before the whole pipeline landed; kept as a quick check that the
+broker and Flink work (`fluxrec smoke` on a running stack).
 """
 
 from __future__ import annotations
@@ -71,29 +72,21 @@ def _produce(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
 def consume_all(
     bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0, read_committed: bool = False
 ) -> list[bytes]:
-    """Read ``topic`` from the beginning until ``expected`` records or ``timeout_s``."""
-    from kafka import KafkaConsumer
+    """Values of ``topic`` from the beginning: ``expected`` records (and any beyond them
+    already there, a bug worth seeing), or what arrived within ``timeout_s``."""
+    from fluxrec.topics import read_topic
 
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-    )
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=500).values():
-                out.extend(r.value for r in recs)
-        # anything beyond `expected` that is already there is a bug worth seeing
-        for recs in consumer.poll(timeout_ms=500).values():
-            out.extend(r.value for r in recs)
-    finally:
-        consumer.close()
-    return out
+    return [
+        v
+        for _, v in read_topic(
+            bootstrap,
+            topic,
+            expected=expected,
+            timeout_s=timeout_s,
+            idle_s=0.5,
+            read_committed=read_committed,
+        )
+    ]
 
 
 def run_smoke(cfg: Config, events: int, keep_stack: bool, start_stack: bool) -> SmokeReport:

@@ -1,0 +1,606 @@
+"""The numbers of a demo run, computed from what the run recorded (no service needed).
+
+Inputs (``RUN/``): ``config.yaml``, ``run.json``, ``events.jsonl.gz`` (every event sent),
+``samples.tsv.gz`` (every sample with the time it became visible), ``trainer_trace.jsonl``
+(per batch: time, offsets, prequential scores), ``versions.jsonl`` and
+``server_applied.jsonl`` (manifests, publication and apply times), ``progress.jsonl``,
+``served.jsonl.gz`` (live scores), ``join.json``.
+
+**Freshness** of a sample, per stage, all on the machine's wall clock (with the live replay
+event time *is* wall-clock time):
+
+==============  ==========================================================================
+label final     ``window``: the time of the action that set a label 1, else the end of the
+                label window (``event_time + window``): the join emits a sample when every
+                label it does not have is final. ``fake_negative``: the impression's time
+                for the negative sample, the action's time for a correction.
+joined          the sample is visible to ``read_committed`` consumers (first seen by the
+                demo's tracer or trained by the trainer, whichever came first)
+trained         the trainer finished the batch that holds it (its offset is below the
+                batch's next offset)
+published       ``published_ms`` of the first version whose ``kafka_offsets`` cover it
+applied         the scoring server applied that version (or a later one)
+==============  ==========================================================================
+
+Samples at the end of the stream are left out (counted as ``end_of_stream``): those whose
+label became final after the last impression (the watermark then moves only with the
+sparse clicks) or that the end-of-run drain emitted. The synthetic stream runs one label
+window past ``--duration`` so that every impression of the requested duration is measured.
+
+**Quality**: the trainer's prequential scores (each batch scored before training on it),
+a one-pass offline training of the same model on the same samples in the same order in
+fixed batches, the oracle (``p_click`` of the synthetic generator), the server's live
+scores; and two offline comparisons on the recorded events: ``window`` vs
+``fake_negative`` (:func:`simulate`), and a model frozen after the first part of the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fluxrec.config import Config, load_config
+
+__all__ = [
+    "STRATEGIES",
+    "Eval",
+    "RunData",
+    "auc",
+    "freshness",
+    "live_scores",
+    "load_run",
+    "logloss",
+    "offline_one_pass",
+    "simulate",
+    "streaming_scores",
+    "throughput",
+]
+
+Strategy = Literal["window", "fake_negative"]
+STRATEGIES: tuple[Strategy, ...] = ("window", "fake_negative")
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+def auc(pred: Any, label: Any) -> float:
+    """Exact ROC AUC (average ranks for ties); NaN with one class."""
+    from trainer.metrics import auc as _auc
+
+    p, y = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    return float(_auc(p, y)) if p.size else math.nan
+
+
+def logloss(pred: Any, label: Any) -> float:
+    p = np.clip(np.asarray(pred, np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(label, np.float64)
+    if not p.size:
+        return math.nan
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
+@dataclass
+class Traced:
+    """Samples as the tracer saw them, in columns."""
+
+    part: I64
+    offset: I64
+    seen_ms: I64
+    samples: list[dict[str, Any]]
+
+
+@dataclass
+class RunData:
+    """Everything a run recorded (module doc), loaded."""
+
+    dir: Path
+    cfg: Config
+    meta: dict[str, Any]
+    traced: Traced
+    batches: list[dict[str, Any]]
+    versions: list[dict[str, Any]]
+    applied: list[dict[str, Any]]
+    progress: list[dict[str, Any]]
+    join: dict[str, Any]
+    replay: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.cfg.trainer.label
+
+    @property
+    def windows_ms(self) -> dict[str, int]:
+        return {lb.name: lb.window_ms for lb in self.cfg.join.labels}
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        path = self.dir / "events.jsonl.gz"
+        if not path.exists():
+            return
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    with path.open() as f:
+        for raw in f:
+            text = raw.strip()
+            if text:
+                try:
+                    out.append(json.loads(text))
+                except ValueError:
+                    continue  # a line cut by a kill: the rest is still good
+    return out
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read the files of ``run_dir``."""
+    cfg = load_config(run_dir / "config.yaml")
+    parts, offs, seen, samples = [], [], [], []
+    path = run_dir / "samples.tsv.gz"
+    if path.exists():
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                p, o, w, value = line.rstrip("\n").split("\t", 3)
+                try:
+                    samples.append(json.loads(value))
+                except ValueError:
+                    continue
+                parts.append(int(p))
+                offs.append(int(o))
+                seen.append(int(w))
+    traced = Traced(
+        np.array(parts, np.int64), np.array(offs, np.int64), np.array(seen, np.int64), samples
+    )
+    versions: dict[int, dict[str, Any]] = {}
+    applied = _jsonl(run_dir / "server_applied.jsonl")
+    for m in [*applied, *_jsonl(run_dir / "versions.jsonl")]:
+        versions.setdefault(int(m["sequence"]), m)
+    return RunData(
+        dir=run_dir,
+        cfg=cfg,
+        meta=_json(run_dir / "run.json"),
+        traced=traced,
+        batches=_jsonl(run_dir / "trainer_trace.jsonl"),
+        versions=[versions[k] for k in sorted(versions)],
+        applied=applied,
+        progress=[r for r in _jsonl(run_dir / "progress.jsonl") if "error" not in r],
+        join=_json(run_dir / "join.json"),
+        replay=_json(run_dir / "replay.json"),
+    )
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+def label_final_ms(s: dict[str, Any], windows: dict[str, int]) -> int:
+    """When the sample's labels were final (module doc)."""
+    times = s.get("label_time_ms") or {}
+    labels = s.get("labels") or {}
+    if s.get("correction"):
+        return min(int(t) for k, t in times.items() if t is not None and labels.get(k) == 1)
+    t_imp = int(s["event_time_ms"])
+    if s.get("strategy") == "fake_negative":
+        return t_imp
+    out = t_imp
+    for name, w in windows.items():
+        t = times.get(name)
+        out = max(out, int(t) if labels.get(name) == 1 and t is not None else t_imp + w)
+    return out
+
+
+def _first_cover(ends: Sequence[int], times: Sequence[int], o: I64) -> I64:
+    """For each offset in ``o``: the time of the first entry whose (running max) end > o,
+    or -1. ``ends`` / ``times`` are in the order the entries happened."""
+    if not len(ends):
+        return np.full(o.shape, -1, np.int64)
+    e = np.maximum.accumulate(np.asarray(ends, np.int64))
+    k = np.searchsorted(e, o, side="right")
+    t = np.append(np.asarray(times, np.int64), -1)
+    return t[k]
+
+
+def _batch_index(run: RunData) -> I64:
+    """The trainer batch (index into ``run.batches``) of every traced sample, -1 if none."""
+    tr = run.traced
+    out = np.full(tr.part.shape, -1, np.int64)
+    for p in np.unique(tr.part):
+        ends = [int(b["offsets"].get(str(p), 0)) for b in run.batches]
+        m = tr.part == p
+        k = _first_cover(ends, list(range(len(ends))), tr.offset[m])
+        out[m] = k
+    return out
+
+
+@dataclass
+class StageStats:
+    name: str
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    max: float
+
+    @classmethod
+    def of(cls, name: str, ms: I64) -> StageStats:
+        if not ms.size:
+            return cls(name, 0, math.nan, math.nan, math.nan, math.nan, math.nan)
+        s = ms.astype(np.float64) / 1000
+        p50, p95, p99 = np.percentile(s, [50, 95, 99])
+        return cls(name, int(s.size), p50, p95, p99, float(s.mean()), float(s.max()))
+
+
+@dataclass
+class Freshness:
+    """Per-stage and end-to-end freshness of the traced samples (module doc)."""
+
+    stages: list[StageStats]
+    cumulative: dict[str, I64]  # stage -> ms since label final, per measured sample
+    counts: dict[str, int]
+    by_kind: list[StageStats] = field(default_factory=list)
+
+
+def freshness(run: RunData) -> Freshness:
+    tr = run.traced
+    n = len(tr.samples)
+    topic = run.cfg.kafka.topics.samples
+    windows = run.windows_ms
+    final = np.array([label_final_ms(s, windows) for s in tr.samples], np.int64)
+    positive = np.array(
+        [
+            bool(s.get("correction")) or any(v == 1 for v in (s.get("labels") or {}).values())
+            for s in tr.samples
+        ],
+        dtype=bool,
+    )
+    trained = np.full(n, -1, np.int64)
+    published = np.full(n, -1, np.int64)
+    version = np.full(n, -1, np.int64)
+    vs = [v for v in run.versions if v.get("published_ms") is not None]
+    for p in np.unique(tr.part):
+        m = tr.part == p
+        ends = [int(b["offsets"].get(str(p), 0)) for b in run.batches]
+        trained[m] = _first_cover(ends, [int(b["t"]) for b in run.batches], tr.offset[m])
+        vends = [int((v.get("kafka_offsets") or {}).get(topic, {}).get(str(p), 0)) for v in vs]
+        published[m] = _first_cover(vends, [int(v["published_ms"]) for v in vs], tr.offset[m])
+        version[m] = _first_cover(vends, [int(v["sequence"]) for v in vs], tr.offset[m])
+    # applied: the first apply of that version or a later one
+    app = sorted(run.applied, key=lambda a: int(a["sequence"]))
+    seqs = np.array([int(a["sequence"]) for a in app], np.int64)
+    at = np.array([int(a["applied_ms"]) for a in app], np.int64)
+    suffix_min = np.minimum.accumulate(at[::-1])[::-1] if at.size else at
+    applied = np.full(n, -1, np.int64)
+    ok_v = version >= 0
+    if seqs.size:
+        k = np.searchsorted(seqs, version[ok_v], side="left")
+        got = k < seqs.size
+        idx = np.flatnonzero(ok_v)
+        applied[idx[got]] = suffix_min[k[got]]
+    joined = np.where(trained >= 0, np.minimum(tr.seen_ms, trained), tr.seen_ms)
+    # the end of the stream: samples emitted by the drain, or whose labels became final
+    # after the last impression (the watermark then moves only with the sparse clicks)
+    drain = int(run.meta.get("times", {}).get("drain_start_ms", 0) or 0)
+    last_imp = int(run.replay.get("last_impression_ms") or 0)
+    flushed = np.zeros(n, bool)
+    if drain:
+        flushed |= tr.seen_ms >= drain
+    if last_imp:
+        flushed |= final > last_imp
+    done = (applied >= 0) & ~flushed
+    counts = {
+        "samples": n,
+        "measured": int(done.sum()),
+        "end_of_stream": int(flushed.sum()),
+        "not_trained": int(((trained < 0) & ~flushed).sum()),
+        "not_published": int(((trained >= 0) & (published < 0) & ~flushed).sum()),
+        "not_applied": int(((published >= 0) & (applied < 0) & ~flushed).sum()),
+    }
+    d = done
+    stages = [
+        StageStats.of("label final -> joined (visible in the samples topic)", joined[d] - final[d]),
+        StageStats.of("joined -> trained", trained[d] - joined[d]),
+        StageStats.of("trained -> published (manifest)", published[d] - trained[d]),
+        StageStats.of("published -> applied in the server", applied[d] - published[d]),
+        StageStats.of("label final -> applied (end to end)", applied[d] - final[d]),
+    ]
+    by_kind = [
+        StageStats.of("end to end, positive samples", (applied - final)[d & positive]),
+        StageStats.of("end to end, negative samples", (applied - final)[d & ~positive]),
+    ]
+    cumulative = {
+        "joined": joined[d] - final[d],
+        "trained": trained[d] - final[d],
+        "published": published[d] - final[d],
+        "applied": applied[d] - final[d],
+    }
+    return Freshness(stages, cumulative, counts, by_kind)
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def throughput(run: RunData, smooth_s: int = 5) -> dict[str, tuple[F64, F64]]:
+    """Per stage: (seconds since the first progress sample, records or versions per second)."""
+    rows = run.progress
+    if len(rows) < 2:
+        return {}
+    t = np.array([r["w"] for r in rows], np.float64) / 1000
+    out = {}
+    for key, name in (
+        ("events", "events into Kafka"),
+        ("samples", "samples joined"),
+        ("trained", "samples trained"),
+        ("published", "versions published"),
+        ("applied", "versions applied"),
+        ("scored", "impressions scored"),
+    ):
+        c = np.array([r.get(key, 0) for r in rows], np.float64)
+        rate = np.diff(c) / np.maximum(np.diff(t), 1e-3)
+        k = max(1, smooth_s)
+        if rate.size >= k:
+            rate = np.convolve(rate, np.ones(k) / k, mode="same")
+        out[name] = (t[1:] - t[0], rate)
+    return out
+
+
+# --------------------------------------------------------------------------- quality
+
+
+@dataclass
+class Eval:
+    """Scores against labels, with their event times."""
+
+    name: str
+    pred: F64
+    label: F64
+    ev: I64
+
+    @property
+    def n(self) -> int:
+        return int(self.pred.size)
+
+    @property
+    def auc(self) -> float:
+        return auc(self.pred, self.label)
+
+    @property
+    def logloss(self) -> float:
+        return logloss(self.pred, self.label)
+
+    def since(self, t_ms: int) -> Eval:
+        m = self.ev >= t_ms
+        return Eval(self.name, self.pred[m], self.label[m], self.ev[m])
+
+    def windows(self, window_ms: int) -> tuple[I64, F64, F64, I64]:
+        """Per event-time window: (start ms, AUC, log loss, n)."""
+        if not self.n:
+            e = np.zeros(0)
+            return e.astype(np.int64), e, e, e.astype(np.int64)
+        start = self.ev - self.ev % window_ms
+        ws = np.unique(start)
+        a, ll, nn = [], [], []
+        for w in ws:
+            m = start == w
+            a.append(auc(self.pred[m], self.label[m]))
+            ll.append(logloss(self.pred[m], self.label[m]))
+            nn.append(int(m.sum()))
+        return ws, np.array(a), np.array(ll), np.array(nn, np.int64)
+
+
+def streaming_scores(run: RunData) -> Eval:
+    """The trainer's prequential scores, from its trace."""
+    pred = [x for b in run.batches for x in b.get("pred", [])]
+    label = [y for b in run.batches for y in b.get("label", [])]
+    ev = [e for b in run.batches for e in b.get("ev", [])]
+    return Eval(
+        "streaming (prequential)",
+        np.array(pred, np.float64),
+        np.array(label, np.float64),
+        np.array(ev, np.int64),
+    )
+
+
+def _trainer(cfg: Config) -> Any:
+    """A fresh in-process trainer of ``cfg`` whose prequential scores are kept."""
+    from trainer.core import Trainer
+    from trainer.metrics import PrequentialMetrics
+
+    class Keep(PrequentialMetrics):
+        def __init__(self, window_ms: int) -> None:
+            super().__init__(window_ms)
+            self.kept: list[tuple[F64, F64, I64]] = []
+
+        def add(self, pred: F64, label: F64, event_ms: I64) -> None:
+            self.kept.append((pred.copy(), label.copy(), event_ms.copy()))
+            super().add(pred, label, event_ms)
+
+    t = Trainer.from_config(cfg)
+    t.metrics = Keep(cfg.trainer.metrics_window_ms)
+    return t
+
+
+def _kept(name: str, t: Any) -> Eval:
+    kept = t.metrics.kept
+    if not kept:
+        z = np.zeros(0)
+        return Eval(name, z, z, z.astype(np.int64))
+    return Eval(
+        name,
+        np.concatenate([k[0] for k in kept]),
+        np.concatenate([k[1] for k in kept]),
+        np.concatenate([k[2] for k in kept]).astype(np.int64),
+    )
+
+
+def offline_one_pass(run: RunData, batch_size: int | None = None) -> Eval:
+    """The same model trained once over the same samples, in the order the streaming
+    trainer consumed them, in fixed batches, scored before each batch (prequential)."""
+    tr = run.traced
+    k = _batch_index(run)
+    order = np.lexsort((tr.offset, tr.part, k))
+    order = order[k[order] >= 0]
+    t = _trainer(run.cfg)
+    b = batch_size or run.cfg.trainer.batch_size
+    samples = [tr.samples[i] for i in order]
+    for i in range(0, len(samples), b):
+        t.train_samples(samples[i : i + b])
+    return _kept(f"offline one pass (batches of {b})", t)
+
+
+def oracle(run: RunData) -> Eval | None:
+    """``p_click`` of the synthetic generator against the traced samples' labels (the
+    impressions' samples; None without ``p_click``)."""
+    rows = [
+        (
+            float(s["p_click"]),
+            float((s.get("labels") or {}).get(run.label, 0)),
+            int(s["event_time_ms"]),
+        )
+        for s in run.traced.samples
+        if s.get("p_click") is not None and not s.get("correction")
+    ]
+    if not rows:
+        return None
+    a = np.array(rows)
+    return Eval("oracle (true p_click)", a[:, 0], a[:, 1], a[:, 2].astype(np.int64))
+
+
+# --------------------------------------------------------------------------- offline comparisons
+
+
+@dataclass
+class Impressions:
+    """The unique impressions of the recorded events, with their final labels (as the
+    ``window`` join defines them) and the emission schedule of each strategy."""
+
+    keys: list[tuple[str, str]]
+    t_imp: I64
+    label: F64
+    samples: list[dict[str, Any]]  # the window join's sample of each impression
+    p_click: F64  # NaN where the log has none
+
+
+def reference_outputs(run: RunData) -> dict[str, Any]:
+    """``run_reference`` of the recorded events for each strategy."""
+    from sample_join.reference import RawEvent, run_reference
+
+    events = [RawEvent(e["s"], e["p"]) for e in run.events()]
+    out: dict[str, Any] = {}
+    for strategy in STRATEGIES:
+        jc = dataclasses.replace(run.cfg.join, strategy=strategy)
+        out[strategy] = run_reference(events, jc)
+    return out
+
+
+def impressions(run: RunData, ref: dict[str, Any]) -> Impressions:
+    base = [s for s in ref["window"].samples if not s.correction]
+    base.sort(key=lambda s: (s.event_time_ms, s.request_id, s.item_id))
+    return Impressions(
+        keys=[(s.request_id, s.item_id) for s in base],
+        t_imp=np.array([s.event_time_ms for s in base], np.int64),
+        label=np.array([float(s.labels.get(run.label, 0)) for s in base], np.float64),
+        samples=[s.to_json() for s in base],
+        p_click=np.array([math.nan if s.p_click is None else s.p_click for s in base]),
+    )
+
+
+def simulate(
+    run: RunData,
+    ref: dict[str, Any],
+    imps: Impressions,
+    strategy: Strategy,
+    *,
+    freeze_at_ms: int | None = None,
+    tick_ms: int = 1000,
+) -> Eval:
+    """Serve-time evaluation of ``strategy`` on the recorded events: every impression is
+    scored by the model as it was at the start of its ``tick_ms`` tick (trained on what
+    the strategy had emitted by then), against its final label; the model trains on the
+    strategy's samples in emission order, one batch per tick, and not at all after
+    ``freeze_at_ms`` (a frozen model)."""
+    windows = run.windows_ms
+    emitted = []
+    for s in ref[strategy].samples:
+        d = s.to_json()
+        emitted.append((label_final_ms(d, windows), d))
+    emitted.sort(key=lambda x: x[0])
+    em_t = np.array([e[0] for e in emitted], np.int64)
+    cfg = dataclasses.replace(run.cfg, join=dataclasses.replace(run.cfg.join, strategy=strategy))
+    t = _trainer(cfg)
+    preds = np.full(imps.t_imp.size, math.nan)
+    if not imps.t_imp.size:
+        return Eval(strategy, preds, imps.label, imps.t_imp)
+    start = int(imps.t_imp.min()) - int(imps.t_imp.min()) % tick_ms
+    stop = max(int(imps.t_imp.max()), int(em_t.max()) if em_t.size else 0) + tick_ms
+    served = []
+    for s in imps.samples:
+        d = dict(s)
+        d["strategy"] = strategy  # FNC serves b / (1 - b)
+        served.append(d)
+    i_imp = i_em = 0
+    for tick in range(start, stop, tick_ms):
+        j = int(np.searchsorted(imps.t_imp, tick + tick_ms, side="left"))
+        if j > i_imp:  # also before any training: a fresh model serves too
+            preds[i_imp:j] = t.score(t.featurize(served[i_imp:j]))
+            i_imp = j
+        k = int(np.searchsorted(em_t, tick + tick_ms, side="left"))
+        if k > i_em:
+            if freeze_at_ms is None or tick < freeze_at_ms:
+                t.train_samples([e[1] for e in emitted[i_em:k]])
+            i_em = k
+    ok = ~np.isnan(preds)
+    name = f"{strategy}" + ("" if freeze_at_ms is None else " (frozen)")
+    return Eval(name, preds[ok], imps.label[ok], imps.t_imp[ok])
+
+
+def live_scores(run: RunData, imps: Impressions) -> Eval | None:
+    """The scoring server's answers during the run (``served.jsonl.gz``) against the final
+    labels; None when the run did not score live."""
+    path = run.dir / "served.jsonl.gz"
+    if not path.exists():
+        return None
+    want: dict[int, float] = {}
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("p") is None:
+                continue
+            want.update(zip(rec["n"], rec["p"], strict=True))
+    index = {k: i for i, k in enumerate(imps.keys)}
+    pred, label, ev = [], [], []
+    for n, e in enumerate(run.events()):
+        if n not in want or e["s"] != "impression":
+            continue
+        try:
+            obj = json.loads(e["p"])
+        except ValueError:
+            continue
+        i = index.get((obj.get("request_id"), obj.get("item_id")))
+        if i is None:
+            continue
+        pred.append(want[n])
+        label.append(imps.label[i])
+        ev.append(int(imps.t_imp[i]))
+    if not pred:
+        return None
+    return Eval("live server", np.array(pred), np.array(label), np.array(ev, np.int64))

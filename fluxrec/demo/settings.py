@@ -1,0 +1,272 @@
+"""What one demo run uses: its options, and the deployment file it writes for its processes.
+
+A run never changes the user's deployment file. It writes ``RUN/config.yaml``, which
+``extends`` that file (so endpoints and credentials stay where they are; no secret is
+copied) and sets, on top:
+
+* per-run names: topics ``<topic>.demo-<id>``, the join's consumer group / transactional
+  ids, the Redis channel, an object-store prefix (``RUN/objects`` for ``file://``,
+  ``<prefix>/demo-<id>`` otherwise), the trainer's and Flink's checkpoint folders;
+* the features of the replayed source (:data:`FEATURES`);
+* the latency settings of :data:`TUNING` (each a config key; ``--set KEY=VALUE`` overrides
+  any key of the file);
+* every path-valued key of the user's file as an absolute path (``extends`` resolves
+  relative paths against the extending file's folder).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fluxrec.config import Config, iter_keys
+from fluxrec.errors import FluxrecError
+
+__all__ = [
+    "FEATURES",
+    "TUNING",
+    "DemoError",
+    "DemoOptions",
+    "check_options",
+    "detect_source",
+    "parse_set",
+    "run_config",
+]
+
+Source = Literal["synthetic", "obd", "taobao", "tencent"]
+
+
+class DemoError(FluxrecError):
+    """The demo could not run: a bad option, a process that failed, a stage without output."""
+
+
+#: The model's inputs per replayed source (``replay/SOURCES.md`` names each source's fields).
+FEATURES: dict[str, dict[str, list[dict[str, str]]]] = {
+    "synthetic": {
+        "sparse": [{"name": n} for n in ("user_id", "item_id", "category", "position")],
+        "dense": [{"name": "price"}],
+    },
+    "obd": {
+        "sparse": [
+            {"name": n}
+            for n in (
+                "user_id",
+                "item_id",
+                "position",
+                "user_feature_0",
+                "user_feature_1",
+                "user_feature_2",
+                "user_feature_3",
+                "item_feature_1",
+                "item_feature_2",
+                "item_feature_3",
+            )
+        ],
+        "dense": [{"name": "item_feature_0"}, {"name": "affinity"}],
+    },
+    "taobao": {"sparse": [{"name": n} for n in ("user_id", "item_id", "category")], "dense": []},
+    "tencent": {
+        "sparse": [
+            {"name": n}
+            for n in (
+                "user_id",
+                "item_id",
+                "position_id",
+                "connection_type",
+                "telecoms_operator",
+                "ad_id",
+                "campaign_id",
+                "advertiser_id",
+                "app_id",
+                "app_platform",
+                "siteset_id",
+                "position_type",
+                "age",
+                "gender",
+                "education",
+                "marriage_status",
+                "have_baby",
+                "hometown",
+                "residence",
+            )
+        ],
+        "dense": [],
+    },
+}
+
+#: Latency settings of the demo (config keys). Why each value:
+TUNING: dict[str, Any] = {
+    # exactly-once samples become visible when a checkpoint completes: check often
+    "flink.checkpoint_interval_ms": 200,
+    # live replay sends each partition in event-time order: little disorder to wait for
+    "join.watermark_out_of_orderness_ms": 150,
+    # a sparse partition (clicks) must not hold the watermark back for long
+    "join.source_idleness_ms": 300,
+    # bot detection makes every action wait for the watermark (CONTRACTS.md 4.4)
+    "join.bot_max_actions": 0,
+    "join.late_horizon_ms": 60_000,
+    "join.metrics_window_ms": 10_000,
+    "join.metrics_flush_ms": 1_000,
+    "replay.producer.linger_ms": 2,
+    # clicks follow impressions within seconds, so a short label window keeps most of them
+    "replay.delays.click.median_s": 3.0,
+    "replay.synthetic.conversion_rate": 1e-6,  # the model learns clicks
+    "trainer.max_batch_wait_s": 0.05,
+    "trainer.batch_size": 1024,
+    "trainer.threads": 1,  # two cores, shared with Kafka, Flink and the server
+    "trainer.metrics_window_ms": 10_000,
+    "trainer.checkpoint_every_s": 30.0,
+    "trainer.checkpoint_every_samples": 1_000_000,
+    "exporter.interval_s": 0.2,
+    "exporter.snapshot_every": 300,
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """``fluxrec demo``'s options (``--help`` describes each)."""
+
+    config: Path | None = None
+    data: Path | None = None
+    source: Source | None = None  # None: synthetic, or detected from ``data``
+    strategy: Literal["window", "fake_negative"] = "window"
+    duration_s: float = 120.0  # event time replayed (synthetic), or the log fitted into it
+    rate: float = 300.0  # synthetic impressions per second
+    window_s: float = 20.0  # label window
+    speed: float = 0.0  # log time per wall time (0: fit the log into duration_s)
+    limit: int = 0  # source records (0: all)
+    until_interrupted: bool = False
+    keep_stack: bool = False
+    keep_topics: bool = False
+    run_dir: Path | None = None
+    report: bool = True
+    live_scoring: bool = True  # the replay asks the server to score every impression
+    faults: float = 0.0
+    progress_every_s: float = 5.0
+    drain_timeout_s: float = 120.0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_source(path: Path) -> Source:
+    """``obd`` / ``taobao`` / ``tencent`` from a log folder or file name."""
+    names = " ".join(p.name.lower() for p in (path, *path.parents[:1]))
+    if path.is_dir():
+        names += " " + " ".join(p.name.lower() for p in path.iterdir())
+    for key, src in (
+        ("userbehavior", "taobao"),
+        ("taobao", "taobao"),
+        ("tencent", "tencent"),
+        ("train_small", "tencent"),
+        ("obd", "obd"),
+        ("bts_", "obd"),
+        ("random_", "obd"),
+    ):
+        if key in names:
+            return src  # type: ignore[return-value]
+    raise DemoError(
+        f"cannot tell which log {path} is: pass --source obd|taobao|tencent "
+        "(replay/SOURCES.md lists what each expects)"
+    )
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["trainer.batch_size=512", ...]`` -> ``{"trainer.batch_size": 512}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", key.strip()):
+            raise DemoError(f"--set {item!r}: use KEY=VALUE with a dotted config key")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _put(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    node = doc
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise DemoError(f"config key {dotted}: {p} is not a section")
+    node[last] = value
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _store_url(url: str, run_dir: Path, run_id: str) -> str:
+    if url.startswith("file://"):
+        return (run_dir / "objects").resolve().as_uri()
+    return f"{url.rstrip('/')}/demo-{run_id}"
+
+
+def run_config(
+    base: Config,
+    base_path: Path,
+    opts: DemoOptions,
+    *,
+    run_id: str,
+    run_dir: Path,
+    ports: dict[str, int],
+) -> dict[str, Any]:
+    """The document of ``RUN/config.yaml`` (module doc). ``ports``: trainer, server."""
+    source: Source = opts.source or ("synthetic" if opts.data is None else detect_source(opts.data))
+    doc: dict[str, Any] = {"extends": str(base_path.resolve())}
+    for key, typ, _ in iter_keys():  # relative paths of the base would resolve against RUN/
+        if "Path" in typ:
+            value = _get(base, key)
+            _put(doc, key, None if value is None else str(value))
+    topics = base.kafka.topics.all()
+    _put(doc, "kafka.topics", {k: f"{v}.demo-{run_id}" for k, v in topics.items()})
+    _put(doc, "redis.channel", f"{base.redis.channel}.demo-{run_id}")
+    _put(doc, "object_store.url", _store_url(base.object_store.url, run_dir, run_id))
+    _put(doc, "flink.checkpoint_dir", (run_dir / "flink").resolve().as_uri())
+    _put(doc, "join.group_id", f"fluxrec-demo-{run_id}")
+    label = "conversion" if source == "tencent" else "click"
+    window_ms = int(opts.window_s * 1000)
+    _put(doc, "join.labels", [{"name": label, "action": label, "window_ms": window_ms}])
+    _put(doc, "join.strategy", opts.strategy)
+    _put(doc, "trainer.label", label)
+    _put(doc, "trainer.checkpoint_dir", str((run_dir / "trainer").resolve()))
+    _put(doc, "trainer.metrics_port", ports["trainer"])
+    _put(doc, "trainer.metrics_host", "127.0.0.1")
+    _put(doc, "trainer.export", True)
+    _put(doc, "features", FEATURES[source])
+    _put(doc, "replay.source", source)
+    _put(doc, "replay.path", None if opts.data is None else str(opts.data.resolve()))
+    _put(doc, "replay.limit", opts.limit)
+    _put(doc, "replay.time_shift", "live")
+    if source == "synthetic":
+        slate = base.replay.synthetic.slate_size
+        # one label window (and a margin) past the duration: every impression of the
+        # duration gets its window closed while impressions still flow
+        seconds = opts.duration_s + opts.window_s + 2
+        impressions = 10**12 if opts.until_interrupted else int(seconds * opts.rate)
+        _put(doc, "replay.synthetic.impressions", max(impressions, slate))
+        _put(doc, "replay.synthetic.requests_per_s", opts.rate / slate)
+    if opts.faults:
+        for kind in ("malformed", "duplicate", "orphan"):
+            _put(doc, f"replay.faults.{kind}", opts.faults)
+    for key, value in {**TUNING, **opts.overrides}.items():
+        _put(doc, key, value)
+    return doc
+
+
+def check_options(opts: DemoOptions) -> None:
+    """Raise :class:`DemoError` on options no run can use."""
+    for name in ("duration_s", "rate", "window_s"):
+        v = getattr(opts, name)
+        if not (math.isfinite(v) and v > 0):
+            raise DemoError(f"--{name.replace('_s', '').replace('_', '-')} {v}: use a number > 0")
+    if opts.speed < 0 or opts.limit < 0 or not 0 <= opts.faults <= 1:
+        raise DemoError("--speed and --limit must be >= 0 and --faults a fraction in [0, 1]")
+    if opts.data is not None and not opts.data.exists():
+        raise DemoError(f"--data {opts.data}: no such file or folder (e.g. ../shared/data/obd)")
