@@ -25,11 +25,11 @@ features. Skipped and counted in ``stats()``: conversions without a time
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from replay.errors import BadLogRow, LogNotFound
+from replay.logfile import WholeLogSource
 from replay.settings import ReplayConfig
 from replay.types import Action, Impression, Record, order_key
 
@@ -98,24 +98,13 @@ def _log_file(path: Path) -> Path:
     raise LogNotFound(f"{path}: no train.csv or train_small.csv (pass --path to tencent_pcvr/)")
 
 
-class TencentSource:
+class TencentSource(WholeLogSource):
     """Clicks as impressions and conversions as actions, in event-time order."""
 
     name = "tencent"
 
     def __init__(self, cfg: ReplayConfig, path: Path) -> None:
-        self.cfg = cfg
-        self.file = _log_file(path)
-        self._records: list[Record] | None = None
-        self._stats: dict[str, int] = {}
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
-
-    def records(self) -> Iterator[Record]:
-        if self._records is None:
-            self._records = self._read()
-        return iter(self._records)
+        super().__init__(cfg, _log_file(path))
 
     def _read(self) -> list[Record]:
         with self.file.open(newline="") as f:
