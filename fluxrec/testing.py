@@ -71,3 +71,20 @@ def write_test_config(directory: Path, s3_server: bool = True, **sections: Any) 
     path = directory / "fluxrec.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+#: The first lines of a script a test runs where torch and pyflink cannot be imported, as
+#: on a server that has only the SDK installed (an import of either raises ImportError).
+WITHOUT_TORCH_OR_PYFLINK = """
+import importlib.abc, sys
+
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "pyflink"):
+            raise ImportError(f"{name} is not installed on this server")
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
+"""

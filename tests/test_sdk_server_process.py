@@ -25,25 +25,17 @@ from exporter.exporter import Exporter
 from exporter.settings import ExporterConfig
 from exporter.store import open_store
 from fluxrec.config import Config
-from fluxrec.testing import unique_name
+from fluxrec.testing import WITHOUT_TORCH_OR_PYFLINK, unique_name
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.s3, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 
-SERVER = r'''
-"""A scoring server's parameter follower: exporter.sdk only."""
-import importlib.abc, json, sys, time
-
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("torch", "pyflink"):
-            raise ImportError(f"{name} is not installed on this server")
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
+# a scoring server's parameter follower: exporter.sdk only
+SERVER = (
+    WITHOUT_TORCH_OR_PYFLINK
+    + r"""
+import json, time
 
 import numpy as np
 from exporter.sdk import DeltaConsumer, open_store
@@ -75,7 +67,8 @@ for line in sys.stdin:  # "wait N": report versions until N is applied, then dum
     print(json.dumps({"dumped": seen, "heavy_modules": heavy, "rejected": s.rejected,
                       "notifications": s.notifications, "applied": s.applied}), flush=True)
 c.stop()
-'''
+"""
+)
 
 
 def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:

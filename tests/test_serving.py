@@ -26,7 +26,7 @@ from exporter.sdk import DeltaConsumer
 from exporter.settings import ExporterConfig
 from exporter.store import open_store
 from fluxrec.config import load_config
-from fluxrec.testing import free_port, unique_name
+from fluxrec.testing import WITHOUT_TORCH_OR_PYFLINK, free_port, unique_name
 from serving.errors import BadRequest, ModelMismatch, NotReady
 from serving.model import FieldSpec, ModelSpec
 from serving.server import ScoringService, ServingTables, make_server
@@ -237,22 +237,14 @@ def test_the_server_imports_neither_torch_nor_pyflink() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
-NO_TORCH = r"""
-import importlib.abc, sys
-
-
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("torch", "pyflink"):
-            raise ImportError(f"{name} is not installed on this server")
-        return None
-
-
-sys.meta_path.insert(0, NotInstalled())
+NO_TORCH = (
+    WITHOUT_TORCH_OR_PYFLINK
+    + r"""
 from fluxrec.cli import main
 
 sys.exit(main(sys.argv[1:]))
 """
+)
 
 
 def _wait(cond: Any, timeout_s: float = 60.0, proc: Any = None) -> None:
