@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from demo.analysis import freshness, label_final_ms, load_run
+from demo.report import write_report
+from demo.runner import Child
+from demo.settings import DemoError, DemoOptions, detect_source, parse_set, run_config
 from fluxrec.config import load_config
-from fluxrec.demo.analysis import freshness, label_final_ms, load_run
-from fluxrec.demo.report import write_report
-from fluxrec.demo.runner import Child
-from fluxrec.demo.settings import DemoError, DemoOptions, detect_source, parse_set, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "local.yaml"

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from kafka import KafkaProducer
 
+from demo import consume_all, smoke_events
 from fluxrec.config import Config
-from fluxrec.demo import consume_all, smoke_events
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from kafka import KafkaProducer
 
+from demo import consume_all
 from fluxrec.config import Config
-from fluxrec.demo import consume_all
 from fluxrec.topics import delete_topics, ensure_topics, list_topics
 
 pytestmark = [pytest.mark.kafka]

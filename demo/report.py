@@ -1,6 +1,6 @@
 """``fluxrec report RUN_DIR``: ``report.md``, ``summary.json`` and PNG plots of a demo run.
 
-Everything is computed from the run's files (:mod:`fluxrec.demo.analysis`), so a report can
+Everything is computed from the run's files (:mod:`demo.analysis`), so a report can
 be made again at any time, also after the stack is gone. ``summary.json`` holds at least
 ``freshness_p50_s`` and ``freshness_p99_s`` (label final -> applied in the server),
 ``prequential_auc``, ``offline_auc`` and ``samples``; the figures are in ``plots/``.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fluxrec.demo.analysis import (
+from demo.analysis import (
     STRATEGIES,
     Eval,
     Freshness,

@@ -1,6 +1,6 @@
 """The demo's replay process: a live replay that records what it sends, and live scoring.
 
-``python -m fluxrec.demo.replay --config RUN/config.yaml --out RUN [--speed X]``
+``python -m demo.replay --config RUN/config.yaml --out RUN [--speed X]``
 
 Like ``fluxrec replay --time-shift live`` (same sources, faults and Kafka producer), with
 three differences the demo needs:
@@ -143,7 +143,7 @@ class _Scorer(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
-    p = argparse.ArgumentParser(prog="python -m fluxrec.demo.replay", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m demo.replay", description=__doc__)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder for the records")
     p.add_argument("--speed", type=float, default=1.0, help="0: fit into --duration-s")

@@ -36,9 +36,9 @@ from typing import IO, Any
 
 import yaml
 
+from demo.settings import DemoError, DemoOptions, check_options, run_config
+from demo.trace import Progress, SampleTracer, scrape
 from fluxrec.config import Config, default_config_path, load_config
-from fluxrec.demo.settings import DemoError, DemoOptions, check_options, run_config
-from fluxrec.demo.trace import Progress, SampleTracer, scrape
 from fluxrec.testing import free_port
 
 __all__ = ["Child", "DemoRun", "run_demo"]
@@ -250,7 +250,7 @@ class _Run:
             "trainer",
             self._python(
                 "-m",
-                "fluxrec.demo.train",
+                "demo.train",
                 "--config",
                 cfg,
                 "--trace",
@@ -261,7 +261,7 @@ class _Run:
             "join",
             self._python(
                 "-m",
-                "fluxrec.demo.join",
+                "demo.join",
                 "--config",
                 cfg,
                 "--prometheus-port",
@@ -322,7 +322,7 @@ class _Run:
         window_ms = max(lb.window_ms for lb in self.cfg.join.labels)
         args = [
             "-m",
-            "fluxrec.demo.replay",
+            "demo.replay",
             "--config",
             str(self.config_path),
             "--out",
@@ -578,7 +578,7 @@ def run_demo(opts: DemoOptions, say: Say = print) -> DemoRun:
     if run.meta.get("left_running"):
         result.problems.append(f"left running: {run.meta['left_running']}")
     if opts.report and not interrupted and (run.dir / "samples.tsv.gz").exists():
-        from fluxrec.demo.report import write_report
+        from demo.report import write_report
 
         say("== report")
         result.summary = write_report(run.dir, say=say)

@@ -1,7 +1,7 @@
 """The demo's join process: ``pipelines.join_job.join_job`` in a local MiniCluster, tuned
 for latency, with a Prometheus endpoint and an end-of-stream drain.
 
-``python -m fluxrec.demo.join --config RUN/config.yaml [--prometheus-port N]``
+``python -m demo.join --config RUN/config.yaml [--prometheus-port N]``
 
 Compared with ``fluxrec join run`` it sets what matters for freshness and is not in the
 deployment config: watermarks are emitted every ``--watermark-interval-ms`` (Flink's
@@ -43,7 +43,7 @@ def _reporter_on_classpath() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fluxrec.demo.join", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m demo.join", description=__doc__)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--prometheus-port", type=int, default=0, help="0: no Prometheus reporter")
     p.add_argument("--watermark-interval-ms", type=int, default=50)

@@ -1,6 +1,6 @@
 """The demo's trainer process: ``fluxrec train`` after a warm-up of the exporter's codec.
 
-``python -m fluxrec.demo.train [fluxrec train arguments]``
+``python -m demo.train [fluxrec train arguments]``
 
 The exporter encodes with pyarrow, whose first use in a process imports pandas when it is
 installed (seconds on a machine without a bytecode cache); paid before the trainer
