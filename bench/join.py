@@ -35,7 +35,7 @@ from fluxrec.stack import Stack
 from fluxrec.testing import unique_name, write_test_config
 from fluxrec.topics import ensure_topics, read_topic
 from pipelines.flink_env import create_table_env
-from pipelines.join_job import JoinTopics, declare_join, join_job, source_columns
+from pipelines.join_job import JoinTopics, declare_join, join_job, prepare_join, source_columns
 from sample_join.reference import RawEvent
 from sample_join.testing import produce_events
 
@@ -125,6 +125,7 @@ def _datagen_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
 def run_ceiling(cfg: Config, n: int, t0: int) -> float:
     """Seconds the same SQL takes over datagen into blackhole sinks."""
     t_env = create_table_env(cfg)
+    prepare_join(t_env, cfg)
     prefix = "cj"
     t_env.execute_sql(_datagen_table(f"{prefix}_imp_raw", n, t0, False, cfg))
     t_env.execute_sql(_datagen_table(f"{prefix}_act_raw", n, t0, True, cfg))

@@ -95,7 +95,13 @@ def _load(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_setup(ns: argparse.Namespace) -> int:
-    from fluxrec.stack.setup import ensure_debian_packages, find_java, resolve_all
+    from fluxrec.stack.setup import (
+        FUNCTIONS_DIR,
+        build_functions,
+        ensure_debian_packages,
+        find_java,
+        resolve_all,
+    )
 
     cfg = _load(ns)
     if not ns.no_apt:
@@ -106,6 +112,9 @@ def _cmd_setup(ns: argparse.Namespace) -> int:
     for name, changed in resolve_all(cfg.stack.jars_dir, force=ns.force).items():
         where = cfg.stack.jars_dir / name
         print(f"{name:8} jars {'resolved into' if changed else 'up to date in'} {where}")
+    if FUNCTIONS_DIR.is_dir():  # a checkout of the repository: build the join's functions
+        built = build_functions(force=ns.force)
+        print(f"functions jar {'built in' if built else 'up to date in'} {FUNCTIONS_DIR}/target")
     return 0
 
 
