@@ -70,7 +70,7 @@ def source_columns(cfg: JoinConfig) -> str:
     so that such events cannot move the watermark)."""
     return (
         "payload STRING,\n"
-        "  et AS TO_TIMESTAMP_LTZ(fluxrec_event_time(payload), 3),\n"
+        f"  et AS TO_TIMESTAMP_LTZ(fluxrec_event_time(payload, {cfg.max_future_skew_ms}), 3),\n"
         f"  WATERMARK FOR et AS et - {interval(cfg.watermark_out_of_orderness_ms)}"
     )
 

@@ -195,18 +195,19 @@ def test_fake_negative_with_late_corrections_equals_the_reference(
 
 @pytest.mark.parametrize("strategy", ["window", "fake_negative"])
 def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: str) -> None:
-    """Each decision (dedup, bot count, match per label) is made by exactly one operator that
-    all its consumers share: the optimizer must not split one into differing copies."""
+    """Each decision (action dedup, bot count, everything per (request_id, item_id)) is made by
+    exactly one operator that all its consumers share, and each payload is parsed by one call:
+    the optimizer must not split one into differing copies."""
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import JoinTopics, build_join
 
     cfg = replace(stack_config, join=replace(JOIN, strategy=strategy))  # type: ignore[arg-type]
     plan = build_join(create_table_env(cfg), cfg, JoinTopics(*"abcde")).explain()
     graph = plan[plan.index("== Optimized Execution Plan ==") :]
-    labels = len(JOIN.labels)
-    assert graph.count("Deduplicate(") == 1
+    assert graph.count("fluxrec_impression(") == 1
+    assert graph.count("fluxrec_action(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_dedup_actions(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_join(") == 1
     assert graph.count("OverAggregate(") == 1
-    chain = labels if strategy == "window" else 0
-    assert graph.count("IntervalJoin(") == labels + chain
     assert graph.count("GroupAggregate(") == 1
     assert graph.count("TableSourceScan(") == 2

@@ -222,6 +222,26 @@ public final class EventParser {
         return unescape(buf, s, e);
     }
 
+    /**
+     * The sample's fields of a valid impression as they stand in the payload, for {@code
+     * SampleJoin}: {@code "request_id":..,"item_id":..,"user_id":..,"event_time_ms":..,
+     * "features":{..}} and {@code ,"p_click":..} when it is a number (the reference passes it
+     * through as written).
+     */
+    public void writeBody(ByteSink out) {
+        for (int f : new int[] {REQUEST_ID, ITEM_ID, USER_ID, EVENT_TIME_MS, FEATURES, P_CLICK}) {
+            byte k = kind[f];
+            if (f == P_CLICK && k != INT && k != BIG_INT && k != FLOAT) {
+                continue;
+            }
+            if (f != REQUEST_ID) {
+                out.write((byte) ',');
+            }
+            out.write((byte) '"').ascii(NAMES[f]).ascii("\":");
+            out.write(buf, start[f], stop[f] - start[f]);
+        }
+    }
+
     // ------------------------------------------------------------------ grammar
 
     private void parseTopObject() {

@@ -78,9 +78,8 @@ public final class JoinSpec {
     /** The job parameter that carries the spec (base64 of its JSON), set by the job. */
     public static final String JOB_PARAMETER = "fluxrec.join.spec";
 
-    /** The spec of the running job ({@link #JOB_PARAMETER}). */
-    public static JoinSpec fromJob(org.apache.flink.table.functions.FunctionContext context) {
-        String encoded = context.getJobParameter(JOB_PARAMETER, null);
+    /** The spec of the running job, from the value of its {@link #JOB_PARAMETER}. */
+    public static JoinSpec fromJob(String encoded) {
         if (encoded == null) {
             throw new IllegalStateException(
                     "job parameter " + JOB_PARAMETER + " is not set: the fluxrec functions run"

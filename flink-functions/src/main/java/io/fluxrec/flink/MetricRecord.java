@@ -24,7 +24,7 @@ public class MetricRecord extends ScalarFunction {
 
     @Override
     public void open(FunctionContext context) throws Exception {
-        spec = JoinSpec.fromJob(context);
+        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
         sink = new ByteSink(256);
     }
 

@@ -24,7 +24,7 @@ public abstract class ParseEvent extends ScalarFunction {
     @Override
     public void open(FunctionContext context) throws Exception {
         sink = new ByteSink(512);
-        spec = JoinSpec.fromJob(context);
+        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
     }
 
     @Override
@@ -52,13 +52,6 @@ public abstract class ParseEvent extends ScalarFunction {
         return StringData.fromBytes(parser.decoded(field));
     }
 
-    /** The JSON text of a field as it stands in the payload: {@code "name":<value>}. */
-    protected final void copyField(int field) {
-        sink.write((byte) '"').ascii(EventParser.NAMES[field]).ascii("\":");
-        int s = parser.start[field];
-        sink.write(parser.bytes(), s, parser.stop[field] - s);
-    }
-
     /**
      * {@code fluxrec_impression(payload)}: {@code reason} (null when valid), {@code t} (the
      * event time if the payload is an object with an integer {@code event_time_ms}, else null),
@@ -81,20 +74,7 @@ public abstract class ParseEvent extends ScalarFunction {
                 return GenericRowData.of(StringData.fromString(reason), time(), null, null, null);
             }
             sink.reset();
-            copyField(EventParser.REQUEST_ID);
-            sink.write((byte) ',');
-            copyField(EventParser.ITEM_ID);
-            sink.write((byte) ',');
-            copyField(EventParser.USER_ID);
-            sink.write((byte) ',');
-            copyField(EventParser.EVENT_TIME_MS);
-            sink.write((byte) ',');
-            copyField(EventParser.FEATURES);
-            byte p = parser.kind[EventParser.P_CLICK];
-            if (p == EventParser.INT || p == EventParser.BIG_INT || p == EventParser.FLOAT) {
-                sink.write((byte) ',');
-                copyField(EventParser.P_CLICK);
-            }
+            parser.writeBody(sink);
             return GenericRowData.of(
                     null,
                     time(),
@@ -137,23 +117,29 @@ public abstract class ParseEvent extends ScalarFunction {
     }
 
     /**
-     * {@code fluxrec_event_time(payload)} for the rowtime column of a source: the event time
-     * when it parses and is not in the future, else 0, so that such events cannot move the
-     * watermark (CONTRACTS.md 4.1).
+     * {@code fluxrec_event_time(payload, max_future_skew_ms)} for the rowtime column of a
+     * source: the event time when it parses and is not in the future, else 0, so that such
+     * events cannot move the watermark (CONTRACTS.md 4.1). It also runs in the source's
+     * watermark generator, where job parameters cannot be read: the skew is an argument.
      */
-    public static final class EventTime extends ParseEvent {
+    public static final class EventTime extends ScalarFunction {
         private static final long serialVersionUID = 1L;
+
+        @Override
+        public boolean isDeterministic() {
+            return false;
+        }
 
         public long eval(
                 @org.apache.flink.table.annotation.DataTypeHint(
                                 value = "STRING",
                                 bridgedTo = StringData.class)
-                        StringData payload) {
-            parser = EventParser.forThread();
+                        StringData payload,
+                long maxFutureSkewMs) {
+            EventParser parser = EventParser.forThread();
             byte[] b = payload.toBytes();
             parser.parse(b, 0, b.length);
-            if (!parser.hasTime()
-                    || parser.time() > System.currentTimeMillis() + spec.maxFutureSkewMs) {
+            if (!parser.hasTime() || parser.time() > System.currentTimeMillis() + maxFutureSkewMs) {
                 return 0L;
             }
             return parser.time();

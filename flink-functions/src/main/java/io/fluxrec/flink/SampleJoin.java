@@ -96,7 +96,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     @Override
     public void open(FunctionContext context) throws Exception {
-        spec = JoinSpec.fromJob(context);
+        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
         sink = new ByteSink(1024);
     }
 
