@@ -199,15 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         subs,
         "setup",
         _cmd_setup,
-        "install what the stack needs: Debian packages (redis-server, maven, a JRE) "
-        "and the Kafka, Flink-connector and s3proxy jars from Maven Central",
+        "install what the stack needs: Debian packages (redis-server, maven, a JDK), "
+        "the Kafka, Flink-connector and s3proxy jars from Maven Central, and the sample "
+        "join's Java functions (built from flink-functions/ in a checkout)",
     )
     _arg(
         p,
         "--force",
         env="FLUXREC_SETUP_FORCE",
         action="store_true",
-        help="resolve the jars again even when up to date",
+        help="resolve the jars (and build the functions) again even when up to date",
     )
     _arg(
         p,

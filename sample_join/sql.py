@@ -7,10 +7,10 @@ shipped in ``pipeline.jars``); SQL wires them together. With ``P`` the table pre
     P_act_raw ─► fluxrec_action(payload): one parse ─► P_act                             │
         valid ─► P_act_dedup = fluxrec_dedup_actions(partitioned by request_id, item_id):│
                  first arrival per (request_id, item_id, action), too_late               │
-                   unique ─► P_act_scored: the user's actions in the bot window          │
-                             (OVER, partitioned by user_id), verdict bot or none         │
-        invalid, duplicate, too_late, scored ─► P_act_all ───────────────────────────────┤
-    P_out = fluxrec_join(P_imp, P_act_all, partitioned by request_id, item_id) ◄─────────┘
+                   unique ─► P_act_scored = fluxrec_bot_count(partitioned by user_id):   │
+                             the user's actions in the bot window, verdict bot or none   │
+        invalid, duplicate, too_late, scored ─────────────────────────────────────────── P_events
+    P_out = fluxrec_join(P_events, partitioned by request_id, item_id)
         impression dedup, too_late, the match of every label, samples (window: on a timer;
         fake_negative: at once, plus corrections), dead letters, one count row per fact
     P_out ─► samples (kind 1), dead letters (kind 2), metrics: counts per (window, code),
@@ -20,12 +20,15 @@ The contracts and the semantics are in ``CONTRACTS.md``; the executable referenc
 same semantics is :mod:`sample_join.reference`. Outputs are rows ``(k STRING, v STRING)``:
 Kafka key and JSON value.
 
-Every stateful operator sees the job's watermark (the minimum over both topics) and no row
-behind it: ``fluxrec_dedup_actions`` reads the impressions' watermark through its ``clock``
-argument (which passes no rows), dead-letters actions at or behind it (``too_late``), and so
-the bot count, which waits for its rows' time, never meets a late one; ``fluxrec_join``
-dead-letters impressions at or behind its own watermark. The functions read the join
-settings from the job parameter ``fluxrec.join.spec`` (:meth:`JoinSql.spec`).
+Every stateful function sees the job's watermark (the minimum over both topics):
+``fluxrec_dedup_actions`` gets the impressions' watermark through a union with the
+impressions filtered to no rows, dead-letters actions at or behind it (``too_late``), and so
+the bot count, which waits for the watermark to pass its rows, never meets a late one;
+``fluxrec_join`` dead-letters impressions at or behind its own watermark. The process table
+functions are called without ``on_time``: Flink 2.2 silently drops rows at or behind the
+watermark before a function with ``on_time`` sees them, and these must see them to
+dead-letter them; watermarks and event-time timers work without it. The functions read the
+join settings from the job parameter ``fluxrec.join.spec`` (:meth:`JoinSql.spec`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ FUNCTIONS = {
     "fluxrec_action": "io.fluxrec.flink.ParseEvent$Action",
     "fluxrec_event_time": "io.fluxrec.flink.ParseEvent$EventTime",
     "fluxrec_dedup_actions": "io.fluxrec.flink.DedupActions",
+    "fluxrec_bot_count": "io.fluxrec.flink.BotCount",
     "fluxrec_join": "io.fluxrec.flink.SampleJoin",
     "fluxrec_metric": "io.fluxrec.flink.MetricRecord",
 }
@@ -101,6 +105,8 @@ class JoinSql:
             "late_horizon_ms": cfg.late_horizon_ms,
             "max_future_skew_ms": cfg.max_future_skew_ms,
             "metrics_window_ms": cfg.metrics_window_ms,
+            "bot_max_actions": cfg.bot_max_actions,
+            "bot_window_ms": cfg.bot_window_ms,
         }
         return json.dumps(doc, ensure_ascii=False)
 
@@ -125,7 +131,7 @@ class JoinSql:
         function is parsed again when used, which Flink 2.2 fails on."""
         p = self._v
         bots = self.cfg.bot_max_actions > 0
-        out = [
+        out: list[tuple[str, str]] = [
             (
                 p("imp"),
                 "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.body, et FROM ("
@@ -140,55 +146,59 @@ class JoinSql:
             # (RAND() is below 1) but their watermark flows, so that the dedup sees the job's
             (
                 p("act_valid"),
-                "SELECT payload, request_id, item_id, user_id, label, t, et "
+                "SELECT payload, request_id, item_id, user_id, label, t "
                 f"FROM {p('act')} WHERE reason IS NULL UNION ALL "
                 "SELECT CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING), "
-                "CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT), et "
+                "CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT) "
                 f"FROM {p('imp_raw')} WHERE RAND() > 1",
             ),
             (
                 p("act_dedup"),
                 f"""
-SELECT verdict, payload, t, request_id, item_id, user_id, label, rowtime AS et
+SELECT verdict, payload, t, request_id, item_id, user_id, label
 FROM fluxrec_dedup_actions(
   acts => TABLE {p("act_valid")} PARTITION BY (request_id, item_id),
-  on_time => DESCRIPTOR(et), uid => '{p("dedup_actions")}')""",
+  uid => '{p("dedup_actions")}')""",
             ),
         ]
+        unique = f"{p('act_dedup')} WHERE verdict IS NULL"
         if bots:
+            out.append(
+                (
+                    p("act_unique"),
+                    f"SELECT payload, request_id, item_id, user_id, label, t FROM {unique}",
+                )
+            )
             out.append((
                 p("act_scored"),
                 f"""
-SELECT payload, CASE WHEN n > {self.cfg.bot_max_actions} THEN 'bot' END AS verdict,
-  t, request_id, item_id, label, et
-FROM (
-  SELECT *, COUNT(*) OVER (PARTITION BY user_id ORDER BY et
-    RANGE BETWEEN {interval(self.cfg.bot_window_ms)} PRECEDING AND CURRENT ROW) AS n
-  FROM {p("act_dedup")} WHERE verdict IS NULL)""",
+SELECT verdict, payload, t, request_id, item_id, label
+FROM fluxrec_bot_count(
+  acts => TABLE {p("act_unique")} PARTITION BY user_id, uid => '{p("bot_count")}')""",
             ))  # fmt: skip
-        scored = p("act_scored") if bots else f"{p('act_dedup')} WHERE verdict IS NULL"
+        scored = p("act_scored") if bots else unique
         no_body = "CAST(NULL AS BYTES)"
         out.append((
             p("events"),
             f"""
 SELECT FALSE AS is_action, payload, reason, t, request_id, item_id, body,
-  CAST(NULL AS INT) AS label, et
+  CAST(NULL AS INT) AS label
 FROM {p("imp")}
 UNION ALL
-SELECT TRUE, payload, reason, t, request_id, item_id, {no_body}, label, et
+SELECT TRUE, payload, reason, t, request_id, item_id, {no_body}, label
 FROM {p("act")} WHERE reason IS NOT NULL
 UNION ALL
-SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label, et
+SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label
 FROM {p("act_dedup")} WHERE verdict IS NOT NULL
 UNION ALL
-SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label, et FROM {scored}""",
+SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label FROM {scored}""",
         ))  # fmt: skip
         out.append((
             p("out"),
             f"""
 SELECT kind, k, v, mq, mc FROM fluxrec_join(
   events => TABLE {p("events")} PARTITION BY (request_id, item_id),
-  on_time => DESCRIPTOR(et), uid => '{p("join")}')""",
+  uid => '{p("join")}')""",
         ))  # fmt: skip
         return out
 

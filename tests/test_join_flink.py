@@ -207,7 +207,7 @@ def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: 
     assert graph.count("fluxrec_impression(") == 1
     assert graph.count("fluxrec_action(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_dedup_actions(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_bot_count(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_join(") == 1
-    assert graph.count("OverAggregate(") == 1
     assert graph.count("GroupAggregate(") == 1
     assert graph.count("TableSourceScan(") == 2

@@ -1,6 +1,6 @@
 """Install what the one-machine stack needs, idempotently: ``fluxrec setup``.
 
-* Debian packages: ``redis-server`` (and ``maven`` / a JRE when missing), via apt-get as root.
+* Debian packages: ``redis-server`` (and ``maven`` / a JDK when missing), via apt-get as root.
 * Jars from Maven Central, one pom per group, copied to ``JARS_DIR/NAME/``::
 
       JARS_DIR/kafka/*.jar      Apache Kafka broker (KRaft) and its dependencies
@@ -117,14 +117,17 @@ def _apt_install(packages: list[str]) -> None:
 
 
 def ensure_debian_packages() -> list[str]:
-    """Install redis-server, maven and a JRE where missing. Returns what was installed."""
+    """Install redis-server, maven and a JDK (the join's functions are compiled) where
+    missing. Returns what was installed."""
     want = {"redis-server": "redis-server", "mvn": "maven"}
     missing = [pkg for tool, pkg in want.items() if not shutil.which(tool)]
     try:
         find_java()
+        jdk = shutil.which("javac") or os.environ.get("JAVA_HOME")
     except ToolMissing:
-        if not os.environ.get("JAVA_HOME"):
-            missing.append("openjdk-17-jre-headless")
+        jdk = os.environ.get("JAVA_HOME")
+    if not jdk:
+        missing.append("openjdk-17-jdk-headless")
     if missing:
         _apt_install(missing)
     return missing

@@ -1,6 +1,5 @@
 package io.fluxrec.flink;
 
-import static org.apache.flink.table.annotation.ArgumentTrait.REQUIRE_ON_TIME;
 import static org.apache.flink.table.annotation.ArgumentTrait.SET_SEMANTIC_TABLE;
 
 import org.apache.flink.table.annotation.ArgumentHint;
@@ -49,14 +48,13 @@ public class DedupActions extends ProcessTableFunction<RowData> {
             @StateHint(name = "seen") Seen seen,
             @ArgumentHint(
                             name = "acts",
-                            value = {SET_SEMANTIC_TABLE, REQUIRE_ON_TIME},
+                            value = SET_SEMANTIC_TABLE,
                             type =
                                     @DataTypeHint(
                                             value =
                                                     "ROW<payload STRING, request_id STRING,"
                                                             + " item_id STRING, user_id STRING,"
-                                                            + " label INT, t BIGINT,"
-                                                            + " et TIMESTAMP_LTZ(3)>",
+                                                            + " label INT, t BIGINT>",
                                             bridgedTo = RowData.class))
                     RowData acts) {
         int label = acts.getInt(4);

@@ -13,7 +13,8 @@ import java.util.Map;
  * <pre>
  * {"labels": [["click", "click", 300000], ["conversion", "conversion", 3600000]],
  *  "strategy": "window", "late_action_policy": "dead_letter", "late_horizon_ms": 3600000,
- *  "max_future_skew_ms": 60000, "metrics_window_ms": 60000}
+ *  "max_future_skew_ms": 60000, "metrics_window_ms": 60000, "bot_max_actions": 100,
+ *  "bot_window_ms": 60000}
  * </pre>
  *
  * Label {@code i} is the i-th entry: its name in the sample, the action type that sets it, and
@@ -31,6 +32,8 @@ public final class JoinSpec {
     public final long lateHorizonMs;
     public final long maxFutureSkewMs;
     public final long metricsWindowMs;
+    public final long botMaxActions;
+    public final long botWindowMs;
     public final String strategy;
 
     private JoinSpec(Map<String, Object> m) {
@@ -59,6 +62,8 @@ public final class JoinSpec {
         lateHorizonMs = (Long) m.get("late_horizon_ms");
         maxFutureSkewMs = (Long) m.get("max_future_skew_ms");
         metricsWindowMs = (Long) m.get("metrics_window_ms");
+        botMaxActions = (Long) m.getOrDefault("bot_max_actions", 0L);
+        botWindowMs = (Long) m.getOrDefault("bot_window_ms", 0L);
     }
 
     private static String cachedText;

@@ -1,6 +1,5 @@
 package io.fluxrec.flink;
 
-import static org.apache.flink.table.annotation.ArgumentTrait.REQUIRE_ON_TIME;
 import static org.apache.flink.table.annotation.ArgumentTrait.SET_SEMANTIC_TABLE;
 
 import org.apache.flink.table.annotation.ArgumentHint;
@@ -107,15 +106,14 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             @StateHint(name = "pending", ttl = "0") Pending pending,
             @ArgumentHint(
                             name = "events",
-                            value = {SET_SEMANTIC_TABLE, REQUIRE_ON_TIME},
+                            value = SET_SEMANTIC_TABLE,
                             type =
                                     @DataTypeHint(
                                             value =
                                                     "ROW<is_action BOOLEAN, payload STRING,"
                                                             + " reason STRING, t BIGINT,"
                                                             + " request_id STRING, item_id STRING,"
-                                                            + " body BYTES, label INT,"
-                                                            + " et TIMESTAMP_LTZ(3)>",
+                                                            + " body BYTES, label INT>",
                                             bridgedTo = RowData.class))
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
