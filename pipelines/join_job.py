@@ -23,6 +23,7 @@ Run it with ``fluxrec join run``, ``fluxrec join submit --jobmanager HOST:PORT``
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,14 @@ def prepare_join(t_env: TableEnvironment, cfg: Config) -> None:
     conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")
     # metrics: the totals are keyed by (window, code); each maps to one Kafka key
     conf.set("table.exec.sink.upsert-materialize", "NONE")
+    if os.environ.get("FLUXREC_JOIN_MINIBATCH", "1") == "1":
+        # count rows are summed where the join emits them (a local aggregation before the
+        # shuffle) and flushed with each watermark: mini-batches as long as the watermark
+        # interval, so that watermarks are not held back beyond their own period
+        every = conf.get("pipeline.auto-watermark-interval", "200 ms")
+        conf.set("table.exec.mini-batch.enabled", "true")
+        conf.set("table.exec.mini-batch.allow-latency", every)
+        conf.set("table.exec.mini-batch.size", "10000")
     for statement in sql.functions():
         t_env.execute_sql(statement)
 

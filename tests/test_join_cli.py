@@ -73,7 +73,10 @@ def _events_and_reference(cfg: Config, t0: int) -> tuple[Any, Any]:
 
 
 def _sample_ids(cfg: Config, expected: int) -> list[str]:
-    got = read_topic(cfg.kafka.bootstrap, cfg.kafka.topics.samples, expected=expected)
+    # generous: a job started in a subprocess on a loaded machine takes a while to commit
+    got = read_topic(
+        cfg.kafka.bootstrap, cfg.kafka.topics.samples, expected=expected, timeout_s=240
+    )
     return sorted(json.loads(v)["sample_id"] for _, v in got)
 
 
