@@ -20,7 +20,7 @@ three are measured ``--repeats`` times, interleaved, and the medians reported. E
 runs on a private stack (Kafka, Redis) started for the benchmark and stopped after it.
 
 ``--profile DIR`` also records a JFR profile of one large Kafka run (``DIR/kafka.jfr``) and
-prints where its CPU samples fall (see ``bench/profile.py``).
+prints where its CPU samples fall (see ``bench/jvm_profile.py``).
 
 The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_events_per_s``,
 ``anchor_events_per_s``, ``vs_anchor`` (kafka / anchor), ``cpu_us_per_event`` (kafka) and
@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.profile import summarize
+from bench.jvm_profile import ThreadCpu, marginal_breakdown
 from fluxrec.config import Config, load_config
 from fluxrec.stack import Stack
 from fluxrec.testing import unique_name, write_test_config
@@ -55,6 +55,7 @@ from sample_join.reference import RawEvent, run_reference
 from sample_join.sql import interval
 from sample_join.testing import produce_events
 
+REPO = Path(__file__).resolve().parents[1]
 STEP_MS = 2  # event time between two impressions
 CLICK_EVERY = 10
 CLICK_DELAY_MS = 2_000
@@ -118,7 +119,8 @@ class JvmClock:
 
 
 def _gateway_pid() -> int:
-    """The java child of this process (started by the first TableEnvironment)."""
+    """The PyFlink gateway JVM: the child of this process that runs PythonGatewayServer
+    (the Kafka broker of the stack is a child too)."""
     me = os.getpid()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -126,7 +128,7 @@ def _gateway_pid() -> int:
             cmd = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == me and b"java" in cmd:
+        if int(fields[1]) == me and b"PythonGatewayServer" in cmd:
             return int(stat.parent.name)
     raise RuntimeError("no PyFlink gateway JVM found among this process's children")
 
@@ -143,18 +145,23 @@ def _timed(run: Callable[[], Any], clock: JvmClock) -> tuple[float, float, Any]:
 def run_kafka(
     cfg: Config, n: int, t0: int, clock: JvmClock, jfr: Path | None = None
 ) -> dict[str, Any]:
-    """The bounded production job over ``n`` impressions: seconds, JVM CPU seconds, samples."""
+    """The bounded production job over ``n`` impressions: seconds, JVM CPU seconds, samples;
+    with ``jfr``, also a JFR recording there and the CPU of each kind of thread."""
     topics = JoinTopics(*(unique_name("bench") for _ in range(5)))
     ensure_topics(cfg.kafka.bootstrap, list(topics.__dict__.values()), cfg.kafka.partitions)
     produce_events(cfg.kafka.bootstrap, topics.impressions, topics.actions, events(n, t0))
     t_env = create_table_env(cfg)
+    threads = ThreadCpu(clock.pid)
     if jfr is not None:
         _jcmd(clock.pid, "JFR.start", "name=bench", "settings=profile", f"filename={jfr}")
+        threads.start()
     wall, cpu, _ = _timed(lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock)
+    out: dict[str, Any] = {"s": wall, "cpu_s": cpu}
     if jfr is not None:
+        out["threads"] = threads.stop()
         _jcmd(clock.pid, "JFR.stop", "name=bench")
-    samples = read_topic(cfg.kafka.bootstrap, topics.samples, expected=n, idle_s=1)
-    return {"s": wall, "cpu_s": cpu, "samples": samples, "topics": topics}
+    out["samples"] = read_topic(cfg.kafka.bootstrap, topics.samples, expected=n, idle_s=1)
+    return out
 
 
 def _jcmd(pid: int, *args: str) -> None:
@@ -235,13 +242,13 @@ def run_anchor(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
         t_env.execute_sql(_datagen(name, cols, rows))
     t_env.execute_sql(
         "CREATE TEMPORARY TABLE aj_sink (request_id STRING, item_id STRING, user_id STRING, "
-        "features STRING, et TIMESTAMP_LTZ(3), click_et TIMESTAMP_LTZ(3)) "
+        "features STRING, et TIMESTAMP_LTZ(3), click BIGINT) "
         "WITH ('connector' = 'blackhole')"
     )
     window = interval(cfg.join.labels[0].window_ms)
     stmt = f"""
 INSERT INTO aj_sink
-SELECT i.request_id, i.item_id, i.user_id, i.features, i.et, c.et
+SELECT i.request_id, i.item_id, i.user_id, i.features, i.et, c.seq
 FROM aj_imp i LEFT JOIN aj_click c
   ON c.request_id = i.request_id AND c.item_id = i.item_id
   AND c.et BETWEEN i.et AND i.et + {window}
@@ -253,10 +260,13 @@ FROM aj_imp i LEFT JOIN aj_click c
 # ------------------------------------------------------------------ main
 
 
-def _samples_ok(cfg: Config, n: int, t0: int, got: list[tuple[bytes | None, bytes]]) -> bool:
-    """The Kafka job's samples equal the reference's, record for record."""
+def _reference_samples(cfg: Config, n: int, t0: int) -> list[str]:
     ref = run_reference(events(n, t0), cfg.join)
-    want = sorted(json.dumps(s.to_json(), sort_keys=True) for s in ref.samples)
+    return sorted(json.dumps(s.to_json(), sort_keys=True) for s in ref.samples)
+
+
+def _same_samples(want: list[str], got: list[tuple[bytes | None, bytes]]) -> bool:
+    """The Kafka job's samples equal the reference's, record for record."""
     return want == sorted(json.dumps(json.loads(v), sort_keys=True) for _, v in got)
 
 
@@ -269,7 +279,13 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fluxrec-bench-join-") as tmp:
         cfg = load_config(write_test_config(Path(tmp), s3_server=False))
-        cfg = replace(cfg, join=replace(cfg.join, source_idleness_ms=0))
+        # checkpoints as in production (configs/local.yaml), not as in the tests
+        every = load_config(REPO / "configs" / "local.yaml").flink.checkpoint_interval_ms
+        cfg = replace(
+            cfg,
+            join=replace(cfg.join, source_idleness_ms=0),
+            flink=replace(cfg.flink, checkpoint_interval_ms=every),
+        )
         stack = Stack(cfg)
         stack.up()
         try:
@@ -293,6 +309,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     dn = n_events(a.large) - n_events(a.small)
     rates: dict[str, list[float]] = {name: [] for name in jobs}
     cpus: dict[str, list[float]] = {name: [] for name in jobs}
+    want = _reference_samples(cfg, a.large, t0)
     samples_ok = True
     for r in range(a.repeats):
         for name, job in jobs.items():
@@ -300,17 +317,19 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             rates[name].append(dn / (large["s"] - small["s"]))
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
             if name == "kafka":
-                samples_ok &= _samples_ok(cfg, a.large, t0, large["samples"])
+                samples_ok &= _same_samples(want, large["samples"])
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
                 f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event",
                 flush=True,
             )
-    if a.profile:
+    if a.profile:  # a profile of a small and a large run: their difference per event
         a.profile.mkdir(parents=True, exist_ok=True)
-        jfr = a.profile / "kafka.jfr"
-        run_kafka(cfg, a.large, t0, clock, jfr=jfr)
-        print(summarize(jfr), flush=True)
+        runs = {}
+        for size in ("small", "large"):
+            jfr = a.profile / f"kafka-{size}.jfr"
+            runs[size] = (jfr, run_kafka(cfg, getattr(a, size), t0, clock, jfr=jfr)["threads"])
+        print(marginal_breakdown(runs["small"], runs["large"], dn), flush=True)
     med = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
     load = os.getloadavg()

@@ -36,16 +36,20 @@ def create_table_env(
     Checkpoints are retained when a job is cancelled, so a later run can restore them.
     """
     try:
+        from pyflink.common import Configuration
         from pyflink.table import EnvironmentSettings, TableEnvironment
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("the Flink jobs need pyflink: pip install 'fluxrec[flink]'") from e
 
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    # set where the job's execution config is made (the table config does not reach it):
+    # chained operators hand records on without copying them (no function keeps one)
+    runtime = Configuration()
+    runtime.set_string("pipeline.object-reuse", "true")
+    settings = EnvironmentSettings.new_instance().in_streaming_mode()
+    t_env = TableEnvironment.create(settings.with_configuration(runtime).build())
     conf = t_env.get_config()
     jars = [connector_jar(cfg.stack.jars_dir), functions_jar()]
     conf.set("pipeline.jars", ";".join(j.as_uri() for j in jars))
-    # operators hand records on without copying them (no function keeps a reference)
-    conf.set("pipeline.object-reuse", "true")
     conf.set("parallelism.default", str(parallelism or cfg.flink.parallelism))
     conf.set("python.executable", sys.executable)
     conf.set("table.exec.resource.default-parallelism", str(parallelism or cfg.flink.parallelism))

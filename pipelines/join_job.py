@@ -67,7 +67,8 @@ def prepare_join(t_env: TableEnvironment, cfg: Config) -> None:
     sql = JoinSql(jc)
     conf = t_env.get_config()
     conf.set("pipeline.global-job-parameters", sql.spec_parameter())
-    # dedup state (the functions' `seen` entries) is kept this long
+    # the metrics totals are kept this long after their last update (the functions release
+    # their own state on event-time timers)
     conf.set("table.exec.state.ttl", f"{jc.dedup_ttl_ms} ms")
     # a view read by several consumers is planned once and its result shared
     conf.set("table.optimizer.reuse-optimize-block-with-digest-enabled", "true")

@@ -107,6 +107,7 @@ class JoinSql:
             "metrics_window_ms": cfg.metrics_window_ms,
             "bot_max_actions": cfg.bot_max_actions,
             "bot_window_ms": cfg.bot_window_ms,
+            "dedup_ttl_ms": cfg.dedup_ttl_ms,
         }
         return json.dumps(doc, ensure_ascii=False)
 

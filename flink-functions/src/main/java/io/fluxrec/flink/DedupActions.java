@@ -9,6 +9,7 @@ import org.apache.flink.table.annotation.StateHint;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
 /**
@@ -21,8 +22,11 @@ import org.apache.flink.table.functions.ProcessTableFunction;
  * action with {@code verdict} null (unique and timely), {@code duplicate} or {@code
  * too_late}.
  *
- * <p>State: a bit per label that has arrived, kept {@code table.exec.state.ttl} ({@code
- * join.dedup_ttl_ms}).
+ * <p>State: a bit per label that has arrived, held until the watermark passes the latest
+ * arrival's time + {@code join.dedup_ttl_ms} (an event-time timer; no TTL).
+ *
+ * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
+ * before {@code eval} sees them, and this function must see them to dead-letter them.
  */
 @FunctionHint(
         output =
@@ -38,14 +42,22 @@ public class DedupActions extends ProcessTableFunction<RowData> {
     private static final StringData DUPLICATE = StringData.fromString(Reasons.DUPLICATE);
     private static final StringData TOO_LATE = StringData.fromString(Reasons.TOO_LATE);
 
-    /** Bit {@code l} set: an action of label {@code l} arrived. */
+    /** Bit {@code l} set: an action of label {@code l} arrived; held until {@code until}. */
     public static class Seen {
         public Long labels;
+        public Long until;
+    }
+
+    private transient JoinSpec spec;
+
+    @Override
+    public void open(FunctionContext context) throws Exception {
+        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
     }
 
     public void eval(
             Context ctx,
-            @StateHint(name = "seen") Seen seen,
+            @StateHint(name = "seen", ttl = "0") Seen seen,
             @ArgumentHint(
                             name = "acts",
                             value = SET_SEMANTIC_TABLE,
@@ -58,6 +70,7 @@ public class DedupActions extends ProcessTableFunction<RowData> {
                                             bridgedTo = RowData.class))
                     RowData acts) {
         int label = acts.getInt(4);
+        long t = acts.getLong(5);
         long bit = 1L << label;
         long labels = seen.labels == null ? 0 : seen.labels;
         StringData verdict = null;
@@ -65,13 +78,23 @@ public class DedupActions extends ProcessTableFunction<RowData> {
             verdict = DUPLICATE;
         } else {
             seen.labels = labels | bit;
-            Long watermark = ctx.timeContext(Long.class).currentWatermark();
-            if (watermark != null && acts.getLong(5) <= watermark) {
+            TimeContext<Long> time = ctx.timeContext(Long.class);
+            long until = t + spec.dedupTtlMs;
+            if (seen.until == null || until > seen.until) {
+                seen.until = until;
+                time.registerOnTime(until);
+            }
+            Long watermark = time.currentWatermark();
+            if (watermark != null && t <= watermark) {
                 verdict = TOO_LATE;
             }
         }
-        collect(
-                GenericRowData.of(
-                        verdict, acts.getString(0), acts.getString(3), label, acts.getLong(5)));
+        collect(GenericRowData.of(verdict, acts.getString(0), acts.getString(3), label, t));
+    }
+
+    public void onTimer(OnTimerContext ctx, Seen seen) {
+        if (seen.until != null && ctx.timeContext(Long.class).time() >= seen.until) {
+            ctx.clearAllState(); // not clearAll(): see SampleJoin.onTimer
+        }
     }
 }

@@ -14,7 +14,7 @@ import java.util.Map;
  * {"labels": [["click", "click", 300000], ["conversion", "conversion", 3600000]],
  *  "strategy": "window", "late_action_policy": "dead_letter", "late_horizon_ms": 3600000,
  *  "max_future_skew_ms": 60000, "metrics_window_ms": 60000, "bot_max_actions": 100,
- *  "bot_window_ms": 60000}
+ *  "bot_window_ms": 60000, "dedup_ttl_ms": 7200000}
  * </pre>
  *
  * Label {@code i} is the i-th entry: its name in the sample, the action type that sets it, and
@@ -34,6 +34,7 @@ public final class JoinSpec {
     public final long metricsWindowMs;
     public final long botMaxActions;
     public final long botWindowMs;
+    public final long dedupTtlMs;
     public final String strategy;
 
     private JoinSpec(Map<String, Object> m) {
@@ -64,6 +65,7 @@ public final class JoinSpec {
         metricsWindowMs = (Long) m.get("metrics_window_ms");
         botMaxActions = (Long) m.getOrDefault("bot_max_actions", 0L);
         botWindowMs = (Long) m.getOrDefault("bot_window_ms", 0L);
+        dedupTtlMs = (Long) m.getOrDefault("dedup_ttl_ms", 0L);
     }
 
     private static String cachedText;

@@ -21,23 +21,25 @@ import java.util.Arrays;
  * watermark passes the label windows; {@code fake_negative}: at once, with positive
  * corrections), dead letters, and one count row per fact for the metrics.
  *
- * <p>Input {@code events}, partitioned by (request_id, item_id), rowtime {@code et}: every
- * event once, {@code is_action} telling its stream. An impression as parsed ({@code reason}
- * null when valid, {@code body} its sample fields); an action with {@code reason} null for a
- * unique, timely, non-bot action of label {@code label}, else its validation reason, {@code
- * duplicate}, {@code too_late} or {@code bot} (decided upstream: {@link DedupActions} and the
- * bot count).
+ * <p>Input {@code events}, partitioned by (request_id, item_id): every event once, {@code
+ * is_action} telling its stream. An impression as parsed ({@code reason} null when valid,
+ * {@code body} its sample fields); an action with {@code reason} null for a unique, timely,
+ * non-bot action of label {@code label}, else its validation reason, {@code duplicate},
+ * {@code too_late} or {@code bot} (decided upstream: {@link DedupActions} and {@link
+ * BotCount}).
  *
  * <p>Output rows {@code (kind, k, v, mq, mc)}: {@code kind} 1 = a sample (Kafka key {@code k},
  * JSON {@code v}), 2 = a dead letter ({@code v}), 0 = a count only; every row counts one fact,
  * metric code {@code mc} ({@link Reasons}) in metric window {@code mq}.
  *
- * <p>State per key: {@code seen} (the impression arrived: dedup, kept {@code
- * table.exec.state.ttl}, i.e. {@code join.dedup_ttl_ms}); {@code imp} (the sample's fields as
- * JSON text, the impression time and the label times; no TTL, cleared by an event-time timer
- * once no action can match any more, at {@code t_imp + max window + late horizon}); {@code
- * pending} (actions that came before their impression, decided as orphans when the watermark
- * passes them). Timers are unnamed: each firing re-derives what is due from the state.
+ * <p>State: one entry per key ({@link Pair}), read and written once per call, without TTL:
+ * event-time timers release it once the watermark passes {@code t_imp + max(max window + late
+ * horizon, dedup_ttl_ms)} (no action can match any more, and the dedup horizon has passed),
+ * and decide the samples (window strategy) and the actions that came before their impression
+ * (orphans). Timers are unnamed: each firing re-derives what is due from the state.
+ *
+ * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
+ * before {@code eval} sees them, and this function must see them to dead-letter them.
  */
 @FunctionHint(
         output =
@@ -64,30 +66,23 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     private static final int BODY = 6;
     private static final int LABEL = 7;
 
-    /** Dedup state of the impression. */
-    public static class Seen {
-        public Boolean impression;
-    }
-
-    /** The unique impression while actions can still match it. */
-    public static class Imp {
-        /** JSON fields of the sample from the payload ({@link ParseEvent.Impression}). */
-        public byte[] body;
-
-        /** The sample id, decoded: {@code request_id|item_id|0}. */
-        public byte[] id;
-
+    /**
+     * Everything about one (request_id, item_id). {@code seen}: the impression arrived (the
+     * dedup marker); {@code t}, {@code id}, {@code body}: the unique impression while actions
+     * can still match it; {@code labelTimes}: per label, the time of its labelled action or
+     * Long.MIN_VALUE; {@code pendingTimes}/{@code pendingPayloads}: actions that came before
+     * the impression, per label; {@code keepUntil}: the event time after which it is released.
+     */
+    public static class Pair {
+        public Boolean seen;
         public Long t;
-        /** Per label: the time of its labelled action, or Long.MIN_VALUE. */
+        public byte[] id;
+        public byte[] body;
         public long[] labelTimes;
-
         public Boolean emitted;
-    }
-
-    /** Actions that came before their impression: per label, time and payload. */
-    public static class Pending {
-        public long[] times;
-        public byte[][] payloads;
+        public long[] pendingTimes;
+        public byte[][] pendingPayloads;
+        public Long keepUntil;
     }
 
     private transient JoinSpec spec;
@@ -101,9 +96,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     public void eval(
             Context ctx,
-            @StateHint(name = "seen") Seen seen,
-            @StateHint(name = "imp", ttl = "0") Imp imp,
-            @StateHint(name = "pending", ttl = "0") Pending pending,
+            @StateHint(name = "pair", ttl = "0") Pair pair,
             @ArgumentHint(
                             name = "events",
                             value = SET_SEMANTIC_TABLE,
@@ -118,55 +111,56 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
         if (row.getBoolean(IS_ACTION)) {
-            action(time, imp, pending, row);
+            action(time, pair, row);
         } else {
-            impression(time, seen, imp, pending, row);
+            impression(time, pair, row);
         }
     }
 
-    private void impression(TimeContext<Long> time, Seen seen, Imp imp, Pending pending, RowData row) {
+    private void impression(TimeContext<Long> time, Pair pair, RowData row) {
         Long t = row.isNullAt(T) ? null : row.getLong(T);
         count(Reasons.IMPRESSION, Reasons.IN, t);
         if (!row.isNullAt(REASON)) {
             dead(Reasons.IMPRESSION, row.getString(REASON).toString(), row.getString(PAYLOAD), t);
             return;
         }
-        if (seen.impression != null) {
+        if (pair.seen != null) {
             count(Reasons.IMPRESSION, Reasons.DUPLICATE_KIND, t);
             return;
         }
-        seen.impression = true;
+        pair.seen = true;
         Long watermark = time.currentWatermark();
         if (watermark != null && t <= watermark) {
+            keepUntil(time, pair, t + spec.dedupTtlMs);
             dead(Reasons.IMPRESSION, Reasons.TOO_LATE, row.getString(PAYLOAD), t);
             return;
         }
-        imp.body = row.getBinary(BODY);
-        imp.t = t;
-        imp.emitted = false;
-        imp.id = sampleId(row.getString(REQUEST_ID).toBytes(), row.getString(ITEM_ID).toBytes());
+        keepUntil(time, pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
+        pair.t = t;
+        pair.body = row.getBinary(BODY);
+        pair.emitted = false;
+        pair.id = sampleId(row.getString(REQUEST_ID).toBytes(), row.getString(ITEM_ID).toBytes());
         if (spec.fakeNegative) {
-            emitSample(imp);
+            emitSample(pair);
         } else {
-            imp.labelTimes = new long[spec.names.length];
-            Arrays.fill(imp.labelTimes, NONE);
+            pair.labelTimes = new long[spec.names.length];
+            Arrays.fill(pair.labelTimes, NONE);
         }
-        if (pending.times != null) {
-            for (int l = 0; l < pending.times.length; l++) {
-                if (pending.times[l] != NONE) {
-                    decide(imp, l, pending.times[l], pending.payloads[l]);
+        if (pair.pendingTimes != null) {
+            for (int l = 0; l < pair.pendingTimes.length; l++) {
+                if (pair.pendingTimes[l] != NONE) {
+                    decide(pair, l, pair.pendingTimes[l], pair.pendingPayloads[l]);
                 }
             }
-            pending.times = null;
-            pending.payloads = null;
+            pair.pendingTimes = null;
+            pair.pendingPayloads = null;
         }
-        if (!spec.fakeNegative && !imp.emitted) {
-            scheduleOrEmit(time, imp);
+        if (!pair.emitted) {
+            scheduleOrEmit(time, pair);
         }
-        time.registerOnTime(t + spec.maxWindow + spec.lateHorizonMs);
     }
 
-    private void action(TimeContext<Long> time, Imp imp, Pending pending, RowData row) {
+    private void action(TimeContext<Long> time, Pair pair, RowData row) {
         Long t = row.isNullAt(T) ? null : row.getLong(T);
         count(Reasons.ACTION, Reasons.IN, t);
         if (!row.isNullAt(REASON)) {
@@ -180,26 +174,26 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
         int label = row.getInt(LABEL);
         byte[] payload = row.getString(PAYLOAD).toBytes();
-        if (imp.t != null) {
-            decide(imp, label, t, payload);
-            if (!spec.fakeNegative && !imp.emitted) {
-                scheduleOrEmit(time, imp);
+        if (pair.t != null) {
+            decide(pair, label, t, payload);
+            if (!pair.emitted) {
+                scheduleOrEmit(time, pair);
             }
             return;
         }
-        if (pending.times == null) {
-            pending.times = new long[spec.names.length];
-            Arrays.fill(pending.times, NONE);
-            pending.payloads = new byte[spec.names.length][];
+        if (pair.pendingTimes == null) {
+            pair.pendingTimes = new long[spec.names.length];
+            Arrays.fill(pair.pendingTimes, NONE);
+            pair.pendingPayloads = new byte[spec.names.length][];
         }
-        pending.times[label] = t;
-        pending.payloads[label] = payload;
+        pair.pendingTimes[label] = t;
+        pair.pendingPayloads[label] = payload;
         time.registerOnTime(t); // no impression by then: an orphan
     }
 
     /** An action of {@code label} at {@code t} meets the impression (CONTRACTS.md 4.3, 4.7). */
-    private void decide(Imp imp, int label, long t, byte[] payload) {
-        long tImp = imp.t;
+    private void decide(Pair pair, int label, long t, byte[] payload) {
+        long tImp = pair.t;
         long window = spec.windows[label];
         if (t < tImp || t > tImp + window + spec.lateHorizonMs) {
             dead(Reasons.ACTION, Reasons.ORPHAN_ACTION, payload, t);
@@ -215,75 +209,88 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
         count(Reasons.ACTION, Reasons.LABELLED, t);
         if (late || spec.fakeNegative) {
-            emitCorrection(imp, label, t);
+            emitCorrection(pair, label, t);
         } else {
-            imp.labelTimes[label] = t;
+            pair.labelTimes[label] = t;
         }
     }
 
     /** Strategy window: emit now if every label is set, else wait for the open windows. */
-    private void scheduleOrEmit(TimeContext<Long> time, Imp imp) {
-        long due = due(imp);
+    private void scheduleOrEmit(TimeContext<Long> time, Pair pair) {
+        long due = due(pair);
         if (due == NONE) {
-            emitSample(imp);
+            emitSample(pair);
         } else {
             time.registerOnTime(due);
         }
     }
 
-    public void onTimer(OnTimerContext ctx, Seen seen, Imp imp, Pending pending) {
-        long now = ctx.timeContext(Long.class).time();
-        if (imp.t == null) {
-            if (pending.times != null) {
-                for (int l = 0; l < pending.times.length; l++) {
-                    if (pending.times[l] != NONE && pending.times[l] <= now) {
-                        dead(Reasons.ACTION, Reasons.ORPHAN_ACTION, pending.payloads[l], pending.times[l]);
-                        pending.times[l] = NONE;
-                        pending.payloads[l] = null;
-                    }
-                }
-                if (Arrays.stream(pending.times).allMatch(x -> x == NONE)) {
-                    ctx.clearState("pending");
-                }
-            }
-            return;
-        }
-        if (!imp.emitted) {
-            if (due(imp) <= now) {
-                emitSample(imp);
-            }
-        }
-        if (now >= imp.t + spec.maxWindow + spec.lateHorizonMs) {
-            ctx.clearState("imp");
-        }
-    }
-
-    // ------------------------------------------------------------------ records
-
     /** When the sample is due: the end of the latest window of a label not set yet. */
-    private long due(Imp imp) {
+    private long due(Pair pair) {
         long due = NONE;
         for (int l = 0; l < spec.names.length; l++) {
-            if (imp.labelTimes[l] == NONE) {
-                due = Math.max(due, imp.t + spec.windows[l]);
+            if (pair.labelTimes[l] == NONE) {
+                due = Math.max(due, pair.t + spec.windows[l]);
             }
         }
         return due;
     }
 
-    private void emitSample(Imp imp) {
-        imp.emitted = true;
+    /** Hold the entry at least until event time {@code until}. */
+    private static void keepUntil(TimeContext<Long> time, Pair pair, long until) {
+        if (pair.keepUntil == null || until > pair.keepUntil) {
+            pair.keepUntil = until;
+            time.registerOnTime(until);
+        }
+    }
+
+    public void onTimer(OnTimerContext ctx, Pair pair) {
+        long now = ctx.timeContext(Long.class).time();
+        if (pair.pendingTimes != null) { // no impression came: orphans
+            boolean left = false;
+            for (int l = 0; l < pair.pendingTimes.length; l++) {
+                long t = pair.pendingTimes[l];
+                if (t != NONE && t <= now) {
+                    dead(Reasons.ACTION, Reasons.ORPHAN_ACTION, pair.pendingPayloads[l], t);
+                    pair.pendingTimes[l] = NONE;
+                    pair.pendingPayloads[l] = null;
+                } else if (t != NONE) {
+                    left = true;
+                }
+            }
+            if (!left) {
+                pair.pendingTimes = null;
+                pair.pendingPayloads = null;
+            }
+        }
+        if (pair.t != null && !pair.emitted && due(pair) <= now) {
+            emitSample(pair);
+        }
+        // state only: Flink 2.2's clearAll()/clearAllTimers() walks the timers of every key and
+        // deletes this key's timestamps under another key's context; a timer left here fires
+        // on an empty entry, which is a no-op
+        if (pair.keepUntil != null && now >= pair.keepUntil) {
+            ctx.clearAllState();
+        } else if (pair.seen == null && pair.pendingTimes == null) {
+            ctx.clearAllState(); // only orphans were held, and they are out
+        }
+    }
+
+    // ------------------------------------------------------------------ records
+
+    private void emitSample(Pair pair) {
+        pair.emitted = true;
         int n = spec.names.length;
         sink.reset();
         sink.ascii("{\"v\":1,\"sample_id\":");
-        JsonOut.string(sink, imp.id);
+        JsonOut.string(sink, pair.id);
         sink.ascii(",\"labels\":{");
         for (int l = 0; l < n; l++) {
             if (l > 0) {
                 sink.write((byte) ',');
             }
             JsonOut.string(sink, spec.nameBytes[l]);
-            boolean on = imp.labelTimes != null && imp.labelTimes[l] != NONE;
+            boolean on = pair.labelTimes != null && pair.labelTimes[l] != NONE;
             sink.ascii(on ? ":1" : ":0");
         }
         sink.ascii("},\"label_time_ms\":{");
@@ -293,24 +300,24 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             }
             JsonOut.string(sink, spec.nameBytes[l]);
             sink.write((byte) ':');
-            if (imp.labelTimes != null && imp.labelTimes[l] != NONE) {
-                sink.decimal(imp.labelTimes[l]);
+            if (pair.labelTimes != null && pair.labelTimes[l] != NONE) {
+                sink.decimal(pair.labelTimes[l]);
             } else {
                 sink.ascii("null");
             }
         }
         sink.ascii("},\"strategy\":");
         sink.write((byte) '"').ascii(spec.strategy).ascii("\",\"correction\":false,");
-        sink.write(imp.body).write((byte) '}');
-        emit(SAMPLE, imp.id, sink.toArray(), imp.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
+        sink.write(pair.body).write((byte) '}');
+        emit(SAMPLE, pair.id, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
     }
 
-    private void emitCorrection(Imp imp, int label, long t) {
+    private void emitCorrection(Pair pair, int label, long t) {
         int n = spec.names.length;
         byte[] name = spec.nameBytes[label];
-        byte[] id = Arrays.copyOf(imp.id, imp.id.length + 1 + name.length);
-        id[imp.id.length] = '|';
-        System.arraycopy(name, 0, id, imp.id.length + 1, name.length);
+        byte[] id = Arrays.copyOf(pair.id, pair.id.length + 1 + name.length);
+        id[pair.id.length] = '|';
+        System.arraycopy(name, 0, id, pair.id.length + 1, name.length);
         sink.reset();
         sink.ascii("{\"v\":1,\"sample_id\":");
         JsonOut.string(sink, id);
@@ -337,7 +344,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
         sink.ascii("},\"strategy\":");
         sink.write((byte) '"').ascii(spec.strategy).ascii("\",\"correction\":true,");
-        sink.write(imp.body).write((byte) '}');
+        sink.write(pair.body).write((byte) '}');
         emit(SAMPLE, id, sink.toArray(), t, Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
     }
 
