@@ -142,14 +142,24 @@ def _timed(run: Callable[[], Any], clock: JvmClock) -> tuple[float, float, Any]:
 # ------------------------------------------------------------------ the three jobs
 
 
+def produce_inputs(cfg: Config, n: int, t0: int) -> tuple[str, str]:
+    """Input topics holding ``n`` impressions and their clicks (produced once per size)."""
+    imp, act = unique_name("bench-imp"), unique_name("bench-act")
+    ensure_topics(cfg.kafka.bootstrap, [imp, act], cfg.kafka.partitions)
+    produce_events(cfg.kafka.bootstrap, imp, act, events(n, t0))
+    return imp, act
+
+
 def run_kafka(
-    cfg: Config, n: int, t0: int, clock: JvmClock, jfr: Path | None = None
+    cfg: Config, inputs: tuple[str, str], n: int, clock: JvmClock, jfr: Path | None = None
 ) -> dict[str, Any]:
-    """The bounded production job over ``n`` impressions: seconds, JVM CPU seconds, samples;
-    with ``jfr``, also a JFR recording there and the CPU of each kind of thread."""
-    topics = JoinTopics(*(unique_name("bench") for _ in range(5)))
-    ensure_topics(cfg.kafka.bootstrap, list(topics.__dict__.values()), cfg.kafka.partitions)
-    produce_events(cfg.kafka.bootstrap, topics.impressions, topics.actions, events(n, t0))
+    """The bounded production job over the ``n`` impressions of ``inputs`` (a new consumer
+    group and new output topics each time): seconds, JVM CPU seconds, samples; with ``jfr``,
+    also a JFR recording there and the CPU of each kind of thread."""
+    topics = JoinTopics(*inputs, *(unique_name("bench") for _ in range(3)))
+    outputs = [topics.samples, topics.dead_letters, topics.metrics]
+    ensure_topics(cfg.kafka.bootstrap, outputs, cfg.kafka.partitions)
+    cfg = replace(cfg, join=replace(cfg.join, group_id=unique_name("bench-join")))
     t_env = create_table_env(cfg)
     threads = ThreadCpu(clock.pid)
     if jfr is not None:
@@ -272,8 +282,8 @@ def _same_samples(want: list[str], got: list[tuple[bytes | None, bytes]]) -> boo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", type=int, default=20_000, help="impressions of the small runs")
-    ap.add_argument("--large", type=int, default=300_000, help="impressions of the large runs")
+    ap.add_argument("--small", type=int, default=200_000, help="impressions of the small runs")
+    ap.add_argument("--large", type=int, default=1_000_000, help="impressions of the large runs")
     ap.add_argument("--repeats", type=int, default=3, help="measurements (medians reported)")
     ap.add_argument("--profile", type=Path, default=None, help="JFR of a large Kafka run here")
     a = ap.parse_args()
@@ -299,10 +309,11 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     t0 = int(time.time() * 1000) - a.large * STEP_MS - 3_600_000
     create_table_env(cfg)  # starts the gateway JVM
     clock = JvmClock()
+    inputs = {n: produce_inputs(cfg, n, t0) for n in (a.small, a.large)}
     jobs: dict[str, Callable[[int], dict[str, Any]]] = {
         "anchor": lambda n: run_anchor(cfg, n, t0, clock),
         "sql": lambda n: run_sql(cfg, n, t0, clock),
-        "kafka": lambda n: run_kafka(cfg, n, t0, clock),
+        "kafka": lambda n: run_kafka(cfg, inputs[n], n, clock),
     }
     for job in jobs.values():  # warm-up: class loading, code generation, JIT
         job(a.small)
@@ -328,7 +339,8 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
         runs = {}
         for size in ("small", "large"):
             jfr = a.profile / f"kafka-{size}.jfr"
-            runs[size] = (jfr, run_kafka(cfg, getattr(a, size), t0, clock, jfr=jfr)["threads"])
+            n = getattr(a, size)
+            runs[size] = (jfr, run_kafka(cfg, inputs[n], n, clock, jfr=jfr)["threads"])
         print(marginal_breakdown(runs["small"], runs["large"], dn), flush=True)
     med = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
