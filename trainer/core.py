@@ -21,6 +21,16 @@ A batch in tensor form (:class:`Batch`), for B samples and fields ``user_id``, `
 Fields are stored in groups: all hashed fields of one dim share one
 :class:`~trainer.tables.DynamicTable` (one dedup, probe and update per batch for all of
 them), each raw-id field has its own. Cuts and checkpoints still name every field.
+
+A trainer is one worker of a job of ``comm.world`` workers (:mod:`trainer.distributed`;
+one worker by default): its tables hold the rows it owns (:mod:`trainer.sharded`), the
+dense model is replicated, and ``train_batch``, ``score`` and ``take_cut`` are collective:
+every worker calls them at the same point, a worker without data with an empty batch.
+A step of N workers is the step of one worker on the union of their batches: the batch
+statistics (sample count, positives, dense-feature moments) are combined first, the
+dense gradients averaged, the row gradients summed by their owners and divided by N.
+``step``, ``samples`` and ``watermark_ms`` are the job's (equal on every worker);
+``offsets``, ``skipped`` and ``id_xor`` are this worker's.
 """
 
 from __future__ import annotations
@@ -40,12 +50,14 @@ import torch
 import torch.nn.functional as F
 
 from exporter.types import Cut
+from trainer.distributed import Comm
 from trainer.errors import TrainerError
 from trainer.hashing import stable_hash
 from trainer.losses import fnw_weights, predict, stream_prob
 from trainer.metrics import PrequentialMetrics
 from trainer.model import CTRModel
-from trainer.sparse import FusedLookup, Jagged, take_cut
+from trainer.sharded import ShardedLookup, gather_cut
+from trainer.sparse import Jagged, take_cut
 from trainer.tables import DynamicTable, TableParams
 
 if TYPE_CHECKING:
@@ -234,6 +246,18 @@ def featurize(
 
 
 @dataclass(frozen=True)
+class _StepStats:
+    """A step's statistics over every worker (:meth:`Trainer._agree`)."""
+
+    n: int  # samples of the step, all workers
+    pos: float  # positives among them
+    watermark: int  # the job's watermark after the step
+    local_watermark: int  # this worker's
+    mean: torch.Tensor  # dense features: mean and biased variance over the step (float64)
+    var: torch.Tensor
+
+
+@dataclass(frozen=True)
 class _Group:
     """One table and the fields it holds, in the model's input order."""
 
@@ -297,7 +321,15 @@ class Trainer:
         seed: int = 0,
         pipeline: bool = False,
         nominal_batch: int | None = None,
+        comm: Comm | None = None,
     ) -> None:
+        self.comm = comm or Comm.local()
+        self.device = self.comm.device
+        if pipeline and self.comm.world > 1:
+            raise TrainerError(
+                f"trainer.pipeline runs with one worker only ({self.comm.world} here: the "
+                "update thread's exchange would interleave with the next step's): set it false"
+            )
         fields = [f if isinstance(f, SparseField) else SparseField(*f) for f in sparse]
         names = [f.name for f in fields]
         if not fields or len(set(names)) != len(names) or any(f.dim <= 0 for f in fields):
@@ -317,8 +349,11 @@ class Trainer:
         layout[:0] = [
             (fs[0] if len(fs) == 1 else f"shared_d{d}", d, fs) for d, fs in by_dim.items()
         ]
+        rank_seed = seed + 7919 * self.comm.rank  # owners draw their own rows' values
         self.groups = [
-            _Group(DynamicTable(tn, TableParams(**{**base.__dict__, "dim": d}), seed + i, fs), fs)
+            _Group(
+                DynamicTable(tn, TableParams(**{**base.__dict__, "dim": d}), rank_seed + i, fs), fs
+            )
             for i, (tn, d, fs) in enumerate(layout)
         ]
         self.tables = {g.table.name: g.table for g in self.groups}
@@ -333,7 +368,7 @@ class Trainer:
                 len(dense),
                 list(mlp),
                 inter_dim or fields[0].dim,
-            )
+            ).to(self.device)
         self.opt = torch.optim.Adagrad(self.model.parameters(), lr=dense_lr)
         self.delayed_loss = delayed_loss
         self.evict_every = evict_every
@@ -348,14 +383,18 @@ class Trainer:
         self.samples = 0
         self.skipped = 0  # corrections of other labels, never trained
         self.nonfinite = 0  # batches with non-finite predictions: not trained, not scored
-        self.watermark_ms = 0
+        self.watermark_ms = 0  # the job's: the least of the workers' (that trained)
+        self.local_watermark_ms = 0  # the largest event time this worker trained
         self.offsets: dict[str, dict[int, int]] = {}
         self.id_xor = 0  # XOR of stable_hash("sample_id", id) over every trained sample
         self._cut_step = -1  # step of the last cut (-1: none yet)
 
     @classmethod
-    def from_config(cls, cfg: Config, metrics_jsonl: Path | None = None) -> Trainer:
-        """A trainer for ``cfg.features``, ``cfg.model`` and ``cfg.trainer``."""
+    def from_config(
+        cls, cfg: Config, metrics_jsonl: Path | None = None, comm: Comm | None = None
+    ) -> Trainer:
+        """A trainer for ``cfg.features``, ``cfg.model`` and ``cfg.trainer`` (one worker of
+        ``comm``'s job)."""
         tc, dim = cfg.trainer, cfg.model.embedding_dim
         labels = [lb.name for lb in cfg.join.labels]
         if labels and tc.label not in labels:
@@ -384,6 +423,7 @@ class Trainer:
             hash_cache=tc.hash_cache,
             pipeline=tc.pipeline,
             nominal_batch=tc.batch_size,
+            comm=comm,
         )
 
     # ------------------------------------------------------------------ training
@@ -392,36 +432,91 @@ class Trainer:
         """Decode Sample records for this trainer's fields and label."""
         return self.featurizer(samples)
 
-    def _lookups(
-        self, batch: Batch, train: bool, out: list[FusedLookup] | None = None
-    ) -> list[FusedLookup]:
-        """The id half of every group's lookup (see :meth:`FusedLookup.finish`),
-        appended to ``out`` one by one (a caller that sees an error finishes those)."""
-        out = [] if out is None else out
-        for g in self.groups:
-            out.append(
-                FusedLookup(
-                    g.table,
-                    [batch.sparse[f] for f in g.fields],
-                    len(batch),
-                    now=self.watermark_ms,
-                    train=train,
-                    defer=True,
-                )
-            )
-        return out
-
-    def _forward(
-        self, batch: Batch, train: bool, lks: list[FusedLookup] | None = None
-    ) -> tuple[torch.Tensor, list[FusedLookup]]:
-        lks = self._lookups(batch, train) if lks is None else lks
-        for lk in lks:
-            lk.finish()
-        return self.model([lk.pooled() for lk in lks], batch.dense), lks
+    def _lookup(self, batch: Batch, train: bool, defer: bool = True) -> ShardedLookup:
+        """The id half of every table's lookup (collective; see :class:`ShardedLookup`)."""
+        return ShardedLookup(
+            self.comm,
+            [g.table for g in self.groups],
+            [[batch.sparse[f] for f in g.fields] for g in self.groups],
+            len(batch),
+            now=self.watermark_ms,
+            train=train,
+            defer=defer,
+            device=self.device,
+        )
 
     def _delayed(self, batch: Batch) -> torch.Tensor | None:
         """Mask of the fake-negative samples (None when the batch has none)."""
-        return torch.from_numpy(batch.fake) if batch.fake.any() else None
+        return torch.from_numpy(batch.fake).to(self.device) if batch.fake.any() else None
+
+    def _agree(self, batch: Batch) -> _StepStats:
+        """The step's statistics over every worker (one ``all_gather``): sample count,
+        positives, watermark, dense moments (merged as in Chan et al.: stable for any
+        offset of the features)."""
+        n = len(batch)
+        local_wm = self.local_watermark_ms
+        x = batch.dense.double()
+        mean = x.mean(0) if n else torch.zeros(x.shape[1], dtype=torch.float64)
+        m2 = (x - mean).square_().sum(0)
+        if n:
+            local_wm = max(local_wm, int(batch.event_ms.max()))
+        head = torch.tensor([n, float(batch.label.sum()), local_wm], dtype=torch.float64)
+        rows = self.comm.all_gather(torch.cat([head, mean, m2]))  # (world, 3 + 2D)
+        counts = rows[:, 0]
+        total = int(counts.sum())
+        d = x.shape[1]
+        g_mean = (counts[:, None] * rows[:, 3 : 3 + d]).sum(0) / max(total, 1)
+        dev = (rows[:, 3 : 3 + d] - g_mean).square_()
+        g_var = (rows[:, 3 + d :] + counts[:, None] * dev).sum(0) / max(total, 1)
+        wms = rows[:, 2][rows[:, 2] > 0]  # workers that never trained do not hold it back
+        wm = max(self.watermark_ms, int(wms.min())) if wms.numel() else self.watermark_ms
+        return _StepStats(total, float(rows[:, 1].sum()), wm, local_wm, g_mean, g_var)
+
+    def _score(self, seen: torch.Tensor, batch: Batch) -> None:
+        """Prequential scores into the metrics of rank 0, which sees every worker's."""
+        if self.comm.world == 1:
+            pred = seen.double().cpu().numpy()
+            self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
+            return
+        mine = torch.cat(
+            [seen.double().cpu(), batch.label.double(), torch.from_numpy(batch.event_ms).double()]
+        )
+        parts = self.comm.gatherv(mine)
+        if parts is None:
+            return
+        cols = [p.view(3, -1) for p in parts]
+        pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
+        self.metrics.add(pred, label, ev.astype(np.int64))
+
+    def _score_and_loss(
+        self, batch: Batch, logit: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the batch (prequential, before the update), then its loss: (sum, loss)."""
+        fake = self._delayed(batch)
+        with torch.no_grad():
+            seen = stream_prob("logloss", logit)
+            if fake is not None:
+                seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
+        self._score(seen, batch)
+        w = None
+        if fake is not None and self.delayed_loss == "fnw":
+            w = torch.where(fake, fnw_weights(logit, label), 1.0)
+        # every sample weighs 1 / nominal_batch however the stream cuts the batches
+        total = F.binary_cross_entropy_with_logits(logit, label, weight=w, reduction="sum")
+        return total, total / (self.nominal_batch or max(len(batch), 1))
+
+    def _average_dense_grads(self) -> None:
+        """Average the dense gradients over the workers (one ``all_reduce``): the replicas
+        take the same optimizer step and stay equal."""
+        if self.comm.world == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.comm.all_reduce_(flat).div_(self.comm.world)
+        at = 0
+        for g in grads:
+            g.copy_(flat[at : at + g.numel()].view_as(g))
+            at += g.numel()
 
     def _sync(self) -> None:
         """Wait for the background half of the previous step; re-raise its failure
@@ -437,24 +532,24 @@ class Trainer:
                 f"trainer: the update of step {self.step} failed: {self._failed!r}"
             ) from self._failed
 
-    def _update(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
+    def _update(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
         """The second half of a step: backward, dense optimizer, row-wise Adagrad."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        self._average_dense_grads()
         self.opt.step()
-        for lk in lks:
-            lk.step()
+        lk.step()
 
-    def _launch(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
+    def _launch(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
         """Run the step's second half: on the worker thread (pipeline), or here when
         it is off or this step evicts (eviction rewrites the id maps and rows)."""
         evict = self.evict_every and self.step % self.evict_every == 0
         if self.pipeline and not evict:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="fluxrec-update")
-            self._pending = self._worker.submit(self._update, loss, lks)
+            self._pending = self._worker.submit(self._update, loss, lk)
             return
-        self._update(loss, lks)
+        self._update(loss, lk)
         if evict:
             for t in self.tables.values():
                 t.evict(self.watermark_ms)
@@ -479,57 +574,53 @@ class Trainer:
             self.skipped += batch.skipped
             for topic, parts in (offsets or {}).items():
                 self.offsets.setdefault(topic, {}).update(parts)
-            if len(batch) == 0:
+            stats = self._agree(batch)
+            if stats.n == 0:  # on every worker: nothing to train anywhere
                 return 0.0
             # the id half of the lookups overlaps the previous step's update; the
-            # admitted rows are written after it (finish) whatever happens
-            lks: list[FusedLookup] = []
+            # admitted rows are written after it (commit) whatever happens
+            lk: ShardedLookup | None = None
             try:
                 if self._failed is None:
-                    self._lookups(batch, True, lks)
+                    lk = self._lookup(batch, True)
             finally:
                 try:
                     self._sync()
                 finally:  # admitted rows get their values, whatever failed
-                    for lk in lks:
-                        lk.finish()
+                    if lk is not None:
+                        lk.commit()
+            if lk is None:  # unreachable: _sync raised the failure
+                raise TrainerError("trainer: no lookup for this step")
+            lk.gather()
             self.model.train()
             if self.step == 0:  # a fresh model: start from the first batch's positive rate
-                n = len(batch)  # smoothed: a first batch without positives is no proof of 0
-                self.model.init_bias((float(batch.label.sum()) + 0.5) / (n + 1.0))
+                # smoothed: a first batch without positives is no proof of 0
+                self.model.init_bias((stats.pos + 0.5) / (stats.n + 1.0))
             norm = self.model.norm
-            saved = (norm.mean.clone(), norm.var.clone(), norm.seen, self.watermark_ms)
-            self.watermark_ms = max(self.watermark_ms, int(batch.event_ms.max()))
-            logit, lks = self._forward(batch, train=True, lks=lks)
-            if not bool(torch.isfinite(logit).all()):
+            saved = (norm.mean.clone(), norm.var.clone(), norm.seen)
+            marks = (self.watermark_ms, self.local_watermark_ms)
+            if stats.n > 1 and stats.mean.numel():
+                norm.observe(stats.mean, stats.var)
+            self.watermark_ms, self.local_watermark_ms = stats.watermark, stats.local_watermark
+            dense, label = batch.dense.to(self.device), batch.label.to(self.device)
+            logit = self.model(lk.pooled(), dense)
+            if not self.comm.all_true(bool(torch.isfinite(logit).all())):
                 # never let one batch turn every parameter into NaN: no update at all
                 norm.mean.copy_(saved[0])
                 norm.var.copy_(saved[1])
-                norm.seen, self.watermark_ms = saved[2], saved[3]
+                norm.seen = saved[2]
+                self.watermark_ms, self.local_watermark_ms = marks
                 self.nonfinite += 1
                 log.warning(
                     "trainer: step %d: non-finite predictions, batch not trained", self.step
                 )
                 return float("nan")
-            fake = self._delayed(batch)
-            with torch.no_grad():  # prequential: scored before the update
-                seen = stream_prob("logloss", logit)
-                if fake is not None:
-                    seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
-            self.metrics.add(seen.double().numpy(), batch.label.double().numpy(), batch.event_ms)
-            w = None
-            if fake is not None and self.delayed_loss == "fnw":
-                w = torch.where(fake, fnw_weights(logit, batch.label), 1.0)
-            # every sample weighs 1 / nominal_batch however the stream cuts the batches
-            total = F.binary_cross_entropy_with_logits(
-                logit, batch.label, weight=w, reduction="sum"
-            )
-            loss = total / (self.nominal_batch or len(batch))
+            total, loss = self._score_and_loss(batch, logit, label)
             self.step += 1
-            self.samples += len(batch)
+            self.samples += stats.n
             self.id_xor ^= batch.id_xor
-            value = float(total.detach()) / len(batch)
-            self._launch(loss, lks)
+            value = float(total.detach()) / max(len(batch), 1)
+            self._launch(loss, lk)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
             return value
 
@@ -542,15 +633,16 @@ class Trainer:
         return self.train_batch(self.featurize(samples), offsets)
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
-        """Served click probabilities, without training or admitting ids."""
+        """Served click probabilities, without training or admitting ids (collective)."""
         with self.lock, torch.no_grad():
             self.model.eval()
-            logit, _ = self._forward(batch, train=False)
+            lk = self._lookup(batch, train=False, defer=False)
+            logit = self.model(lk.pooled(), batch.dense.to(self.device))
             p = predict("logloss", logit)
             fake = self._delayed(batch)
             if fake is not None:
                 p = torch.where(fake, predict(self.delayed_loss, logit), p)
-            return p.double().numpy()
+            return p.double().cpu().numpy()
 
     # ------------------------------------------------------------------ export
 
@@ -575,22 +667,28 @@ class Trainer:
         after a restore, or change tracking overflowed. Returns None before the first
         step, and when nothing changed (no step since the previous cut) and no full cut
         is due.
+
+        Collective: the cut is full when any worker asks for it or overflowed; every
+        worker cuts the rows it owns and rank 0 gets the whole cut
+        (:func:`~trainer.sharded.gather_cut`), the others None.
         """
         with self.lock:
-            due = full or any(t.overflow for t in self.tables.values())
+            mine = full or any(t.overflow for t in self.tables.values())
+            due = not self.comm.all_true(not mine)
             if self.step == 0 or (not due and self.step == self._cut_step):
                 return None  # an untrained model is not worth serving
             self._cut_step = self.step
-            return take_cut(
+            part = take_cut(
                 self.tables,
-                self._dense_state(),
-                full=full,
+                self._dense_state() if self.comm.rank == 0 else {},
+                full=due,
                 step=self.step,
                 samples=self.samples,
                 watermark_ms=self.watermark_ms,
                 offsets=self.offsets,
                 statistics=frozenset(n for n, _ in self.model.named_buffers()),
             )
+            return gather_cut(self.comm, part)
 
     def mark_full(self) -> None:
         """Make the next cut a full snapshot (a cut that was taken never reached a store)."""

@@ -49,10 +49,12 @@ def build_mlp(sizes: list[int]) -> nn.Sequential:
 class DenseNorm(nn.Module):
     """Running standardisation of dense features: ``(x - mean) / sqrt(var + eps)``.
 
-    ``mean`` and ``var`` are buffers (exported with the dense parameters) updated in
-    training mode, never by gradients: the average of the batch statistics over the
-    first ``1/momentum`` batches, then an exponential moving average with ``momentum``.
-    ``seen`` (batches so far) is checkpointed by the trainer, not exported.
+    ``mean`` and ``var`` are buffers (exported with the dense parameters), never moved by
+    gradients: :meth:`observe` folds in each training batch's statistics (the trainer
+    passes those of the whole step, over every worker), the average of the batch
+    statistics over the first ``1/momentum`` batches, then an exponential moving average
+    with ``momentum``. ``seen`` (batches so far) is checkpointed by the trainer, not
+    exported.
     """
 
     mean: torch.Tensor
@@ -64,13 +66,15 @@ class DenseNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("var", torch.ones(n))
 
+    def observe(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Fold in one training batch's per-feature mean and (biased) variance."""
+        self.seen += 1
+        w = max(self.momentum, 1.0 / self.seen)
+        with torch.no_grad():
+            self.mean.lerp_(mean.to(self.mean), w)
+            self.var.lerp_(var.to(self.var), w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] > 1 and x.shape[1] > 0:
-            self.seen += 1
-            w = max(self.momentum, 1.0 / self.seen)
-            with torch.no_grad():
-                self.mean.lerp_(x.mean(0), w)
-                self.var.lerp_(x.var(0, unbiased=False), w)
         return (x - self.mean) / (self.var + self.eps).sqrt()
 
 

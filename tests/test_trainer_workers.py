@@ -1,0 +1,208 @@
+"""Workers of one training job in real processes (torch.distributed, gloo), without Kafka.
+
+* model quality: 2 workers against 1 on the same ordered samples;
+* the replicated dense model stays equal on every worker;
+* a checkpoint of 2 workers restores into 1 (rows re-bucketed), with every row, the
+  dense model and the exactly-once checksum;
+* a worker that cannot form the process group ends with one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fluxrec.testing import free_port
+from trainer.core import SparseField, Trainer, featurize
+from trainer.distributed import Comm
+from trainer.hashing import stable_hash
+from trainer.metrics import PrequentialMetrics, auc
+from trainer.synthetic import synthetic_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = [SparseField("user_id", 8), SparseField("item_id", 8), SparseField("category", 8)]
+N, B = 16_000, 100  # samples; batch per worker (one worker trains batches of 2 * B)
+
+
+class _Keep(PrequentialMetrics):
+    """Prequential metrics that keep every (prediction, label)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pred: list[np.ndarray] = []
+        self.label: list[np.ndarray] = []
+
+    def add(self, pred: Any, label: Any, event_ms: Any) -> None:
+        self.pred.append(pred.copy())
+        self.label.append(label.copy())
+        super().add(pred, label, event_ms)
+
+
+def _trainer(comm: Comm, batch: int, seed: int = 0) -> Trainer:
+    return Trainer(
+        FIELDS,
+        ["price"],
+        mlp=[32],
+        dense_lr=0.05,
+        nominal_batch=batch,
+        metrics=_Keep(),
+        seed=seed,
+        comm=comm,
+    )
+
+
+def _stream(t: Trainer, rank: int, world: int) -> None:
+    """Global batch j is samples[2Bj : 2B(j+1)]; sample k is in partition k % 2, which
+    worker (k % 2) % world reads (as from a topic of 2 partitions)."""
+    names = [f.name for f in FIELDS]
+    samples = synthetic_samples(N, seed=11)
+    for k in range(0, N, 2 * B):
+        step = samples[k : k + 2 * B]
+        mine = [s for i, s in enumerate(step) if (k + i) % 2 % world == rank]
+        t.train_batch(featurize(mine, names, ["price"]), offsets={"s": {rank: k + 2 * B}})
+
+
+def _worker(out: str) -> None:
+    """One worker of the 2-worker job (run in a subprocess by the test)."""
+    from trainer.checkpoint import save
+    from trainer.distributed import connect
+    from trainer.settings import TrainerConfig
+
+    torch.set_num_threads(1)
+    comm = connect(TrainerConfig(init_timeout_s=120))
+    t = _trainer(comm, B)
+    _stream(t, comm.rank, comm.world)
+    flat = torch.cat([v.reshape(-1) for v in t.dense_state().values()])
+    digests = comm.gather_json(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
+    cut = t.take_cut(full=True)
+    save(t, Path(out) / "ck")
+    comm.close()
+    if cut is None or digests is None:
+        return
+    keep = t.metrics
+    assert isinstance(keep, _Keep)
+    arrays = {"pred": np.concatenate(keep.pred), "label": np.concatenate(keep.label)}
+    for name, d in cut.tables.items():
+        order = np.argsort(d.ids)
+        arrays[f"ids/{name}"], arrays[f"values/{name}"] = d.ids[order], d.values[order]
+    for name, v in cut.dense.items():
+        arrays[f"dense/{name}"] = v
+    np.savez(Path(out) / "result.npz", **arrays)
+    (Path(out) / "result.json").write_text(json.dumps({"digests": digests, "step": t.step}))
+
+
+def _spawn(world: int, script: str, extra_env: dict[str, str], args: list[str]) -> list[Any]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(world),
+        **extra_env,
+    }
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
+
+
+def _one_worker_auc(seed: int) -> float:
+    t = _trainer(Comm.local(), 2 * B, seed=seed)
+    _stream(t, 0, 1)
+    keep = t.metrics
+    assert isinstance(keep, _Keep)
+    return auc(np.concatenate(keep.pred), np.concatenate(keep.label))
+
+
+@pytest.mark.slow
+def test_two_workers_learn_as_one_and_their_checkpoint_restores_into_one(tmp_path: Path) -> None:
+    """Two workers (gloo) on the same ordered stream as one worker with twice the batch:
+    a step of 2 workers is the step of 1 worker on the union of their batches (the dense
+    gradients averaged, the row gradients summed by their owners and halved, the batch
+    statistics merged), so the two runs differ only in the initial values of the rows
+    (each owner draws its own) and the order of float sums. Over this stream the
+    prequential AUC of one worker (0.820) moves by less than 0.001 between seeds of the
+    initial values (measured on seeds 0-3: 0.8196-0.8202; two are checked below), and two
+    workers gave 0.8201; so 0.002, the issue's goal, holds with margin and still catches
+    a real fault: with the row gradients of one owner lost, the AUC is 0.785."""
+    script = "import sys; from tests.test_trainer_workers import _worker; _worker(sys.argv[1])"
+    procs = _spawn(2, script, {}, [str(tmp_path)])
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    res = np.load(tmp_path / "result.npz")
+    meta = json.loads((tmp_path / "result.json").read_text())
+    assert meta["step"] == N // (2 * B)
+    assert len(set(meta["digests"])) == 1  # the dense replicas are bitwise equal
+    two = auc(res["pred"], res["label"])
+    assert res["pred"].size == N  # rank 0 scored every worker's samples
+    one = [_one_worker_auc(seed) for seed in (0, 1)]
+    assert abs(one[0] - one[1]) < 0.002, one  # the spread the tolerance rests on
+    assert abs(two - one[0]) < 0.002, (two, one)
+
+    # the checkpoint of two workers restores into one: every row moves to the new owner
+    from trainer.checkpoint import load_latest
+
+    t = _trainer(Comm.local(), 2 * B, seed=5)
+    assert load_latest(t, tmp_path / "ck") is not None
+    want = 0
+    for s in synthetic_samples(N, seed=11):
+        want ^= stable_hash("sample_id", s["sample_id"])
+    assert (t.step, t.samples, t.id_xor) == (N // (2 * B), N, want)
+    assert t.offsets == {"s": {0: N, 1: N}}  # both workers' partitions
+    cut = t.take_cut()
+    assert cut is not None and cut.full
+    for name, d in cut.tables.items():
+        order = np.argsort(d.ids)
+        assert np.array_equal(d.ids[order], res[f"ids/{name}"]), name
+        assert np.array_equal(d.values[order], res[f"values/{name}"]), name
+    for name, v in cut.dense.items():
+        assert np.array_equal(v, res[f"dense/{name}"]), name
+
+
+def test_a_worker_without_its_group_ends_with_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nobody listens: worker 1 never reaches rank 0's store
+    doc = {
+        "stack": {"state_dir": str(tmp_path / "state")},
+        "kafka": {"bootstrap": "127.0.0.1:9"},
+        "redis": {"url": "redis://127.0.0.1:9/0"},
+        "object_store": {"url": f"file://{tmp_path / 'objects'}"},
+        "trainer": {"init_timeout_s": 3},
+    }
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", str(cfg), "--no-export"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"worker 1/2: no process group at 127.0.0.1:{port} within 3 s" in lines[0]
+    assert "MASTER_PORT" in lines[0] and "trainer.init_timeout_s" in lines[0]
