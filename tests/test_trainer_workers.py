@@ -206,3 +206,16 @@ def test_a_worker_without_its_group_ends_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert f"worker 1/2: no process group at 127.0.0.1:{port} within 3 s" in lines[0]
     assert "MASTER_PORT" in lines[0] and "trainer.init_timeout_s" in lines[0]
+
+
+@pytest.mark.parametrize("arch", ["deepfm", "wide_deep", "dlrm"])
+def test_a_worker_without_data_trains_an_empty_batch(arch: str) -> None:
+    """A worker whose partitions are quiet still takes part in every step, with B = 0."""
+    t = Trainer([("user_id", 4), ("item_id", 8)], ["price"], arch=arch, mlp=[8], inter_dim=4)
+    empty = featurize([], ["user_id", "item_id"], ["price"])
+    embs = [torch.zeros(0, 1, 4, requires_grad=True), torch.zeros(0, 1, 8, requires_grad=True)]
+    logit = t.model(embs, empty.dense)
+    assert logit.shape == (0,)
+    logit.sum().backward()
+    assert embs[0].grad is not None and embs[0].grad.shape == (0, 1, 4)
+    assert t.train_batch(empty) == 0.0 and t.step == 0  # alone: no step at all

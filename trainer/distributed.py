@@ -314,15 +314,19 @@ def launch(
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     failed_at = 0.0
+    told: set[int] = set()
     try:
-        while any(p.poll() is None for p in procs):
-            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
-            if bad and not failed_at:
-                failed_at = time.monotonic()
-                r = bad[0]
-                how = procs[r].returncode
-                cause = f"killed by signal {-how}" if how < 0 else f"exit status {how}"
-                say(f"fluxrec train: worker {r} (pid {procs[r].pid}) ended: {cause}")
+        while True:
+            alive = any(p.poll() is None for p in procs)
+            for r, p in enumerate(procs):
+                if p.returncode not in (None, 0) and r not in told:
+                    told.add(r)
+                    failed_at = failed_at or time.monotonic()
+                    how = p.returncode
+                    cause = f"killed by signal {-how}" if how < 0 else f"exit status {how}"
+                    say(f"fluxrec train: worker {r} (pid {p.pid}) ended: {cause}")
+            if not alive:
+                break
             if failed_at and time.monotonic() - failed_at > grace_s:
                 for p in procs:
                     if p.poll() is None:

@@ -170,7 +170,7 @@ class CTRModel(nn.Module):
         h: torch.Tensor
         logit: torch.Tensor
         h, logit = _DeepInput.apply(
-            x.reshape(x.shape[0], -1),
+            x.flatten(1),  # (B, W); B may be 0 on a worker without data
             d,
             self.first.weight,
             self.first.bias,
@@ -216,14 +216,14 @@ class _DeepInput(torch.autograd.Function):
         fm_fields: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.addmm(b1, e, w1.t())
-        y = torch.addmv(b, e, w.view(-1))
+        y = torch.addmv(b.expand(e.shape[0]), e, w.view(-1))  # B may be 0
         dense = wd1 is not None and wd is not None and d.shape[1] > 0
         if dense:
             h.addmm_(d, wd1.t())  # type: ignore[union-attr]
             y.addmv_(d, wd.view(-1))  # type: ignore[union-attr]
         s = None
         if fm_fields:
-            s = e.view(e.shape[0], fm_fields, -1).sum(1)
+            s = e.view(e.shape[0], fm_fields, e.shape[1] // fm_fields).sum(1)
             # |sum_i v_i|^2 - sum_i |v_i|^2, as one-pass norms (no (B, W) temporary)
             sq = torch.linalg.vector_norm(e, dim=1).square_()
             y.add_(torch.linalg.vector_norm(s, dim=1).square_().sub_(sq), alpha=0.5)
@@ -239,7 +239,7 @@ class _DeepInput(torch.autograd.Function):
         if need[0]:
             g_e = g_h.mm(w1)
             if ctx.fm_fields:  # FM: (sum_j v_j - v_i) g_y; wide: w g_y; in place
-                v = e.view(e.shape[0], ctx.fm_fields, -1)
+                v = e.view(e.shape[0], ctx.fm_fields, e.shape[1] // ctx.fm_fields)
                 g = g_e.view_as(v)
                 gy = g_y.view(-1, 1, 1)
                 g.add_((s * g_y.unsqueeze(1)).unsqueeze(1))
