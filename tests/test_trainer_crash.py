@@ -47,6 +47,22 @@ def _newest_meta(ck: Path) -> dict[str, Any] | None:
     return json.loads((path / "meta.json").read_text()) if path else None
 
 
+def _assert_exactly_once(
+    ck: Path, topic: str, samples: list[dict[str, Any]], n_skipped: int
+) -> dict[str, Any]:
+    """The newest checkpoint trained every sample once: count and XOR of the sample ids
+    (a sample trained twice or never would change the XOR); returns its meta."""
+    meta = _newest_meta(ck)
+    assert meta is not None
+    want = 0
+    for s in samples:
+        want ^= stable_hash("sample_id", s["sample_id"])
+    assert (meta["samples"], meta["skipped"]) == (N, n_skipped)
+    assert meta["id_xor"] == want
+    assert sum(meta["offsets"][topic].values()) >= N + n_skipped + 1  # + control records
+    return meta
+
+
 def _assert_served_is_checkpointed(objects: str, ck: Path, topic: str) -> None:
     """A server reading the published versions holds exactly the newest checkpoint's
     tables (the union of every worker's part) and dense parameters."""
@@ -222,14 +238,7 @@ def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
         [*cmd, "--until-caught-up"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    meta = _newest_meta(ck)
-    assert meta is not None
-    want = 0
-    for s in samples:
-        want ^= stable_hash("sample_id", s["sample_id"])
-    assert (meta["samples"], meta["skipped"]) == (N, n_skipped)
-    assert meta["id_xor"] == want  # a sample trained twice or never would change the XOR
-    assert sum(meta["offsets"][topic].values()) >= N + n_skipped + 1  # + control records
+    _assert_exactly_once(ck, topic, samples, n_skipped)
     assert (ck / "metrics.jsonl").read_text().count('"auc"') >= 1
 
     # what servers see is exactly the trainer's final state
