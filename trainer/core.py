@@ -250,11 +250,13 @@ class _StepStats:
     """A step's statistics over every worker (:meth:`Trainer._agree`)."""
 
     n: int  # samples of the step, all workers
+    sizes: list[int]  # samples of each worker
     pos: float  # positives among them
     watermark: int  # the job's watermark after the step
     local_watermark: int  # this worker's
     mean: torch.Tensor  # dense features: mean and biased variance over the step (float64)
     var: torch.Tensor
+    recv: npt.NDArray[np.int64]  # (world, tables): ids each worker sends this one
 
 
 @dataclass(frozen=True)
@@ -432,8 +434,8 @@ class Trainer:
         """Decode Sample records for this trainer's fields and label."""
         return self.featurizer(samples)
 
-    def _lookup(self, batch: Batch, train: bool, defer: bool = True) -> ShardedLookup:
-        """The id half of every table's lookup (collective; see :class:`ShardedLookup`)."""
+    def _lookup(self, batch: Batch, train: bool) -> ShardedLookup:
+        """Every table's lookup of ``batch``, before any exchange (:class:`ShardedLookup`)."""
         return ShardedLookup(
             self.comm,
             [g.table for g in self.groups],
@@ -441,7 +443,6 @@ class Trainer:
             len(batch),
             now=self.watermark_ms,
             train=train,
-            defer=defer,
             device=self.device,
         )
 
@@ -449,10 +450,11 @@ class Trainer:
         """Mask of the fake-negative samples (None when the batch has none)."""
         return torch.from_numpy(batch.fake).to(self.device) if batch.fake.any() else None
 
-    def _agree(self, batch: Batch) -> _StepStats:
+    def _agree(self, batch: Batch, counts: npt.NDArray[np.int64]) -> _StepStats:
         """The step's statistics over every worker (one ``all_gather``): sample count,
         positives, watermark, dense moments (merged as in Chan et al.: stable for any
-        offset of the features)."""
+        offset of the features), and how many ids of each table every worker sends every
+        owner (``counts``, ``(world, tables)``: :attr:`ShardedLookup.counts`)."""
         n = len(batch)
         local_wm = self.local_watermark_ms
         x = batch.dense.double()
@@ -461,43 +463,65 @@ class Trainer:
         if n:
             local_wm = max(local_wm, int(batch.event_ms.max()))
         head = torch.tensor([n, float(batch.label.sum()), local_wm], dtype=torch.float64)
-        rows = self.comm.all_gather(torch.cat([head, mean, m2]))  # (world, 3 + 2D)
-        counts = rows[:, 0]
-        total = int(counts.sum())
+        ids = torch.from_numpy(counts.reshape(-1)).double()
+        rows = self.comm.all_gather(torch.cat([head, mean, m2, ids]))  # (world, 3 + 2D + w G)
+        sizes = rows[:, 0]
+        total = int(sizes.sum())
         d = x.shape[1]
-        g_mean = (counts[:, None] * rows[:, 3 : 3 + d]).sum(0) / max(total, 1)
+        g_mean = (sizes[:, None] * rows[:, 3 : 3 + d]).sum(0) / max(total, 1)
         dev = (rows[:, 3 : 3 + d] - g_mean).square_()
-        g_var = (rows[:, 3 + d :] + counts[:, None] * dev).sum(0) / max(total, 1)
+        g_var = (rows[:, 3 + d : 3 + 2 * d] + sizes[:, None] * dev).sum(0) / max(total, 1)
         wms = rows[:, 2][rows[:, 2] > 0]  # workers that never trained do not hold it back
         wm = max(self.watermark_ms, int(wms.min())) if wms.numel() else self.watermark_ms
-        return _StepStats(total, float(rows[:, 1].sum()), wm, local_wm, g_mean, g_var)
-
-    def _score(self, seen: torch.Tensor, batch: Batch) -> None:
-        """Prequential scores into the metrics of rank 0, which sees every worker's."""
-        if self.comm.world == 1:
-            pred = seen.double().cpu().numpy()
-            self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
-            return
-        mine = torch.cat(
-            [seen.double().cpu(), batch.label.double(), torch.from_numpy(batch.event_ms).double()]
+        w, g = counts.shape
+        sent = rows[:, 3 + 2 * d :].reshape(w, w, g)  # [sender, owner, table]
+        recv = sent[:, self.comm.rank, :].long().numpy()
+        return _StepStats(
+            total,
+            [int(k) for k in sizes.tolist()],
+            float(rows[:, 1].sum()),
+            wm,
+            local_wm,
+            g_mean,
+            g_var,
+            recv,
         )
-        parts = self.comm.gatherv(mine)
-        if parts is None:
-            return
-        cols = [p.view(3, -1) for p in parts]
-        pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
-        self.metrics.add(pred, label, ev.astype(np.int64))
 
-    def _score_and_loss(
-        self, batch: Batch, logit: torch.Tensor, label: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score the batch (prequential, before the update), then its loss: (sum, loss)."""
+    def _score(self, batch: Batch, logit: torch.Tensor, sizes: list[int]) -> bool:
+        """Prequential scores (before the update) into the metrics of rank 0, which sees
+        every worker's, in one ``all_gather`` that also tells whether every worker's
+        predictions are finite; False (and nothing scored) when one is not."""
         fake = self._delayed(batch)
         with torch.no_grad():
             seen = stream_prob("logloss", logit)
             if fake is not None:
                 seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
-        self._score(seen, batch)
+        finite = bool(torch.isfinite(logit).all())
+        if self.comm.world == 1:
+            if finite:
+                pred = seen.double().cpu().numpy()
+                self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
+            return finite
+        n, top = len(batch), max(sizes)
+        row = torch.zeros(1 + 3 * top, dtype=torch.float64)  # finite, pred, label, event time
+        row[0] = float(finite)
+        row[1 : 1 + n] = seen.double().cpu()
+        row[1 + top : 1 + top + n] = batch.label.double()
+        row[1 + 2 * top : 1 + 2 * top + n] = torch.from_numpy(batch.event_ms).double()
+        rows = self.comm.all_gather(row)
+        if not bool(rows[:, 0].min() > 0):
+            return False
+        if self.comm.rank == 0:
+            cols = [rows[r, 1:].view(3, top)[:, : sizes[r]] for r in range(self.comm.world)]
+            pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
+            self.metrics.add(pred, label, ev.astype(np.int64))
+        return True
+
+    def _loss(
+        self, batch: Batch, logit: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss: (sum, sum / nominal batch)."""
+        fake = self._delayed(batch)
         w = None
         if fake is not None and self.delayed_loss == "fnw":
             w = torch.where(fake, fnw_weights(logit, label), 1.0)
@@ -574,23 +598,20 @@ class Trainer:
             self.skipped += batch.skipped
             for topic, parts in (offsets or {}).items():
                 self.offsets.setdefault(topic, {}).update(parts)
-            stats = self._agree(batch)
+            lk = self._lookup(batch, True)
+            stats = self._agree(batch, lk.counts)
             if stats.n == 0:  # on every worker: nothing to train anywhere
                 return 0.0
             # the id half of the lookups overlaps the previous step's update; the
             # admitted rows are written after it (commit) whatever happens
-            lk: ShardedLookup | None = None
             try:
                 if self._failed is None:
-                    lk = self._lookup(batch, True)
+                    lk.exchange(stats.recv)
             finally:
                 try:
                     self._sync()
                 finally:  # admitted rows get their values, whatever failed
-                    if lk is not None:
-                        lk.commit()
-            if lk is None:  # unreachable: _sync raised the failure
-                raise TrainerError("trainer: no lookup for this step")
+                    lk.commit()
             lk.gather()
             self.model.train()
             if self.step == 0:  # a fresh model: start from the first batch's positive rate
@@ -604,7 +625,7 @@ class Trainer:
             self.watermark_ms, self.local_watermark_ms = stats.watermark, stats.local_watermark
             dense, label = batch.dense.to(self.device), batch.label.to(self.device)
             logit = self.model(lk.pooled(), dense)
-            if not self.comm.all_true(bool(torch.isfinite(logit).all())):
+            if not self._score(batch, logit, stats.sizes):
                 # never let one batch turn every parameter into NaN: no update at all
                 norm.mean.copy_(saved[0])
                 norm.var.copy_(saved[1])
@@ -615,7 +636,7 @@ class Trainer:
                     "trainer: step %d: non-finite predictions, batch not trained", self.step
                 )
                 return float("nan")
-            total, loss = self._score_and_loss(batch, logit, label)
+            total, loss = self._loss(batch, logit, label)
             self.step += 1
             self.samples += stats.n
             self.id_xor ^= batch.id_xor
@@ -636,7 +657,8 @@ class Trainer:
         """Served click probabilities, without training or admitting ids (collective)."""
         with self.lock, torch.no_grad():
             self.model.eval()
-            lk = self._lookup(batch, train=False, defer=False)
+            lk = self._lookup(batch, train=False).exchange()
+            lk.finish()
             logit = self.model(lk.pooled(), batch.dense.to(self.device))
             p = predict("logloss", logit)
             fake = self._delayed(batch)

@@ -239,13 +239,14 @@ class ShardedLookup:
     """Every table of a batch, looked up on the workers that own its ids (module docstring).
 
     ``tables[g]`` holds the fields ``fields[g]`` (``field_index[g][k]``: the index in
-    ``tables[g].fields`` of ``fields[g][k]``, default ``k``). Construction does the id
-    half (dedup, exchange of ids, owners' resolve and admission; collective), which
-    touches no row values; with ``defer=True`` it stops there (the trainer's pipeline
-    overlaps it with the previous update) and :meth:`commit` then :meth:`gather` do the
-    rest. :meth:`pooled` gives ``(batch, len(fields[g]), dim_g)`` per table; after
-    ``backward()``, :meth:`step` sends the gradients to the owners, which update their rows.
-    Every worker of the job must make the same calls in the same order.
+    ``tables[g].fields`` of ``fields[g][k]``, default ``k``). Construction is local:
+    each table's unique ids, sorted by owner; ``counts`` ``(world, tables)`` is how many
+    go to each worker. :meth:`exchange` is the id half (ids to the owners, their resolve
+    and admission; collective), which touches no row values, so the trainer's pipeline
+    overlaps it with the previous update; :meth:`commit` then :meth:`gather` do the rest.
+    :meth:`pooled` gives ``(batch, len(fields[g]), dim_g)`` per table; after
+    ``backward()``, :meth:`step` sends the gradients to the owners, which update their
+    rows. Every worker of the job must make the same calls in the same order.
     """
 
     def __init__(
@@ -258,20 +259,25 @@ class ShardedLookup:
         now: int = 0,
         train: bool = True,
         field_index: Sequence[Sequence[int]] | None = None,
-        defer: bool = False,
         device: torch.device | None = None,
     ) -> None:
         self.comm, self.now, self.train = comm, now, train
         self.device = device or torch.device("cpu")
-        w = comm.world
         index = field_index or [list(range(len(f))) for f in fields]
         self.groups = [
             _Group(comm, t, f, batch, list(ix))
             for t, f, ix in zip(tables, fields, index, strict=True)
         ]
-        gs = self.groups
-        counts = torch.from_numpy(np.stack([g.counts for g in gs], axis=1))  # (world, G)
-        recv = comm.exchange_counts(counts).numpy()
+        self.counts = np.stack([g.counts for g in self.groups], axis=1)  # (world, G)
+        self._committed = self._gathered = False
+
+    def exchange(self, recv: npt.NDArray[np.int64] | None = None) -> ShardedLookup:
+        """Ids to their owners, which resolve and admit them (collective). ``recv``: the
+        ids each worker sends this one, ``(world, tables)``, when the caller exchanged
+        ``counts`` already (the trainer does, with the step's statistics)."""
+        comm, gs, w = self.comm, self.groups, self.comm.world
+        if recv is None:
+            recv = comm.exchange_counts(torch.from_numpy(self.counts)).numpy()
         for k, g in enumerate(gs):
             g.recv = recv[:, k].astype(np.int64)
         chunks: _Chunks = []
@@ -289,10 +295,8 @@ class ShardedLookup:
         ]
         got = _exchange(comm, chunks, sizes)
         for k, g in enumerate(gs):
-            g.resolve([got[s][k] for s in range(w)], now, train, w)
-        self._committed = self._gathered = False
-        if not defer:
-            self.finish()
+            g.resolve([got[s][k] for s in range(w)], self.now, self.train, w)
+        return self
 
     def commit(self) -> None:
         """Give the rows admitted for this step their initial values (local; idempotent)."""

@@ -68,8 +68,9 @@ class FusedLookup:
             now=now,
             train=train,
             field_index=None if field_index is None else [field_index],
-            defer=defer,
-        )
+        ).exchange()
+        if not defer:
+            self.finish()
 
     @property
     def emb(self) -> torch.Tensor:

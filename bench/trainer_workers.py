@@ -1,0 +1,174 @@
+"""Benchmark: scaling of the trainer over workers (``make bench-trainer``, second part).
+
+The reference DeepFM of ``bench/trainer.py`` (26 sparse fields of dim 16 in one shared
+dynamic table, 13 dense, MLP 429-256-128-1, batches of ``--batch`` per worker, Zipf(1.1)
+ids over ``--vocab`` values per field, fresh batches every round) trained by:
+
+- 1 worker of ``--threads`` threads (no process group: the N = 1 case of the same code);
+- 2 workers of ``--threads`` threads each, one ``torch.distributed`` job (gloo over
+  localhost): rows sharded by id, ids and vectors exchanged with ``all_to_all``, dense
+  gradients averaged; worker 0 trains the same batches as the single worker, worker 1
+  batches of its own (another seed).
+
+Each job is fresh processes (``--worker``); every round of ``--steps`` steps starts and
+ends with a barrier, and a job's rate is ``world x batch x steps`` over its median round
+time (``--rounds`` rounds after an untimed warm-up round). The two jobs alternate
+``--repeats`` times, so load from other processes falls on both alike::
+
+    scaling_efficiency = samples/s(2 workers) / (2 x samples/s(1 worker))
+
+is taken per repeat (the anchor, 1 worker, measured beside it) and reported as the median.
+``bytes_per_step`` is what the 2 workers sent each other per step (ids, vectors,
+gradients, dense all-reduce, step statistics; counted by ``trainer.distributed.Comm``).
+The last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench.trainer import MLP, N_DENSE, D, F, make_batches
+from trainer.core import SparseField, Trainer
+from trainer.distributed import connect
+from trainer.settings import TrainerConfig
+from trainer.tables import TableParams
+
+
+def worker(a: argparse.Namespace) -> None:
+    """One worker of a job (RANK / WORLD_SIZE / MASTER_* from the environment)."""
+    torch.set_num_threads(a.threads)
+    comm = connect(TrainerConfig(init_timeout_s=600))
+    t = Trainer(
+        [SparseField(f"f{j}", D) for j in range(F)],
+        [f"d{j}" for j in range(N_DENSE)],
+        arch="deepfm",
+        mlp=MLP,
+        table=TableParams(lr=0.05),
+        dense_lr=0.01,
+        nominal_batch=a.batch,
+        comm=comm,
+    )
+    rounds = [
+        make_batches(a.steps, a.batch, a.vocab, seed=1000 * comm.rank + r)[0]
+        for r in range(a.rounds + 1)
+    ]
+    took, sent = [], []
+    for r, batches in enumerate(rounds):
+        comm.all_true(True)  # start together
+        b0, t0 = comm.bytes_sent, time.perf_counter()
+        for b in batches:
+            t.train_batch(b)
+        b1 = comm.bytes_sent
+        comm.all_true(True)  # the round ends when every worker is done
+        if r:  # round 0 warms up
+            took.append(time.perf_counter() - t0)
+            sent.append((b1 - b0) / len(batches))
+    got = comm.gather_json({"took": took, "sent": sent, "rows": len(t.tables["shared_d16"])})
+    comm.close()
+    if got is not None:
+        print(json.dumps({"world": comm.world, "workers": got}), flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def job(world: int, a: argparse.Namespace, argv: list[str]) -> dict[str, float]:
+    """Run a job of ``world`` worker processes; its samples/s and bytes sent per step."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env["WORLD_SIZE"] = str(world)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", *argv],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a worker failed: {[p.returncode for p in procs]}")
+    res = json.loads(outs[0].strip().splitlines()[-1])
+    ws = res["workers"]
+    per_round = [max(w["took"][i] for w in ws) for i in range(a.rounds)]
+    return {
+        "samples_per_s": world * a.batch * a.steps / statistics.median(per_round),
+        "bytes_per_step": sum(statistics.median(w["sent"]) for w in ws),
+        "rows": sum(w["rows"] for w in ws),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4096, help="samples per step and worker")
+    ap.add_argument("--steps", type=int, default=10, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one warm-up")
+    ap.add_argument("--repeats", type=int, default=3, help="1-worker / 2-worker pairs")
+    ap.add_argument("--vocab", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        worker(a)
+        return
+    argv = [
+        f"--batch={a.batch}",
+        f"--steps={a.steps}",
+        f"--rounds={a.rounds}",
+        f"--vocab={a.vocab}",
+        f"--threads={a.threads}",
+    ]
+    load = [os.getloadavg()[0]]
+    runs = []
+    for k in range(a.repeats):
+        one, two = job(1, a, argv), job(2, a, argv)
+        eff = two["samples_per_s"] / (2 * one["samples_per_s"])
+        runs.append({"one": one, "two": two, "efficiency": eff})
+        load.append(os.getloadavg()[0])
+        print(
+            f"repeat {k + 1}: 1 worker {one['samples_per_s']:8.0f} samples/s, 2 workers "
+            f"{two['samples_per_s']:8.0f} samples/s, efficiency {eff:.3f}, "
+            f"{two['bytes_per_step'] / 1e6:.2f} MB exchanged per step (load {load[-1]:.1f})",
+            flush=True,
+        )
+    effs = [r["efficiency"] for r in runs]
+    per_step = statistics.median(r["two"]["bytes_per_step"] for r in runs)
+    print(
+        json.dumps(
+            {
+                "scaling_efficiency": round(statistics.median(effs), 3),
+                "efficiency_runs": [round(e, 3) for e in effs],
+                "samples_per_s_1_worker": [round(r["one"]["samples_per_s"]) for r in runs],
+                "samples_per_s_2_workers": [round(r["two"]["samples_per_s"]) for r in runs],
+                "bytes_per_step": round(per_step),
+                "bytes_per_step_per_worker": round(per_step / 2),
+                "live_rows_1_worker": runs[-1]["one"]["rows"],
+                "live_rows_2_workers": runs[-1]["two"]["rows"],
+                "batch_per_worker": a.batch,
+                "threads_per_worker": a.threads,
+                "steps": a.steps,
+                "rounds": a.rounds,
+                "vocab": a.vocab,
+                "load_average_1min": [round(x, 1) for x in load],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
