@@ -39,6 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,6 +73,19 @@ def make_batches(
         ours.append(Batch(sparse, dense, label, ev, np.zeros(b, dtype=bool)))
         raw.append(ids)
     return ours, raw
+
+
+def reference_trainer(**kw: Any) -> Trainer:
+    """The reference DeepFM as a :class:`Trainer` (``kw``: more constructor arguments)."""
+    return Trainer(
+        [SparseField(f"f{j}", D) for j in range(F)],
+        [f"d{j}" for j in range(N_DENSE)],
+        arch="deepfm",
+        mlp=MLP,
+        table=TableParams(lr=0.05),
+        dense_lr=0.01,
+        **kw,
+    )
 
 
 def timed(
@@ -155,15 +169,7 @@ def variants(
 ) -> tuple[Trainer, dict[str, Step]]:
     """The trainer and the step function of every variant (reading the current batches)."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    t = Trainer(  # fluxrec: the trainer's own step
-        [SparseField(f"f{j}", D) for j in range(F)],
-        [f"d{j}" for j in range(N_DENSE)],
-        arch="deepfm",
-        mlp=MLP,
-        table=TableParams(lr=0.05),
-        dense_lr=0.01,
-        pipeline=a.pipeline,
-    )
+    t = reference_trainer(pipeline=a.pipeline)  # fluxrec: the trainer's own step
 
     def model_step(model: CTRModel, opts: list[torch.optim.Optimizer]) -> Callable[..., None]:
         def step(emb: torch.Tensor, i: int) -> None:

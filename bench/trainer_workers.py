@@ -39,27 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.trainer import MLP, N_DENSE, D, F, make_batches
-from trainer.core import SparseField, Trainer
+from bench.trainer import make_batches, reference_trainer
 from trainer.distributed import connect
 from trainer.settings import TrainerConfig
-from trainer.tables import TableParams
 
 
 def worker(a: argparse.Namespace) -> None:
     """One worker of a job (RANK / WORLD_SIZE / MASTER_* from the environment)."""
     torch.set_num_threads(a.threads)
     comm = connect(TrainerConfig(init_timeout_s=600))
-    t = Trainer(
-        [SparseField(f"f{j}", D) for j in range(F)],
-        [f"d{j}" for j in range(N_DENSE)],
-        arch="deepfm",
-        mlp=MLP,
-        table=TableParams(lr=0.05),
-        dense_lr=0.01,
-        nominal_batch=a.batch,
-        comm=comm,
-    )
+    t = reference_trainer(nominal_batch=a.batch, comm=comm)
     rounds = [
         make_batches(a.steps, a.batch, a.vocab, seed=1000 * comm.rank + r)[0]
         for r in range(a.rounds + 1)
