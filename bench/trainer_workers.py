@@ -12,12 +12,16 @@ ids over ``--vocab`` values per field, fresh batches every round) trained by:
 
 Each job is fresh processes (``--worker``); every round of ``--steps`` steps starts and
 ends with a barrier, and a job's rate is ``world x batch x steps`` over its median round
-time (``--rounds`` rounds after an untimed warm-up round). The two jobs alternate
-``--repeats`` times, so load from other processes falls on both alike::
+time (``--rounds`` rounds after an untimed warm-up round). The jobs alternate
+``--repeats`` times, so load from other processes falls on all alike::
 
     scaling_efficiency = samples/s(2 workers) / (2 x samples/s(1 worker))
+    machine_ceiling    = samples/s(2 independent 1-worker jobs at once) / (2 x samples/s(1 worker))
 
-is taken per repeat (the anchor, 1 worker, measured beside it) and reported as the median.
+are taken per repeat (the anchor, 1 worker, measured beside them) and reported as medians.
+The ceiling is what this machine gives two processes of this work with no exchange at all
+(cores, caches and memory bandwidth shared with each other and with whatever else runs);
+``vs_ceiling`` = scaling_efficiency / machine_ceiling is what the exchange costs.
 ``bytes_per_step`` is what the 2 workers sent each other per step (ids, vectors,
 gradients, dense all-reduce, step statistics; counted by ``trainer.distributed.Comm``).
 The last output line is one JSON object.
@@ -50,7 +54,7 @@ def worker(a: argparse.Namespace) -> None:
     comm = connect(TrainerConfig(init_timeout_s=600))
     t = reference_trainer(nominal_batch=a.batch, comm=comm)
     rounds = [
-        make_batches(a.steps, a.batch, a.vocab, seed=1000 * comm.rank + r)[0]
+        make_batches(a.steps, a.batch, a.vocab, seed=1000 * (comm.rank + a.seed) + r)[0]
         for r in range(a.rounds + 1)
     ]
     took, sent = [], []
@@ -76,14 +80,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def job(world: int, a: argparse.Namespace, argv: list[str]) -> dict[str, float]:
-    """Run a job of ``world`` worker processes; its samples/s and bytes sent per step."""
+def job(
+    world: int, a: argparse.Namespace, argv: list[str], apart: bool = False
+) -> dict[str, float]:
+    """Run a job of ``world`` worker processes; its samples/s and bytes sent per step.
+    ``apart``: ``world`` independent one-worker jobs at once instead (no exchange: what
+    the machine gives two processes), their samples/s added."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env["WORLD_SIZE"] = str(world)
+    env["WORLD_SIZE"] = "1" if apart else str(world)
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", *argv],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            [sys.executable, __file__, "--worker", *argv, f"--seed={r if apart else 0}"],
+            env={**env, "RANK": "0" if apart else str(r), "LOCAL_RANK": "0" if apart else str(r)},
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -92,11 +100,15 @@ def job(world: int, a: argparse.Namespace, argv: list[str]) -> dict[str, float]:
     outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit(f"a worker failed: {[p.returncode for p in procs]}")
-    res = json.loads(outs[0].strip().splitlines()[-1])
-    ws = res["workers"]
-    per_round = [max(w["took"][i] for w in ws) for i in range(a.rounds)]
+    lines = [json.loads(o.splitlines()[-1]) for o in outs[: world if apart else 1]]
+    ws = [w for line in lines for w in line["workers"]]
+    rounds = [[w["took"][i] for w in ws] for i in range(a.rounds)]
+    if apart:  # each process's own rate, added
+        rate = sum(a.batch * a.steps / statistics.median(w["took"]) for w in ws)
+    else:  # a round of the job ends when its slowest worker is done
+        rate = world * a.batch * a.steps / statistics.median(max(r) for r in rounds)
     return {
-        "samples_per_s": world * a.batch * a.steps / statistics.median(per_round),
+        "samples_per_s": rate,
         "bytes_per_step": sum(statistics.median(w["sent"]) for w in ws),
         "rows": sum(w["rows"] for w in ws),
     }
@@ -111,6 +123,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         worker(a)
@@ -125,25 +138,34 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     runs = []
     for k in range(a.repeats):
-        one, two = job(1, a, argv), job(2, a, argv)
+        one, two, apart = job(1, a, argv), job(2, a, argv), job(2, a, argv, apart=True)
         eff = two["samples_per_s"] / (2 * one["samples_per_s"])
-        runs.append({"one": one, "two": two, "efficiency": eff})
+        ceiling = apart["samples_per_s"] / (2 * one["samples_per_s"])
+        runs.append({"one": one, "two": two, "apart": apart, "efficiency": eff, "ceiling": ceiling})
         load.append(os.getloadavg()[0])
         print(
-            f"repeat {k + 1}: 1 worker {one['samples_per_s']:8.0f} samples/s, 2 workers "
-            f"{two['samples_per_s']:8.0f} samples/s, efficiency {eff:.3f}, "
-            f"{two['bytes_per_step'] / 1e6:.2f} MB exchanged per step (load {load[-1]:.1f})",
+            f"repeat {k + 1}: 1 worker {one['samples_per_s']:7.0f} samples/s, 2 workers "
+            f"{two['samples_per_s']:7.0f}, 2 independent 1-worker jobs "
+            f"{apart['samples_per_s']:7.0f}: efficiency {eff:.3f} (machine ceiling "
+            f"{ceiling:.3f}), {two['bytes_per_step'] / 1e6:.2f} MB exchanged per step "
+            f"(load {load[-1]:.1f})",
             flush=True,
         )
     effs = [r["efficiency"] for r in runs]
+    ceilings = [r["ceiling"] for r in runs]
+    vs = [e / c for e, c in zip(effs, ceilings, strict=True)]
     per_step = statistics.median(r["two"]["bytes_per_step"] for r in runs)
     print(
         json.dumps(
             {
                 "scaling_efficiency": round(statistics.median(effs), 3),
                 "efficiency_runs": [round(e, 3) for e in effs],
+                "machine_ceiling": round(statistics.median(ceilings), 3),
+                "machine_ceiling_runs": [round(c, 3) for c in ceilings],
+                "vs_ceiling": round(statistics.median(vs), 3),
                 "samples_per_s_1_worker": [round(r["one"]["samples_per_s"]) for r in runs],
                 "samples_per_s_2_workers": [round(r["two"]["samples_per_s"]) for r in runs],
+                "samples_per_s_2_independent": [round(r["apart"]["samples_per_s"]) for r in runs],
                 "bytes_per_step": round(per_step),
                 "bytes_per_step_per_worker": round(per_step / 2),
                 "live_rows_1_worker": runs[-1]["one"]["rows"],

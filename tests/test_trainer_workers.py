@@ -25,8 +25,10 @@ import yaml
 from fluxrec.testing import free_port
 from trainer.core import SparseField, Trainer, featurize
 from trainer.distributed import Comm
+from trainer.errors import TrainerError
 from trainer.hashing import stable_hash
 from trainer.metrics import PrequentialMetrics, auc
+from trainer.sharded import N_BUCKETS, bucket_of, owner_of, partitions_of
 from trainer.synthetic import synthetic_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,3 +221,19 @@ def test_a_worker_without_data_trains_an_empty_batch(arch: str) -> None:
     logit.sum().backward()
     assert embs[0].grad is not None and embs[0].grad.shape == (0, 1, 4)
     assert t.train_batch(empty) == 0.0 and t.step == 0  # alone: no step at all
+
+
+def test_owners_are_whole_buckets_and_partitions_go_p_mod_n() -> None:
+    """Ownership is a fixed function of the id (pinned: a checkpoint and a job of another
+    size must agree on it), even over ids in sequence (raw ids), and at any N an id goes
+    with its bucket; partition p goes to worker p % N, never to fewer partitions."""
+    golden = np.array([0, 1, -1, 2**62, -(2**63) + 2], dtype=np.int64)
+    assert bucket_of(golden).tolist() == [3618, 2320, 3661, 10, 3588]
+    ids = np.arange(-50_000, 50_000, dtype=np.int64) * 7919
+    counts = np.bincount(bucket_of(ids), minlength=N_BUCKETS)
+    assert counts.size == N_BUCKETS and counts.max() < 2 * counts.mean()
+    for world in (1, 2, 3, 5):
+        assert np.array_equal(owner_of(ids, world), bucket_of(ids) % world)
+    assert [partitions_of("t", range(6), r, 4) for r in range(4)] == [[0, 4], [1, 5], [2], [3]]
+    with pytest.raises(TrainerError, match=r"'t'.* 2 partitions, fewer than the 3 workers"):
+        partitions_of("t", [0, 1], 0, 3)
