@@ -581,10 +581,18 @@ class Trainer:
     def train_batch(
         self, batch: Batch, offsets: Mapping[str, Mapping[int, int]] | None = None
     ) -> float:
-        """Score ``batch`` (prequential), then train on it; returns the loss.
+        """Score ``batch`` (prequential), then train on it; returns the loss (this
+        worker's samples' mean).
 
         ``offsets`` (topic -> partition -> next offset) are recorded atomically with the
         step, also when every record of the batch was skipped.
+
+        Collective: every worker of the job calls it for the same step, one without data
+        with an empty batch; the step trains the union of the workers' batches (nothing,
+        on every worker, when all are empty). Its collectives, in order: the step's
+        statistics with the id counts (``all_gather``), ids to owners and vectors back
+        (two ``all_to_all``), the scores and the finite check (``all_gather``), the
+        dense gradients (``all_reduce``), the row gradients (``all_to_all``).
 
         With ``pipeline`` (``trainer.pipeline``) the step's
         second half (backward pass, optimizer
