@@ -182,6 +182,7 @@ def run(  # noqa: PLR0912, PLR0915
     on_batch: Callable[[], None] | None = None,
     checkpoint: Checkpointer | None = None,
     cuts: CutMailbox | None = None,
+    metadata_max_age_ms: int = 30_000,
 ) -> LoopStats:
     """Train from ``topic`` until ``stop`` is set (or ``max_samples`` trained, if > 0).
 
@@ -191,7 +192,8 @@ def run(  # noqa: PLR0912, PLR0915
     (for tests and one-shot backfills). Records fetched but not yet trained when the loop
     ends are not in the trainer's offsets, so a restart reads them again. ``checkpoint``
     and ``cuts`` (rank 0's exporter) are served between steps, on every worker at once.
-    When the topic's partition count changes, the loop ends with ``stats.fatal`` set.
+    When the topic's partition count changes (seen within ``metadata_max_age_ms``), the
+    loop ends with ``stats.fatal`` set.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -206,7 +208,7 @@ def run(  # noqa: PLR0912, PLR0915
         fetch_max_bytes=fetch_max_bytes,
         max_partition_fetch_bytes=min(1 << 20, fetch_max_bytes),
         auto_offset_reset="earliest",
-        metadata_max_age_ms=30_000,  # a partition count change shows within 30 s
+        metadata_max_age_ms=metadata_max_age_ms,  # when a partition count change shows
     )
     try:
         every = _partitions(consumer, topic)
