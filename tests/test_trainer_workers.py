@@ -236,3 +236,29 @@ def test_owners_are_whole_buckets_and_partitions_go_p_mod_n() -> None:
     assert [partitions_of("t", range(6), r, 4) for r in range(4)] == [[0, 4], [1, 5], [2], [3]]
     with pytest.raises(TrainerError, match=r"'t'.* 2 partitions, fewer than the 3 workers"):
         partitions_of("t", [0, 1], 0, 3)
+
+
+def test_a_checkpoint_of_one_process_before_workers_still_loads(tmp_path: Path) -> None:
+    """Format 2 (one directory: meta.json with the counters, tensors.npz) reads as a
+    checkpoint of one part."""
+    from trainer.checkpoint import load_latest, save
+
+    names = [f.name for f in FIELDS]
+    samples = synthetic_samples(600, seed=4)
+    a = _trainer(Comm.local(), 100)
+    for k in range(0, 600, 100):
+        a.train_batch(featurize(samples[k : k + 100], names, ["price"]), offsets={"s": {0: k}})
+    new = save(a, tmp_path / "new")
+    job = json.loads((new / "meta.json").read_text())
+    part = json.loads((new / "part-0000" / "meta.json").read_text())
+    old = tmp_path / "old" / f"ckpt-{a.step:012d}"  # the layout format 2 wrote
+    old.mkdir(parents=True)
+    (new / "part-0000" / "tensors.npz").rename(old / "tensors.npz")
+    keep = ("step", "samples", "skipped", "watermark_ms", "offsets", "id_xor", "tables", "dims")
+    meta = {k: job[k] for k in keep} | {"np_rng": part["np_rng"], "norm_seen": job["norm_seen"]}
+    (old / "meta.json").write_text(json.dumps(meta | {"format": 2}))
+    b = _trainer(Comm.local(), 100, seed=3)
+    assert load_latest(b, tmp_path / "old") == old
+    assert (b.step, b.samples, b.offsets, b.id_xor) == (a.step, a.samples, a.offsets, a.id_xor)
+    held = featurize(synthetic_samples(100, seed=9), names, ["price"])
+    assert np.allclose(a.score(held), b.score(held), atol=1e-6)
