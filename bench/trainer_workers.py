@@ -22,8 +22,15 @@ are taken per repeat (the anchor, 1 worker, measured beside them) and reported a
 The ceiling is what this machine gives two processes of this work with no exchange at all
 (cores, caches and memory bandwidth shared with each other and with whatever else runs);
 ``vs_ceiling`` = scaling_efficiency / machine_ceiling is what the exchange costs.
-``bytes_per_step`` is what the 2 workers sent each other per step (ids, vectors,
-gradients, dense all-reduce, step statistics; counted by ``trainer.distributed.Comm``).
+
+Every worker process runs in a session of its own. Linux's autogroup scheduling (on
+here) shares the CPUs between sessions, not processes: two workers in one session would
+split that one session's share of a busy machine (two independent one-worker processes
+in one session ran at 0.43 of twice one while other sessions loaded the machine), and
+the figure would measure the scheduler's policy rather than the trainer. With a session
+each, every worker gets the share a separate user would; the load from other sessions
+falls on every job alike.
+
 The last output line is one JSON object.
 """
 
@@ -94,6 +101,7 @@ def job(
             env={**env, "RANK": "0" if apart else str(r), "LOCAL_RANK": "0" if apart else str(r)},
             stdout=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # a session each: see the module docstring
         )
         for r in range(world)
     ]
