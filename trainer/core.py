@@ -529,18 +529,23 @@ class Trainer:
         total = F.binary_cross_entropy_with_logits(logit, label, weight=w, reduction="sum")
         return total, total / (self.nominal_batch or max(len(batch), 1))
 
-    def _average_dense_grads(self) -> None:
-        """Average the dense gradients over the workers (one ``all_reduce``): the replicas
-        take the same optimizer step and stay equal."""
+    def _average_dense_grads(self) -> Callable[[], None]:
+        """Start averaging the dense gradients over the workers (one ``all_reduce``, which
+        runs while the row gradients go to their owners); the returned function waits and
+        writes the averages back, so the replicas take the same optimizer step."""
         if self.comm.world == 1:
-            return
+            return lambda: None
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.comm.all_reduce_(flat).div_(self.comm.world)
-        at = 0
-        for g in grads:
-            g.copy_(flat[at : at + g.numel()].view_as(g))
-            at += g.numel()
+        summed = self.comm.all_reduce_start_(torch.cat([g.reshape(-1) for g in grads]))
+
+        def finish() -> None:
+            flat = summed().div_(self.comm.world)
+            at = 0
+            for g in grads:
+                g.copy_(flat[at : at + g.numel()].view_as(g))
+                at += g.numel()
+
+        return finish
 
     def _sync(self) -> None:
         """Wait for the background half of the previous step; re-raise its failure
@@ -557,12 +562,13 @@ class Trainer:
             ) from self._failed
 
     def _update(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
-        """The second half of a step: backward, dense optimizer, row-wise Adagrad."""
+        """The second half of a step: backward, row-wise Adagrad, dense optimizer."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        self._average_dense_grads()
-        self.opt.step()
+        averaged = self._average_dense_grads()
         lk.step()
+        averaged()
+        self.opt.step()
 
     def _launch(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
         """Run the step's second half: on the worker thread (pipeline), or here when

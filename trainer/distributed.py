@@ -9,6 +9,7 @@ each collective returns its input: one worker is the same code with the exchange
     comm.all_gather(torch.tensor([n, pos], dtype=torch.float64))   # (world, 2), row r from rank r
     comm.exchange_counts(counts)    # counts[r] is sent to rank r; row s of the result came from s
     comm.all_to_all(flat, send_splits, recv_splits)                 # all_to_all_single
+    done = comm.all_reduce_start_(grads); ...; done()                 # sum, overlapped
     comm.gatherv(tensor)            # rank 0: [tensor of rank 0, of rank 1, ...]; others: None
     comm.gather_json(obj)           # the same for small JSON documents (never pickle)
 
@@ -112,16 +113,25 @@ class Comm:
         self.bytes_sent += src.nbytes * (self.world - 1)
         return out.view(self.world, -1).to(t.device)
 
-    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over workers, in place (on ``t``'s device after the call)."""
+    def all_reduce_start_(self, t: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """Start summing ``t`` over workers in place; the returned function waits for it
+        (the collectives issued in between run alongside, in the same order everywhere)."""
         if self.world == 1:
-            return t
+            return lambda: t
         src = self._dev(t)
-        self._run("all_reduce", lambda: torch.distributed.all_reduce(src))
+        work: list[Any] = []
+        self._run(
+            "all_reduce", lambda: work.append(torch.distributed.all_reduce(src, async_op=True))
+        )
         self.bytes_sent += 2 * src.nbytes * (self.world - 1) // self.world  # ring
-        if src is not t:
-            t.copy_(src)
-        return t
+
+        def finish() -> torch.Tensor:
+            self._run("all_reduce", work[0].wait)
+            if src is not t:
+                t.copy_(src)
+            return t
+
+        return finish
 
     def all_true(self, flag: bool) -> bool:
         """True when ``flag`` is True on every worker."""
