@@ -597,8 +597,9 @@ class Trainer:
         with an empty batch; the step trains the union of the workers' batches (nothing,
         on every worker, when all are empty). Its collectives, in order: the step's
         statistics with the id counts (``all_gather``), ids to owners and vectors back
-        (two ``all_to_all``), the scores and the finite check (``all_gather``), the
-        dense gradients (``all_reduce``), the row gradients (``all_to_all``).
+        (two ``all_to_all``), the scores and the finite check (``all_gather``), then
+        the row gradients to their owners (``all_to_all``) while the dense gradients are
+        summed (``all_reduce``, started first).
 
         With ``pipeline`` (``trainer.pipeline``) the step's
         second half (backward pass, optimizer
