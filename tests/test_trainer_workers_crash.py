@@ -125,7 +125,7 @@ def test_kill_one_kill_all_and_resize_train_every_sample_exactly_once(
     try:
         _wait(
             "training after the restart",
-            lambda: (_trained(port) or 0) >= killed_at["samples"] + 300,
+            lambda: (_trained(port) or 0) >= killed_at["samples"] + 100,
             again,
         )
     finally:
