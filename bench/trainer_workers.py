@@ -21,7 +21,14 @@ time (``--rounds`` rounds after an untimed warm-up round). The jobs alternate
 are taken per repeat (the anchor, 1 worker, measured beside them) and reported as medians.
 The ceiling is what this machine gives two processes of this work with no exchange at all
 (cores, caches and memory bandwidth shared with each other and with whatever else runs);
-``vs_ceiling`` = scaling_efficiency / machine_ceiling is what the exchange costs.
+``vs_ceiling`` = scaling_efficiency / machine_ceiling is what the exchange costs. Apart
+from the clock, every worker counts its CPU seconds (all its threads, gloo's included)::
+
+    cpu_efficiency = CPU s per sample(1 worker) / CPU s per sample(2 workers, both counted)
+
+the work the distribution adds (exchange, ownership, collectives), whatever share of
+the CPUs the machine gives the job; on dedicated cores the clock would follow it, less
+the time a worker waits for the other at each collective.
 
 Every worker process runs in a session of its own. Linux's autogroup scheduling (on
 here) shares the CPUs between sessions, not processes: two workers in one session would
@@ -39,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -64,21 +72,29 @@ def worker(a: argparse.Namespace) -> None:
         make_batches(a.steps, a.batch, a.vocab, seed=1000 * (comm.rank + a.seed) + r)[0]
         for r in range(a.rounds + 1)
     ]
-    took, sent = [], []
+    took, sent, cpu = [], [], []
     for r, batches in enumerate(rounds):
         comm.all_true(True)  # start together
-        b0, t0 = comm.bytes_sent, time.perf_counter()
+        b0, t0, c0 = comm.bytes_sent, time.perf_counter(), _cpu_s()
         for b in batches:
             t.train_batch(b)
-        b1 = comm.bytes_sent
+        b1, c1 = comm.bytes_sent, _cpu_s()
         comm.all_true(True)  # the round ends when every worker is done
         if r:  # round 0 warms up
             took.append(time.perf_counter() - t0)
             sent.append((b1 - b0) / len(batches))
-    got = comm.gather_json({"took": took, "sent": sent, "rows": len(t.tables["shared_d16"])})
+            cpu.append(c1 - c0)
+    rows = len(t.tables["shared_d16"])
+    got = comm.gather_json({"took": took, "sent": sent, "cpu": cpu, "rows": rows})
     comm.close()
     if got is not None:
         print(json.dumps({"world": comm.world, "workers": got}), flush=True)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, every thread (gloo's included)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _free_port() -> int:
@@ -111,6 +127,7 @@ def job(
     lines = [json.loads(o.splitlines()[-1]) for o in outs[: world if apart else 1]]
     ws = [w for line in lines for w in line["workers"]]
     rounds = [[w["took"][i] for w in ws] for i in range(a.rounds)]
+    samples = world * a.batch * a.steps  # per round
     if apart:  # each process's own rate, added
         rate = sum(a.batch * a.steps / statistics.median(w["took"]) for w in ws)
     else:  # a round of the job ends when its slowest worker is done
@@ -119,6 +136,8 @@ def job(
         "samples_per_s": rate,
         "bytes_per_step": sum(statistics.median(w["sent"]) for w in ws),
         "rows": sum(w["rows"] for w in ws),
+        # CPU seconds per sample, all processes of the job
+        "cpu_per_sample": sum(statistics.median(w["cpu"]) for w in ws) / samples,
     }
 
 
@@ -149,13 +168,18 @@ def main() -> None:
         one, two, apart = job(1, a, argv), job(2, a, argv), job(2, a, argv, apart=True)
         eff = two["samples_per_s"] / (2 * one["samples_per_s"])
         ceiling = apart["samples_per_s"] / (2 * one["samples_per_s"])
-        runs.append({"one": one, "two": two, "apart": apart, "efficiency": eff, "ceiling": ceiling})
+        cpu_eff = one["cpu_per_sample"] / two["cpu_per_sample"]
+        runs.append(
+            {"one": one, "two": two, "apart": apart, "efficiency": eff, "ceiling": ceiling}
+            | {"cpu_efficiency": cpu_eff}
+        )
         load.append(os.getloadavg()[0])
         print(
             f"repeat {k + 1}: 1 worker {one['samples_per_s']:7.0f} samples/s, 2 workers "
             f"{two['samples_per_s']:7.0f}, 2 independent 1-worker jobs "
             f"{apart['samples_per_s']:7.0f}: efficiency {eff:.3f} (machine ceiling "
-            f"{ceiling:.3f}), {two['bytes_per_step'] / 1e6:.2f} MB exchanged per step "
+            f"{ceiling:.3f}; CPU per sample {cpu_eff:.3f}), "
+            f"{two['bytes_per_step'] / 1e6:.2f} MB exchanged per step "
             f"(load {load[-1]:.1f})",
             flush=True,
         )
@@ -171,6 +195,14 @@ def main() -> None:
                 "machine_ceiling": round(statistics.median(ceilings), 3),
                 "machine_ceiling_runs": [round(c, 3) for c in ceilings],
                 "vs_ceiling": round(statistics.median(vs), 3),
+                "cpu_efficiency": round(statistics.median(r["cpu_efficiency"] for r in runs), 3),
+                "cpu_efficiency_runs": [round(r["cpu_efficiency"], 3) for r in runs],
+                "cpu_us_per_sample_1_worker": [
+                    round(r["one"]["cpu_per_sample"] * 1e6, 2) for r in runs
+                ],
+                "cpu_us_per_sample_2_workers": [
+                    round(r["two"]["cpu_per_sample"] * 1e6, 2) for r in runs
+                ],
                 "samples_per_s_1_worker": [round(r["one"]["samples_per_s"]) for r in runs],
                 "samples_per_s_2_workers": [round(r["two"]["samples_per_s"]) for r in runs],
                 "samples_per_s_2_independent": [round(r["apart"]["samples_per_s"]) for r in runs],
