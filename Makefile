@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
 help:
 	@echo "make demo    the whole pipeline on a live stream, with a freshness and quality report"
-	@echo "             (DATA=../shared/data/obd replays a real log; DEMO_ARGS=... more options)"
+	@echo "             (DATA=../shared/data/obd replays a real log; DATA=mylog.tsv CONFIG=mylog.yaml"
+	@echo "             your own, described in mylog.yaml; DEMO_ARGS=... more options)"
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
@@ -31,9 +32,9 @@ venv: $(STAMP)
 deps: venv
 	@$(BIN)/fluxrec setup
 
-# make demo [DATA=../shared/data/obd] [DEMO_ARGS="--strategy fake_negative --duration 300"]
+# make demo [DATA=../shared/data/obd | DATA=mylog.tsv CONFIG=mylog.yaml] [DEMO_ARGS="--strategy fake_negative"]
 demo: deps
-	$(BIN)/fluxrec demo $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
+	$(BIN)/fluxrec demo $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

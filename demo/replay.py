@@ -155,19 +155,22 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     ns = p.parse_args(argv)
 
     from fluxrec.config import load_config
+    from fluxrec.errors import FluxrecError
     from replay.faults import inject
     from replay.produce import Pacer, ensure_topics, produce
-    from replay.settings import check
-    from replay.sources import open_source
+    from replay.run import open_configured_source
     from replay.stream import Tally
     from replay.types import Action, Event, Impression, Record, Stream, to_event
 
     cfg = load_config(ns.config)
     rcfg = cfg.replay
-    check(rcfg, str(cfg.source))
-    source = open_source(rcfg)
-    endless = rcfg.source == "synthetic" and rcfg.synthetic.impressions >= 10**12
-    plan = None if endless else plan_times(source, rcfg.limit)
+    try:
+        source = open_configured_source(cfg)
+        endless = rcfg.source == "synthetic" and rcfg.synthetic.impressions >= 10**12
+        plan = None if endless else plan_times(source, rcfg.limit)
+    except FluxrecError as e:
+        print(f"fluxrec demo replay: error: {e}", file=sys.stderr)
+        return 1
     if plan is None and not endless:
         print("fluxrec demo replay: the source has no impression", file=sys.stderr)
         return 1
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "actions": dict(tally.actions),
         "faults": dict(tally.faults),
         "skipped": source.stats(),
+        "skip_notes": source.notes(),
         "actions_after_end": after_end,
         "first_ms": tally.first_ms,
         "last_impression_ms": last_impression,

@@ -162,6 +162,7 @@ class _Run:
             + yaml.safe_dump(doc, sort_keys=False)
         )
         self.cfg: Config = load_config(self.config_path)
+        self._check_log()
         self.children: dict[str, Child] = {}
         self.started_services: list[str] = []
         self.tracer: SampleTracer | None = None
@@ -174,6 +175,25 @@ class _Run:
             "ports": self.ports,
             "times": {"start_ms": _now_ms()},
         }
+
+    def _check_log(self) -> None:
+        """Read the log before anything starts: a bad one fails here, in one line."""
+        from demo.replay import plan_times
+        from replay.run import open_configured_source
+
+        rc = self.cfg.replay
+        if rc.source == "synthetic":
+            return
+        source = open_configured_source(self.cfg)
+        if plan_times(source, rc.limit) is None:
+            raise DemoError(f"{rc.path}: the log has no impression to replay")
+        skipped = source.stats()
+        if skipped:
+            self.say(
+                "   log rows skipped: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))
+                + "".join(f"\n     first {k}: {v}" for k, v in sorted(source.notes().items()))
+            )
 
     # ------------------------------------------------------------------ helpers
 

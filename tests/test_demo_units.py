@@ -19,7 +19,7 @@ import yaml
 from demo.analysis import freshness, label_final_ms, load_run
 from demo.report import write_report
 from demo.runner import Child
-from demo.settings import DemoError, DemoOptions, detect_source, parse_set, run_config
+from demo.settings import DemoError, DemoOptions, detect_log, parse_set, run_config
 from fluxrec.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,16 +76,16 @@ def test_overrides_and_sources(tmp_path: Path) -> None:
         parse_set(["batch_size"])
     path = _run_config(tmp_path, overrides={"flink.checkpoint_interval_ms": 777})
     assert load_config(path).flink.checkpoint_interval_ms == 777
-    for name, src in (
-        ("obd", "obd"),
-        ("taobao_userbehavior", "taobao"),
-        ("tencent_pcvr", "tencent"),
+    for name, sample in (
+        ("obd", "obd.yaml"),
+        ("taobao_userbehavior", "taobao.yaml"),
+        ("tencent_pcvr", "tencent.yaml"),
     ):
         (tmp_path / name).mkdir()
-        assert detect_source(tmp_path / name) == src
+        assert detect_log(tmp_path / name) == REPO / "configs" / sample
     (tmp_path / "mystery").mkdir()
-    with pytest.raises(DemoError, match="--source"):
-        detect_source(tmp_path / "mystery")
+    with pytest.raises(DemoError, match="describe it in your config"):
+        detect_log(tmp_path / "mystery")
 
 
 def test_when_a_label_is_final() -> None:
