@@ -263,6 +263,7 @@ class Freshness:
     cumulative: dict[str, I64]  # stage -> ms since label final, per measured sample
     counts: dict[str, int]
     by_kind: list[StageStats] = field(default_factory=list)
+    final_ms: I64 = field(default_factory=lambda: np.zeros(0, np.int64))  # of each measured one
 
 
 def freshness(run: RunData) -> Freshness:
@@ -338,7 +339,7 @@ def freshness(run: RunData) -> Freshness:
         "published": published[d] - final[d],
         "applied": applied[d] - final[d],
     }
-    return Freshness(stages, cumulative, counts, by_kind)
+    return Freshness(stages, cumulative, counts, by_kind, final[d])
 
 
 # --------------------------------------------------------------------------- throughput

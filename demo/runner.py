@@ -37,7 +37,7 @@ from typing import IO, Any
 import yaml
 
 from demo.settings import DemoError, DemoOptions, check_options, run_config
-from demo.trace import Progress, SampleTracer, scrape
+from demo.trace import Progress, SampleTracer, group_cpu_s, scrape
 from fluxrec.config import Config, default_config_path, load_config
 from fluxrec.testing import free_port
 
@@ -320,7 +320,22 @@ class _Run:
                     return float(line.rsplit(" ", 1)[1]) >= 1
         return False
 
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the run (progress.jsonl ``cpu``): the
+        children, the stack's services and this process (tracer and progress)."""
+        groups = {name: c.pid for name, c in self.children.items() if c.pid > 0}
+        groups |= self.meta.get("service_pids", {})
+        out = group_cpu_s(groups)
+        t = os.times()
+        out["demo"] = t.user + t.system
+        return out
+
     def start_tracing(self) -> None:
+        from fluxrec.stack import Stack
+
+        self.meta["service_pids"] = {
+            st.name: st.pid for st in Stack(self.base).status() if st.pid is not None
+        }
         t = self.cfg.kafka.topics
         self.tracer = SampleTracer(self.cfg.kafka.bootstrap, t.samples, self.dir / "samples.tsv.gz")
         self.tracer.start()
@@ -334,6 +349,7 @@ class _Run:
             server_url=self.urls["server"] + "/metrics",
             say=self.say,
             every_s=self.opts.progress_every_s,
+            cpu=self._cpu,
         )
         self.progress.start()
 
