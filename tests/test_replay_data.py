@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -163,3 +164,29 @@ def test_real_replays_pass_the_joins_reference(shared_data: Path) -> None:
             assert len(out.samples) == 10_000 and set(reasons) <= {"late_action"}
             labelled = sum(s.labels["click"] for s in out.samples)
             assert labelled + reasons["late_action"] == actions == 69
+
+
+SAMPLES = {  # sample config -> (its log in shared/data, impressions, actions by type)
+    "obd": ("obd", 40_000, {"click": 207}),
+    "taobao": ("taobao_userbehavior", 98_361, {"click": 111, "conversion": 128}),
+    "tencent": ("tencent_pcvr", 1_000, {"conversion": 31}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_each_sample_config_replays_its_log(
+    shared_data: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """`fluxrec replay --config configs/NAME.yaml` on the log of shared/data it describes."""
+    from fluxrec.cli import main
+
+    folder, impressions, actions = SAMPLES[name]
+    cfg = str(REPO / "configs" / f"{name}.yaml")
+    path = str(shared_data / folder)
+    assert main(["replay", "--config", cfg, "--path", path, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(rf"impressions\s+{impressions:,}\n", err)
+    sent = Counter(json.loads(line)["stream"] for line in out.splitlines())
+    assert sent == {"impression": impressions, "action": sum(actions.values())}
+    by_type = ", ".join(f"{k} {v}" for k, v in sorted(actions.items()))
+    assert re.search(rf"actions by type\s+{by_type}\n", err)
