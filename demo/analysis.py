@@ -30,8 +30,10 @@ window past ``--duration`` so that every impression of the requested duration is
 **Quality**: the trainer's prequential scores (each batch scored before training on it),
 a one-pass offline training of the same model on the same samples in the same order in
 fixed batches, the oracle (``p_click`` of the synthetic generator), the server's live
-scores; and two offline comparisons on the recorded events: ``window`` vs
-``fake_negative`` (:func:`simulate`), and a model frozen after the first part of the log.
+scores; and two offline comparisons on the run's impressions and labelled actions (read
+off the join's samples, :func:`emissions`): ``window`` vs ``fake_negative``
+(:func:`simulate`), and a model frozen after the first part of the log. Every offline
+training takes its batches from the impressions featurized once (:class:`Impressions`).
 """
 
 from __future__ import annotations

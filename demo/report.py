@@ -433,7 +433,8 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     if strategies:
         md += ["## window vs fake_negative", ""]
         md.append(
-            "Both strategies on the recorded events (the reference join), each impression "
+            "Both strategies on the run's impressions and labelled actions (what each would "
+            "have emitted, derived from the join's samples), each impression "
             "scored at its own time by the model trained on what that strategy had emitted by "
             "then (1 s ticks), against its final label: the window strategy waits for the "
             "label window; fake_negative trains on every impression at once and on each click "
