@@ -202,3 +202,21 @@ def test_a_child_is_stopped_with_its_process_group(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(c.pid, 0)
     assert subprocess.run(["true"], check=False).returncode == 0
+
+
+def test_a_public_log_brings_its_sample_config_and_labels(tmp_path: Path) -> None:
+    """`--data shared/data/NAME` with a config that replays the synthetic stream: the run
+    replays the log as its sample config describes it, one join label per action type."""
+    for name, source, label, sparse in (
+        ("obd", "table", "click", 10),
+        ("tencent_pcvr", "table", "conversion", 19),
+        ("taobao_userbehavior", "taobao", "click", 3),
+    ):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        cfg = load_config(_run_config(tmp_path / name, data=data))
+        assert cfg.replay.source == source and cfg.replay.path == data.resolve()
+        assert cfg.trainer.label == label == cfg.join.labels[0].action
+        assert len(cfg.features.sparse) == sparse
+    taobao = load_config(tmp_path / "taobao_userbehavior" / "run" / "config.yaml")
+    assert [lb.action for lb in taobao.join.labels] == ["click", "conversion"]
