@@ -18,7 +18,7 @@ from fluxrec.testing import unique_name
 from tests.test_export_chain import Trainer, _assert_same
 
 
-def _wait(cond, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(cond, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

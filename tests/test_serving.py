@@ -247,7 +247,7 @@ sys.exit(main(sys.argv[1:]))
 )
 
 
-def _wait(cond: Any, timeout_s: float = 60.0, proc: Any = None) -> None:
+def _wait(cond: Any, timeout_s: float = 180.0, proc: Any = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
@@ -311,7 +311,7 @@ def test_serve_process_follows_versions_announced_on_redis(
         cut = t.take_cut(False)
         assert cut is not None
         ex.publish(cut)  # announced on Redis; the server polls only every 30 s
-        _wait(lambda: _health(port) == 1, timeout_s=20, proc=proc)
+        _wait(lambda: _health(port) == 1, timeout_s=120, proc=proc)
         _, after, _ = _call(port, "POST", "/score", {"impressions": probe})
         assert after["version"] == 1
         assert after["p_click"] != before["p_click"]
