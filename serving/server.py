@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.format import DecodedDense, DecodedTable
-from exporter.sdk import DeltaConsumer, InMemoryTables, InPlaceTables
+from exporter.sdk import Backend, DeltaConsumer, InMemoryTables, InPlaceTables
 from serving.errors import BadRequest, ModelMismatch, NotReady, ServingError
 from serving.model import F32, I64, Inputs, ModelSpec, featurize, forward, predict
 
@@ -155,6 +155,21 @@ class ServingTables:
             self.applied_ms = _now_ms()
             info, at = self.manifest, self.applied_ms
         if self.on_apply is not None:
+            self.on_apply(info, at)
+
+    def staging(self) -> ServingTables:
+        """An empty backend of the same kind (a rebuild goes there, see ``swap``)."""
+        return ServingTables(self.backend)
+
+    def swap(self, staged: Backend) -> None:
+        """Take over a rebuilt backend's tables at once (requests see old or new)."""
+        if not isinstance(staged, ServingTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        with self._lock:
+            self._inner, self.manifest = staged._inner, staged.manifest
+            self.applied_ms = _now_ms()
+            info, at = self.manifest, self.applied_ms
+        if self.on_apply is not None and info is not None:
             self.on_apply(info, at)
 
     @property
