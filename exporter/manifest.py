@@ -39,10 +39,18 @@ from exporter.errors import (
     BadManifest,
     BadSequence,
     BadSignature,
+    OversizedPayload,
+    Truncated,
     UnsupportedVersion,
 )
-from exporter.format import ENCODINGS, check_name
-from exporter.format import Limits as _Limits
+from exporter.format import (
+    ENCODINGS,
+    DecodedDense,
+    DecodedTable,
+    Limits,
+    check_name,
+    decode_object,
+)
 
 __all__ = [
     "LATEST_KEY",
@@ -51,6 +59,8 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "SIGNATURE_ALG",
     "canonical_json",
+    "check_entry_size",
+    "decode_entry",
     "dense_key",
     "latest_bytes",
     "manifest_key",
@@ -68,7 +78,7 @@ MAX_LATEST_BYTES = 4096
 SIGNATURE_ALG = "hmac-sha256-raw"
 LATEST_KEY = "LATEST.json"
 _MAX_SEQ = 10**12 - 1
-MAX_DIM = _Limits().max_dim
+MAX_DIM = Limits().max_dim
 
 
 def version_prefix(seq: int) -> str:
@@ -278,3 +288,35 @@ def parse_latest(data: bytes, hmac_key: bytes | None = None) -> tuple[int, int]:
 def latest_bytes(seq: int, base: int, key: bytes | None) -> bytes:
     """``LATEST.json`` as a writer stores it (signed when ``key`` is given)."""
     return sign_manifest({"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}, key)
+
+
+def check_entry_size(seq: int, obj: dict[str, Any], limits: Limits) -> None:
+    """Before fetching: the entry's ``bytes`` within the reader's limit (OversizedPayload)."""
+    if obj["bytes"] > limits.max_object_bytes:
+        raise OversizedPayload(
+            f"version {seq}: {obj['key']} has {obj['bytes']} bytes > limit "
+            f"{limits.max_object_bytes} (DeltaConsumer(limits=...))"
+        )
+
+
+def decode_entry(
+    seq: int, obj: dict[str, Any], data: bytes, limits: Limits
+) -> DecodedTable | DecodedDense:
+    """Verify the object ``data`` fetched for the manifest entry ``obj`` (FORMAT.md 7):
+    its size (``Truncated``), sha256 (``ChecksumMismatch``), the object itself, and that
+    it is what the entry says (``BadManifest``)."""
+    check_entry_size(seq, obj, limits)
+    if len(data) != obj["bytes"]:
+        raise Truncated(
+            f"version {seq}: {obj['key']} has {len(data)} bytes, manifest says {obj['bytes']}"
+        )
+    dec = decode_object(data, obj["sha256"], limits)
+    if isinstance(dec, DecodedTable):
+        got = {"kind": "table", "name": dec.name, "dim": dec.dim, "encoding": dec.encoding}
+        got |= {"rows": len(dec.ids), "tombstones": len(dec.tombstones)}
+    else:
+        got = {"kind": "dense"}
+    want = {k: obj.get(k) for k in got}
+    if got != want:
+        raise BadManifest(f"version {seq}: {obj['key']} holds {got}, its manifest says {want}")
+    return dec

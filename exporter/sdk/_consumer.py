@@ -28,11 +28,13 @@ from exporter.errors import (
     Truncated,
     VersionNotFound,
 )
-from exporter.format import DecodedDense, DecodedTable, Limits, decode_object
+from exporter.format import DecodedDense, DecodedTable, Limits
 from exporter.manifest import (
     LATEST_KEY,
     MAX_LATEST_BYTES,
     MAX_MANIFEST_BYTES,
+    check_entry_size,
+    decode_entry,
     manifest_key,
     parse_latest,
     parse_manifest,
@@ -62,18 +64,6 @@ class ConsumerStats:
     polls: int = 0
     redis_down: int = 0
     last_error: str = ""
-
-
-def _check_entry(seq: int, obj: dict[str, Any], dec: DecodedTable | DecodedDense) -> None:
-    """The decoded object is the one its manifest entry describes."""
-    if isinstance(dec, DecodedTable):
-        got = {"kind": "table", "name": dec.name, "dim": dec.dim, "encoding": dec.encoding}
-        got |= {"rows": len(dec.ids), "tombstones": len(dec.tombstones)}
-    else:
-        got = {"kind": "dense"}
-    want = {k: obj.get(k) for k in got}
-    if got != want:
-        raise BadManifest(f"version {seq}: {obj['key']} holds {got}, its manifest says {want}")
 
 
 class DeltaConsumer:
@@ -142,11 +132,7 @@ class DeltaConsumer:
         tables: list[DecodedTable] = []
         dense: DecodedDense | None = None
         for obj in doc["objects"]:
-            if obj["bytes"] > self.limits.max_object_bytes:
-                raise OversizedPayload(
-                    f"version {seq}: {obj['key']} has {obj['bytes']} bytes > limit "
-                    f"{self.limits.max_object_bytes} (DeltaConsumer(limits=...))"
-                )
+            check_entry_size(seq, obj, self.limits)
             try:
                 data = self.store.get(obj["key"], obj["bytes"])
             except ObjectNotFound:
@@ -158,14 +144,8 @@ class DeltaConsumer:
                     f"version {seq}: {obj['key']} has more than the {obj['bytes']} bytes "
                     "its manifest says"
                 ) from None
-            if len(data) != obj["bytes"]:
-                raise Truncated(
-                    f"version {seq}: {obj['key']} has {len(data)} bytes, manifest says "
-                    f"{obj['bytes']}"
-                )
-            dec = decode_object(data, obj["sha256"], self.limits)
+            dec = decode_entry(seq, obj, data, self.limits)
             del data
-            _check_entry(seq, obj, dec)
             if isinstance(dec, DecodedTable):
                 tables.append(dec)
             else:
