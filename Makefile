@@ -30,6 +30,7 @@ venv: $(STAMP)
 
 deps: venv
 	@$(BIN)/fluxrec setup
+	@$(BIN)/python sdk-java/build.py  # the Java delta reader, when its sources changed
 
 # make demo [DATA=../shared/data/obd] [DEMO_ARGS="--strategy fake_negative --duration 300"]
 demo: deps
@@ -45,6 +46,7 @@ typecheck: venv
 check: lint typecheck
 
 test: deps check
+	$(BIN)/python sdk-java/build.py --test  # JUnit: every golden vector, as Python reads it
 	$(BIN)/pytest
 
 unit: venv
@@ -62,4 +64,4 @@ bench-export: venv
 
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
-	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache sdk-java/target

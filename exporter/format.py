@@ -134,7 +134,7 @@ class DecodedDense:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # not .match: "$" would accept a final newline
         raise BadHeader(f"table name {name!r} must match {_NAME.pattern}")
     return name
 

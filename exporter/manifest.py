@@ -149,7 +149,7 @@ def _check_signature_field(doc: dict[str, Any], where: str) -> None:
         or set(sig) != {"alg", "value"}
         or sig["alg"] != SIGNATURE_ALG
         or not isinstance(sig["value"], str)
-        or not _HEX64.match(sig["value"])
+        or not _HEX64.fullmatch(sig["value"])
     ):
         raise BadSignature(
             f"{where}: signature must be {{'alg': {SIGNATURE_ALG!r}, 'value': 64 hex digits}}"
@@ -164,8 +164,9 @@ def _load(data: bytes, limit: int, what: str, hmac_key: bytes | None) -> dict[st
     doc = _json.loads(data, BadManifest, what)
     if not isinstance(doc, dict):
         raise BadManifest(f"{what} must be a JSON object")
-    if doc.get("format") != MANIFEST_FORMAT:
-        raise UnsupportedVersion(f"{what}: format {doc.get('format')!r}; this reader supports 1")
+    fmt = doc.get("format")
+    if type(fmt) is not int or fmt != MANIFEST_FORMAT:  # not True, not 1.0
+        raise UnsupportedVersion(f"{what}: format {fmt!r}; this reader supports 1")
     _check_signature_field(doc, what)
     return doc
 
@@ -222,7 +223,7 @@ def parse_manifest(  # noqa: PLR0912
     offsets = _need(doc, "kafka_offsets", dict, where)
     for topic, parts in offsets.items():
         if not isinstance(parts, dict) or not all(
-            _PARTITION.match(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            _PARTITION.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in parts.items()
         ):
             raise BadManifest(
@@ -244,7 +245,7 @@ def _check_objects(doc: dict[str, Any], seq: int, snapshot: bool, where: str) ->
         okey = _need(obj, "key", str, where)
         _need(obj, "bytes", int, where, 0)
         sha = _need(obj, "sha256", str, where)
-        if not _HEX64.match(sha):
+        if not _HEX64.fullmatch(sha):
             raise BadManifest(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
         okind = obj.get("kind")
         if okind == "table":
