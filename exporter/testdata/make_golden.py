@@ -389,6 +389,7 @@ def _negative_objects() -> list[Vector]:  # noqa: PLR0915
     for name, change in (
         ("header_kind", {"kind": "tensor"}),
         ("header_name", {"name": "../t"}),
+        ("header_name_newline", {"name": "t\n"}),
         ("header_dim_0", {"dim": 0}),
         ("header_dim_bool", {"dim": True}),
         ("header_encoding", {"encoding": "bf16"}),
@@ -687,6 +688,9 @@ def _negative_manifests() -> list[Vector]:
         ("m_watermark_string", {"watermark_ms": "1"}),
         ("m_partition_superscript", {"kafka_offsets": {"t": {"²": 1}}}),
         ("m_partition_leading_zero", {"kafka_offsets": {"t": {"01": 1}}}),
+        ("m_partition_newline", {"kafka_offsets": {"t": {"0\n": 1}}}),
+        ("m_format_true", {"format": True}),
+        ("m_format_float", {"format": 1.0}),
         ("m_offset_negative", {"kafka_offsets": {"t": {"0": -1}}}),
         ("m_offsets_not_object", {"kafka_offsets": {"t": [1]}}),
         ("m_rollback_of_not_older", {"rollback_of": 7}),
@@ -695,7 +699,7 @@ def _negative_manifests() -> list[Vector]:
         d = doc | change
         if name == "m_parent_missing":
             d = {k: v_ for k, v_ in doc.items() if k != "parent"}
-        err = "BadManifest"
+        err = "UnsupportedVersion" if name.startswith("m_format") else "BadManifest"
         v.append(_man(name, signed(d), err))
     snap = _manifest(7, "snapshot", 7, objects)
     v.append(_man("m_snapshot_with_tombstones", signed(snap), "BadManifest"))
@@ -707,6 +711,8 @@ def _negative_manifests() -> list[Vector]:
         ("m_table_twice", lambda o: o.append(dict(o[0]))),
         ("m_table_name", lambda o: o[0].update(name="x/y")),
         ("m_sha256_uppercase", lambda o: o[0].update(sha256=o[0]["sha256"].upper())),
+        ("m_sha256_newline", lambda o: o[0].update(sha256=o[0]["sha256"][:63] + "\n")),
+        ("m_table_name_newline", lambda o: o[0].update(name="item_f32\n")),
         ("m_bytes_negative", lambda o: o[0].update(bytes=-1)),
         ("m_dim_0", lambda o: o[0].update(dim=0)),
         ("m_dim_65537", lambda o: o[0].update(dim=65537)),
