@@ -206,20 +206,30 @@ class FileStore(ObjectStore):
 
     def _open(self, key: str) -> int:
         """A read fd for ``key``: each component opened with ``O_NOFOLLOW`` below the root
-        (which may itself be a link: it is configured), the file ``O_NONBLOCK``."""
+        (which may itself be a link: it is configured), the file ``O_NONBLOCK``. A symlink
+        component raises ``UnsafeObject`` (Linux reports ENOTDIR or ELOOP for it)."""
         parts = _check_key(key).split("/")
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for part in parts[:-1]:
-                sub = os.open(
-                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
+                try:
+                    sub = os.open(part, flags, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                        raise UnsafeObject(
+                            f"{self.url}/{key}: {part!r} is a symbolic link; refused"
+                        ) from None
+                    raise
                 os.close(fd)
                 fd = sub
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            return os.open(parts[-1], flags, dir_fd=fd)
+            out, fd = fd, -1
+            return out
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         where = f"{self.url}/{key}"
@@ -228,10 +238,8 @@ class FileStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"{where} does not exist") from None
         except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise UnsafeObject(f"{where}: a symbolic link in the path; refused") from None
             raise StoreError(f"{where}: {errno.errorcode.get(e.errno or 0, e)}") from None
-        with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise ObjectNotFound(f"{where} is a directory, not an object")
@@ -239,6 +247,10 @@ class FileStore(ObjectStore):
                 raise UnsafeObject(f"{where} is not a regular file (FIFO, device, socket)")
             if max_bytes is not None and st.st_size > max_bytes:
                 raise _too_big(self.url, key, st.st_size, max_bytes)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb", buffering=0) as f:
             try:
                 parts = _read_capped(f.read, max_bytes)
             except OSError as e:
@@ -271,6 +283,13 @@ class FileStore(ObjectStore):
             except OSError:
                 break
             parent = parent.parent
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 class _EarlyWriteback:
