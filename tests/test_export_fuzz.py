@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -188,3 +189,37 @@ def test_consumer_keeps_its_last_good_version(target: str, how: str, where: int)
             assert c.stats.last_error.startswith("BadSignature:"), c.stats.last_error
         store.put(target, data)  # repaired: the consumer applies it on the next sync
         assert c.sync() == 1 and c.version == 1 and c.stats.rejected == 1
+
+
+def test_structured_fuzzing_finds_no_untyped_error_hang_or_memory_blowup() -> None:
+    """3000 cases of tests/fuzz_delta.py (fixed seed; README: the longer release run) in a
+    fresh process, so its peak RSS is its own: every case decodes or raises an
+    ExporterError, directly and through a DeltaConsumer, within 2x the reader's limits."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_delta", "--cases", "3000", "--seed", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["untyped"] == 0, res["untyped_examples"]
+    assert out.returncode == 0
+    assert set(res["mutators"]) == {
+        "truncate",
+        "flip",
+        "reseal",
+        "header",
+        "lengths",
+        "lz4",
+        "arrow",
+        "bomb",
+    }
+    assert res["peak_rss_over_limit"] <= 2
+    assert res["slowest_case_s"] < 60  # no hang (a FIFO or a bomb would block or swap)
+    assert {"decoded", "BadBody", "OversizedPayload", "sync:UnsafeObject"} <= set(res["outcomes"])
