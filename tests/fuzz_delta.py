@@ -25,7 +25,8 @@ or a symlink to /dev/zero or a FIFO takes its place).
 A case passes when the reader returns a decoding or raises an ``ExporterError``; anything
 else is counted as untyped. The last line printed is one JSON object: cases, outcomes by
 class, untyped (with examples), the slowest case, and the peak RSS above the baseline
-(VmHWM after the seeds are built) against the limit. Exit 1 if any case was untyped or the
+(VmHWM after the seeds are built) against the limit, and as a control the peak while a
+valid object of half the limit decodes. Exit 1 if any case was untyped or the
 peak exceeded 2x the limit. ``tests/test_export_fuzz.py`` runs 3000 cases.
 """
 
@@ -327,6 +328,14 @@ def run(cases: int, seed: int, limit_mib: int, consumer_every: int) -> dict[str,
                 slowest = (took, name)
             outcomes[outcome] += 1
         peak = max(0, _rss("VmHWM") - baseline)
+        # control: a valid object of half the limit shows what the measurement sees
+        n = (limit_mib << 20) // 2 // (8 + 4 * 16)
+        rng = np.random.default_rng(seed)
+        big = encode_table("c", 16, np.arange(n), rng.standard_normal((n, 16), np.float32))[0]
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss("VmRSS")
+        decode_object(big, None, limits)
+        control = max(0, _rss("VmHWM") - before)
     return {
         "cases": cases,
         "seed": seed,
@@ -339,6 +348,8 @@ def run(cases: int, seed: int, limit_mib: int, consumer_every: int) -> dict[str,
         "slowest_mutator": slowest[1],
         "peak_rss_mib": round(peak / 2**20, 1),
         "peak_rss_over_limit": round(peak / (limit_mib << 20), 3),
+        "control_object_mib": round(len(big) / 2**20, 1),
+        "control_peak_rss_mib": round(control / 2**20, 1),
         "pyarrow": pa.__version__,
     }
 

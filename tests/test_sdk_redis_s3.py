@@ -38,6 +38,11 @@ class RecordingTables(InMemoryTables):
         super().apply(manifest, tables, dense)
         self.applied.append(manifest["sequence"])
 
+    def staging(self) -> RecordingTables:  # a rebuild's versions are noted as well
+        staged = RecordingTables()
+        staged.applied = self.applied
+        return staged
+
 
 @pytest.mark.redis
 @pytest.mark.parametrize("mode", ["notify", "poll"])
