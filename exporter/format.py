@@ -504,13 +504,18 @@ def decode_object(
     raise BadHeader(f"header kind {kind!r}: expected 'table' or 'dense'")
 
 
-def _finite(values: npt.NDArray[Any], what: str) -> None:
-    """``BadBody`` unless every value is finite; chunked so temporaries stay small."""
+_FINITE_STEP = 1 << 20
+_ZEROS = np.zeros(_FINITE_STEP, np.float32)
+
+
+def _finite(values: npt.NDArray[np.float32], what: str) -> None:
+    """``BadBody`` unless every float32 value is finite: the dot product with zeros is 0
+    for finite values and NaN once one is NaN or Inf (0 x Inf = NaN); one BLAS pass, half
+    the time of ``min`` and ``max``, in 1M-value steps so nothing large is allocated."""
     flat = values.reshape(-1)
-    step = 1 << 20
-    for s in range(0, len(flat), step):
-        part = flat[s : s + step]
-        if not np.isfinite(part.min()) or not np.isfinite(part.max()):
+    for s in range(0, len(flat), _FINITE_STEP):
+        part = flat[s : s + _FINITE_STEP]
+        if np.dot(part, _ZEROS[: len(part)]) != 0:
             raise BadBody(f"{what}: NaN or Inf values are not allowed")
 
 
@@ -551,11 +556,11 @@ def _decode_table(
             f"body has {len(ids)} rows / {len(tomb)} tombstones, header says {rows} / {ntomb}"
         )
     if enc == "f32":
-        _finite(vals, f"table {name}")
         out = vals
+        _finite(out, f"table {name}")
     elif enc == "f16":
-        _finite(vals, f"table {name}")
-        out = vals.astype(np.float32)
+        out = vals.astype(np.float32)  # exact: Inf and NaN stay what they are
+        _finite(out, f"table {name}")
     else:
         scale = _cat(scale_parts, np.float32, (0,))
         if len(scale) and not (
@@ -632,8 +637,9 @@ def _decode_dense(header: dict[str, Any], body: memoryview, raw: int) -> Decoded
                     raise BadBody(f"dense tensor {name!r}: shape {shape} != {len(flat)} values")
                 if name in out:
                     raise BadBody(f"dense tensor {name!r} appears twice")
-                _finite(flat, f"dense tensor {name!r}")
-                out[name] = flat.astype(np.float32, copy=False).reshape(shape)
+                tensor = flat.astype(np.float32, copy=False)
+                _finite(tensor, f"dense tensor {name!r}")
+                out[name] = tensor.reshape(shape)
         except (pa.ArrowException, ValueError, IndexError) as e:
             if isinstance(e, BadBody):
                 raise
