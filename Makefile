@@ -31,6 +31,7 @@ venv: $(STAMP)
 
 deps: venv
 	@$(BIN)/fluxrec setup
+	@$(BIN)/python sdk-java/build.py  # the Java delta reader, when its sources changed
 
 # make demo [DATA=../shared/data/obd | DATA=mylog.tsv CONFIG=mylog.yaml] [DEMO_ARGS="--strategy fake_negative"]
 demo: deps
@@ -46,6 +47,7 @@ typecheck: venv
 check: lint typecheck
 
 test: deps check
+	$(BIN)/python sdk-java/build.py --test  # JUnit: every golden vector, as Python reads it
 	$(BIN)/pytest
 
 unit: venv
@@ -67,4 +69,4 @@ bench-pipeline: deps
 
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
-	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache sdk-java/target

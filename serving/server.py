@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.format import DecodedDense, DecodedTable
-from exporter.sdk import DeltaConsumer, InMemoryTables, InPlaceTables
+from exporter.sdk import Backend, DeltaConsumer, InMemoryTables, InPlaceTables
 from serving.errors import BadRequest, ModelMismatch, NotReady, ServingError
 from serving.model import F32, I64, Inputs, ModelSpec, featurize, forward, predict
 
@@ -145,6 +145,7 @@ class ServingTables:
         self.on_apply = on_apply
         self.manifest: dict[str, Any] | None = None
         self.applied_ms: int | None = None
+        self._staged: list[dict[str, Any]] | None = None  # a staging backend's versions
 
     def apply(
         self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
@@ -154,8 +155,27 @@ class ServingTables:
             self.manifest = {k: manifest.get(k) for k in _MANIFEST_FIELDS}
             self.applied_ms = _now_ms()
             info, at = self.manifest, self.applied_ms
+        if self._staged is not None:
+            self._staged.append(info)
         if self.on_apply is not None:
             self.on_apply(info, at)
+
+    def staging(self) -> ServingTables:
+        """An empty backend of the same kind (a rebuild goes there, see ``swap``)."""
+        staged = ServingTables(self.backend)
+        staged._staged = []
+        return staged
+
+    def swap(self, staged: Backend) -> None:
+        """Take over a rebuilt backend's tables at once (requests see old or new)."""
+        if not isinstance(staged, ServingTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        with self._lock:
+            self._inner, self.manifest = staged._inner, staged.manifest
+            self.applied_ms = at = _now_ms()
+        if self.on_apply is not None:
+            for info in staged._staged or []:  # each version the rebuild applied
+                self.on_apply(info, at)
 
     @property
     def version(self) -> int | None:
