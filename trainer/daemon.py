@@ -7,7 +7,9 @@ still needs, and trains when a batch is full or ``max_wait_s`` has passed since 
 record. Memory stays bounded: the consumer holds at most ``fetch_max_bytes`` of fetched
 data and one pending batch, and it only polls again after training (backpressure: a slow
 trainer simply lags, and the lag, log end minus position over all partitions, is
-reported). Undecodable records are counted in ``bad`` and skipped::
+reported). The raw values of a batch are featurized together (:mod:`featurize`: Arrow
+reads them, no per-record ``json.loads``); values that are not v1 Samples are counted in
+``bad`` by reason and skipped, and their offsets move on with the batch::
 
     stats = run(trainer, bootstrap, "fluxrec.samples", stop=threading.Event())
 
@@ -33,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.core import BadSample, Batch, Trainer
+from trainer.core import Batch, Trainer, to_batch
 from trainer.errors import TrainerError
 from trainer.metrics import PrequentialMetrics
 
@@ -92,35 +94,26 @@ def _partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> list[int]:
         time.sleep(0.2)
 
 
-def _featurize_counting(trainer: Trainer, pending: list[Any], st: LoopStats) -> Batch:
-    """Featurize ``pending``; bad samples are counted in ``st`` and left out."""
-    try:
-        return trainer.featurize(pending)
-    except BadSample:
-        pass
-    good = []
-    for s in pending:
-        try:
-            trainer.featurize([s])
-            good.append(s)
-        except BadSample as e:
-            log.warning("trainer: %s", e)
-            st.count_bad("bad sample")
-    return trainer.featurize(good)
+def _featurize_counting(trainer: Trainer, values: list[bytes], st: LoopStats) -> Batch:
+    """Featurize the raw values of a batch; values that are not v1 Samples are counted in
+    ``st`` by reason (the first of each reason per batch is logged) and left out."""
+    s = trainer.featurizer.samples(values)
+    logged: set[str] = set()
+    for b in s.bad:
+        st.count_bad(b.reason)
+        if b.reason not in logged:
+            logged.add(b.reason)
+            log.warning("trainer: bad sample (%s): %s", b.reason, b.detail)
+    return to_batch(s)
 
 
-def _poll(
-    consumer: Any, room: int, pending: list[Any], next_off: dict[int, int], st: LoopStats
-) -> bool:
-    """Poll up to ``room`` records into ``pending`` (JSON-decoded); False when none came."""
+def _poll(consumer: Any, room: int, pending: list[bytes], next_off: dict[int, int]) -> bool:
+    """Poll up to ``room`` raw values into ``pending``; False when none came."""
     got = consumer.poll(timeout_ms=100, max_records=max(room, 1))
     for tp, recs in got.items():
-        for r in recs:
-            next_off[tp.partition] = r.offset + 1
-            try:
-                pending.append(json.loads(r.value))
-            except (ValueError, UnicodeDecodeError):
-                st.count_bad("not json")
+        if recs:
+            next_off[tp.partition] = recs[-1].offset + 1
+            pending.extend([r.value if r.value is not None else b"" for r in recs])
     return bool(got)
 
 
@@ -162,7 +155,7 @@ def run(
         tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         consumer.assign(tps)
         _seek_stored(consumer, tps, trainer.offsets.get(topic, {}))
-        pending: list[Any] = []
+        pending: list[bytes] = []
         next_off: dict[int, int] = {}
         first_at = 0.0  # when the first record of the pending batch arrived
         lag_at = 0.0
@@ -170,7 +163,7 @@ def run(
         while not stop.is_set():
             if max_samples and st.samples >= max_samples:
                 break
-            got = _poll(consumer, batch_size - len(pending), pending, next_off, st)
+            got = _poll(consumer, batch_size - len(pending), pending, next_off)
             now = time.monotonic()
             if pending and not first_at:
                 first_at = now
@@ -178,8 +171,6 @@ def run(
                 st.lag, lag_at = _lag(consumer, tps), now
                 if until_caught_up and st.lag == 0:
                     break
-            if got and not pending:  # only bad records: move the offsets past them
-                trainer.train_batch(trainer.featurize([]), offsets={topic: dict(next_off)})
             if pending and (len(pending) >= batch_size or now - first_at >= max_wait_s):
                 batch = _featurize_counting(trainer, pending, st)
                 trainer.train_batch(batch, offsets={topic: dict(next_off)})
