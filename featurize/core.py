@@ -49,7 +49,6 @@ __all__ = ["Featurizer"]
 
 _MISS = np.iinfo(np.int64).min  # "not in the cache" (a real id equal to it is re-hashed)
 _RESERVED = (np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1)  # the tables' sentinels
-_F32_MAX = float(np.finfo(np.float32).max)
 _DICT_MIN = 512  # values of a field above which distinct values are found first (Arrow)
 _BLANK = re.compile(rb"(?:^|\n)[ \t]*(?:\n|$)")
 _STRATEGIES = ("window", "fake_negative")
@@ -256,8 +255,8 @@ class Featurizer:
                     checks.append((rows, "bad_value", where, "not a decimal int64 id (ids: raw)"))
         for name in self.spec.dense:
             x = dn[name].fill_null(0.0).to_numpy(zero_copy_only=False)
-            with np.errstate(invalid="ignore"):
-                out = ~(np.abs(x) <= _F32_MAX)
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = ~np.isfinite(x.astype(np.float32))
             if out.any():
                 checks.append((out, "bad_value", f"dense.{name}", "not a finite float32 number"))
         return checks
@@ -272,11 +271,8 @@ class Featurizer:
             self._read_values(values, 0, len(values), parts, bad)
         if not parts:
             return self._empty(bad, 0)
-        if len(parts) == 1:
-            table, pos = parts[0][0], np.arange(len(values), dtype=np.int64)
-        else:
-            table = pa.concat_tables([t for t, _ in parts])
-            pos = np.concatenate([np.arange(lo, lo + t.num_rows) for t, lo in parts])
+        table = parts[0][0] if len(parts) == 1 else pa.concat_tables([t for t, _ in parts])
+        pos = np.concatenate([np.arange(lo, lo + t.num_rows, dtype=np.int64) for t, lo in parts])
         table = table.combine_chunks()
         n = table.num_rows
         col = {name: table.column(name).chunk(0) for name in table.column_names}
@@ -301,11 +297,9 @@ class Featurizer:
         ]  # fmt: skip
         badmask = np.zeros(n, dtype=bool)
         _apply_checks(checks, badmask, pos, bad, "")
+        _apply_checks(self._feature_checks(col["features"], n), badmask, pos, bad, "features.")
         correction = col["correction"].fill_null(False).to_numpy(zero_copy_only=False)
         skip = correction & (lab != 1) & ~badmask
-        done = badmask | skip
-        _apply_checks(self._feature_checks(col["features"], n), done, pos, bad, "features.")
-        badmask |= done & ~skip
         keep = ~(badmask | skip)
         skipped = int(skip.sum())
         if not keep.all():
@@ -391,8 +385,11 @@ class Featurizer:
                 raise BadInput(f"impressions[{i}] has no 'features' object", f"impressions[{i}]")
             where = _where(key, i)
             raise BadInput(f"{where}: expected a features object", where)
-        for mask, _, path, message in self._feature_checks(feat, n):
-            field = f"{_where(key, int(np.flatnonzero(mask)[0]))}.{path}"
+        checks = self._feature_checks(feat, n)
+        if checks:  # the first instance at fault, then its first field at fault
+            i, k = min((int(np.flatnonzero(c[0])[0]), k) for k, c in enumerate(checks))
+            path, message = checks[k][2], checks[k][3]
+            field = f"{_where(key, i)}.{path}"
             raise BadInput(f"{field}: {message}", field)
         feats, unknown = self._features(feat, n)
         return feats, key == "features", unknown

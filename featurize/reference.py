@@ -10,7 +10,7 @@ requests):
 - a Sample needs ``v == 1`` (an integer), ``sample_id`` (string), ``event_time_ms``
   (int64), ``labels[label]`` (0 or 1), ``strategy`` (``window`` | ``fake_negative``),
   ``features`` (an object); ``correction`` is optional (false);
-- a correction (``correction: true``) whose label is not 1 is skipped, not trained;
+- a valid correction (``correction: true``) whose label is not 1 is skipped, not trained;
 - ``features.sparse[name]``: a list of strings (absent or null: empty); raw-id fields
   hold decimal int64 strings (``-?[0-9]+``, not the tables' two sentinels);
 - ``features.dense[name]``: a number (not a boolean) that is a finite float32 (absent or
@@ -35,7 +35,6 @@ from featurize.types import FeatureSpec, SparseSpec
 __all__ = ["RefSample", "check_request", "features", "request_instances", "sample", "samples"]
 
 _RESERVED = (-(2**63), -(2**63) + 1)
-_F32_MAX = float(np.finfo(np.float32).max)
 _RAW = re.compile(r"-?[0-9]+")
 
 
@@ -98,7 +97,9 @@ def features(spec: FeatureSpec, feats: Any, where: str) -> tuple[dict[str, list[
             fx = float(x)
         except OverflowError:
             fx = math.inf
-        if not abs(fx) <= _F32_MAX:
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.isfinite(np.float32(fx)))
+        if not finite:
             raise BadInput(f"{at}: {x!r} is not a finite float32 number", at)
         dense.append(fx)
     return ids, dense
@@ -133,9 +134,9 @@ def sample(spec: FeatureSpec, s: Any) -> RefSample | None:
     correction = s.get("correction")
     if correction is not None and not isinstance(correction, bool):
         raise BadInput(f"correction {correction!r}: need true or false", "correction")
+    ids, dense = features(spec, s["features"], "features")
     if correction and y != 1:
         return None
-    ids, dense = features(spec, s["features"], "features")
     return RefSample(ids, dense, y, t, strategy == "fake_negative", sid)
 
 

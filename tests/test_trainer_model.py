@@ -139,7 +139,7 @@ def test_raw_ids_and_per_field_dims() -> None:
     for value in (str(-(2**63)), str(2**63), "x", "+5", " 5"):
         bad = _sample("r-9", 0)
         bad["features"]["sparse"]["slot"] = [value]
-        with pytest.raises(BadSample, match="r-9.*slot: not a decimal int64 id"):
+        with pytest.raises(BadSample, match=r"r-9.*slot: not a decimal int64 id"):
             featurize([bad], [SparseField("slot", 4, raw=True)], [])
 
 
