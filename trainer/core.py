@@ -1,7 +1,8 @@
 """The trainer's in-process core: samples -> batch -> prequential score -> update -> cut.
 
 :class:`Trainer` owns the dynamic tables, the dense model and its optimizer. The daemon
-feeds it decoded Sample records (``sample_join/CONTRACTS.md``, section 2); the exporter
+feeds it the raw Kafka values of Sample records (``sample_join/CONTRACTS.md``, section 2)
+through its featurizer (:mod:`featurize`, ``Trainer.featurizer``); the exporter
 calls :meth:`Trainer.take_cut` from another thread. Every public method holds one lock,
 so a cut always falls between two training steps::
 
@@ -255,6 +256,7 @@ class Trainer:
         self.offsets: dict[str, dict[int, int]] = {}
         self.id_xor = 0  # XOR of stable_hash("sample_id", id) over every trained sample
         self._cut_step = -1  # step of the last cut (-1: none yet)
+        self._cut_offsets: dict[str, dict[int, int]] = {}  # offsets of the last cut
 
     @classmethod
     def from_config(cls, cfg: Config, metrics_jsonl: Path | None = None) -> Trainer:
@@ -480,14 +482,16 @@ class Trainer:
         Thread-safe; the cut falls between two steps. ``full=True`` asks for a snapshot
         of every live row. The cut is full anyway when it is the first one, the first
         after a restore, or change tracking overflowed. Returns None before the first
-        step, and when nothing changed (no step since the previous cut) and no full cut
-        is due.
+        step, and when nothing changed (no step and no offset moved since the previous
+        cut: a batch of bad values only moves the offsets) and no full cut is due.
         """
         with self.lock:
             due = full or any(t.overflow for t in self.tables.values())
-            if self.step == 0 or (not due and self.step == self._cut_step):
+            moved = self.offsets != self._cut_offsets  # past values that trained nothing
+            if self.step == 0 or (not due and self.step == self._cut_step and not moved):
                 return None  # an untrained model is not worth serving
             self._cut_step = self.step
+            self._cut_offsets = {t: dict(p) for t, p in self.offsets.items()}
             return take_cut(
                 self.tables,
                 self._dense_state(),
