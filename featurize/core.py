@@ -31,7 +31,6 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -80,24 +79,31 @@ def _reason(err: BaseException) -> tuple[str, str]:
     return "malformed_json", msg[:300]
 
 
-def _has_blank(values: Sequence[bytes], buf: bytes) -> bool:
-    """Whether a value is empty or blank (Arrow would skip its line, and the rows would
-    no longer line up with the values). The regex runs only when a line starts with a
-    blank, which a valid value may also do."""
-    if min(map(len, values)) < 2:  # the shortest JSON object is "{}"
-        return True
-    if buf[:1] in (b" ", b"\t") or b"\n " in buf or b"\n\t" in buf:
-        return _BLANK.search(buf) is not None
-    return False
+def _framed(values: Sequence[bytes], buf: bytes) -> bool:
+    """Whether every value starts with ``{`` and ends with ``}`` in ``buf`` (the values
+    joined by newlines): then no line is blank, so Arrow reads at least one row per
+    value, and a row count equal to the number of values means one row per value."""
+    lens = np.fromiter(map(len, values), np.int64, len(values))
+    if lens.min() < 2:
+        return False
+    ends = np.cumsum(lens + 1) - 2  # the last byte of each value
+    b = np.frombuffer(buf, np.uint8)
+    return bool((b[ends - lens + 1] == 0x7B).all() and (b[ends] == 0x7D).all())
 
 
-def _one_line(values: Sequence[bytes]) -> bytes:
-    """The values joined by newlines; raw newlines inside a value (JSON whitespace
-    only, as strings cannot hold them) become spaces."""
-    buf = b"\n".join(values)
-    if buf.count(b"\n") != len(values) - 1 or b"\r" in buf:
-        buf = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
-    return buf
+def _one_line(values: Sequence[bytes]) -> bytes | None:
+    """The values joined by newlines, raw newlines inside a value (JSON whitespace only,
+    as strings cannot hold them) made spaces; None when a value is empty or blank (Arrow
+    would skip its line)."""
+    buf = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
+    return None if _BLANK.search(buf) else buf
+
+
+class _Cache(dict[str, int]):
+    """Value -> id; a missing value reads as ``_MISS`` (so lookups run in C, via ``map``)."""
+
+    def __missing__(self, key: str) -> int:
+        return int(_MISS)
 
 
 class Featurizer:
@@ -112,7 +118,7 @@ class Featurizer:
             raise BadInput("features: no sparse and no dense feature to read", "features")
         self.spec = spec
         self.cache_size = cache_size
-        self._cache: list[dict[str, int]] = [{} for _ in spec.sparse]
+        self._cache = [_Cache() for _ in spec.sparse]
         self._cached = 0
         feat = _feature_type(spec)
         self._feat = feat
@@ -157,9 +163,11 @@ class Featurizer:
     ) -> None:
         """Read ``values[lo:hi]`` into ``out`` as (table, first index); halve on refusal."""
         part = values[lo:hi]
-        buf = _one_line(part)
-        err: BaseException | None = None
-        if _has_blank(part, buf):
+        joined = b"\n".join(part)
+        # rare: whitespace or newlines around or in a value
+        buf = joined if _framed(part, joined) else _one_line(part)
+        err: BaseException
+        if buf is None:
             err = ValueError("an empty value is not a JSON object")
         else:
             try:
@@ -170,6 +178,16 @@ class Featurizer:
                 err = ValueError("a value holds more than one JSON document")
             except (pa.ArrowException, ValueError) as e:
                 err = e
+            if hi - lo == 1 and (b"\n" in part[0] or b"\r" in part[0]):
+                buf = _one_line(part)  # a value printed across lines
+                if buf is not None:
+                    try:
+                        table = self._read(buf, self._sample_opts)
+                        if table.num_rows == 1:
+                            out.append((table, lo))
+                            return
+                    except (pa.ArrowException, ValueError) as e:
+                        err = e
         if hi - lo == 1:
             bad.append(BadRecord(lo, *_reason(err)))
             return
@@ -193,7 +211,7 @@ class Featurizer:
             uniq, idx = enc.dictionary, enc.indices.to_numpy()
         objs = uniq.to_numpy(zero_copy_only=False)
         cache = self._cache[j]
-        h = np.fromiter(map(cache.get, objs, repeat(_MISS)), np.int64, len(objs))
+        h = np.fromiter(map(cache.__getitem__, objs.tolist()), np.int64, len(objs))
         miss = np.flatnonzero(h == _MISS)
         if miss.size:
             if self._cached + miss.size > self.cache_size:

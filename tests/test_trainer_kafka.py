@@ -70,8 +70,9 @@ def test_trains_from_a_committed_topic_and_auc_rises(
     assert cut.offsets == t.offsets and cut.samples == 4000
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 def test_a_poll_of_bad_values_only_moves_the_offsets_past_them(
-    bootstrap: str, new_topic: Callable[..., str]
+    bootstrap: str, new_topic: Callable[..., str], prefetch: bool
 ) -> None:
     from kafka import KafkaProducer
 
@@ -87,7 +88,14 @@ def test_a_poll_of_bad_values_only_moves_the_offsets_past_them(
     timer.start()
     try:
         st = run(
-            t, bootstrap, topic, stop=stop, batch_size=16, max_wait_s=0.2, until_caught_up=True
+            t,
+            bootstrap,
+            topic,
+            stop=stop,
+            batch_size=16,
+            max_wait_s=0.2,
+            until_caught_up=True,
+            prefetch=prefetch,
         )
     finally:
         timer.cancel()
