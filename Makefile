@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # the venv is rebuilt when pyproject.toml changes
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export
+.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export bench-serve
 
 help:
 	@echo "make demo    the whole pipeline on a live stream, with a freshness and quality report"
@@ -15,7 +15,7 @@ help:
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
-	@echo "make bench-join | bench-trainer | bench-export   benchmarks (see BENCHMARKS.md)"
+	@echo "make bench-join | bench-trainer | bench-export | bench-serve   benchmarks (see BENCHMARKS.md)"
 	@echo "make clean   stop the demo stack and remove the venv and local state"
 
 $(STAMP): pyproject.toml
@@ -59,6 +59,9 @@ bench-trainer: venv
 
 bench-export: venv
 	$(BIN)/python bench/export.py
+
+bench-serve: venv
+	$(BIN)/python bench/serve.py
 
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
