@@ -300,9 +300,20 @@ def test_responses_are_one_write_on_sockets_without_nagle(tmp_path: Path) -> Non
 
 def test_the_server_imports_neither_torch_nor_pyflink() -> None:
     code = (
-        "import sys, serving.server, serving.model, serving.cli, fluxrec.cli\n"
+        "import sys, serving.server, serving.model\n"
+        "assert 'trainer' not in sys.modules\n"  # the featurizer is featurize's, not trainer's
+        "import serving.cli, fluxrec.cli\n"
         "fluxrec.cli.build_parser()\n"
         "bad = [m for m in ('torch', 'pyflink') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+    # featurize sits below the trainer and the server: it imports the ground floor only
+    code = (
+        "import sys, featurize.core, featurize.reference\n"
+        "above = ('torch', 'pyflink', 'trainer', 'serving', 'exporter', 'sample_join',\n"
+        "         'pipelines', 'replay', 'demo')\n"
+        "bad = [m for m in sys.modules if m.partition('.')[0] in above]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
