@@ -109,10 +109,12 @@ class _Cache(dict[str, int]):
 
 
 class Featurizer:
-    """Featurizes batches of raw JSON for ``spec`` (module doc). Not thread-safe: one per
-    thread (the hash cache is per instance).
+    """Featurizes batches of raw JSON for ``spec`` (module doc).
 
     ``cache_size`` bounds the value -> id cache (all fields together; cleared when full).
+    Threads may share one featurizer (the scoring server's request threads do): the
+    cache is dicts of ints, each operation atomic under the GIL, and a race at worst
+    hashes a value twice or clears the cache a little early.
     """
 
     def __init__(self, spec: FeatureSpec, cache_size: int = 1_000_000) -> None:
