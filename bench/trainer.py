@@ -28,7 +28,8 @@ other design, without validation); ``loop_samples_per_s`` is the daemon's loop b
 ``train_batch(to_batch(featurizer.samples(values)))`` with sequential steps, and
 ``loop_overlapped_samples_per_s`` the same with the featurizing of batch ``n + 1`` on a
 thread while batch ``n`` trains (``trainer.prefetch``); ``loop_vs_step`` is the daemon's
-loop (the mode its config selects) over the step alone. Ids
+loop (the mode its config selects) over the step alone on batches of the same kind
+featurized beforehand, measured in turn with the loops (``loop_step_samples_per_s``). Ids
 are Zipf(1.1) over ``--vocab`` values per field, fresh batches every
 round. Each variant's figure is the batch size over its median step time across
 ``--rounds`` timed rounds of ``--steps`` steps (after one untimed warm-up round); the
@@ -194,17 +195,25 @@ def featurize_rates(t: Trainer, batch: int, rounds: int) -> dict[str, float]:
 
 def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
     """Samples/s of the daemon's loop body over raw values, sequential and overlapped
-    (the next batch featurized on a thread while this one trains), ``n`` batches each
-    in turn, ``rounds`` times (fresh values every batch; the median per-batch time)."""
-    data = [make_values(batch, seed=1000 + k) for k in range(n * 2 * rounds)]
-    took: dict[str, list[float]] = {"sequential": [], "overlapped": []}
+    (the next batch featurized on a thread while this one trains), and of the step
+    alone on the same kind of batches featurized beforehand (``step``: the anchor of
+    ``loop_vs_step``, measured in turn with the loops so that all three share the
+    machine's load). ``n`` batches per mode in turn, ``rounds`` times, fresh values
+    every batch; the median per-batch time."""
+    modes = ("step", "sequential", "overlapped")
+    data = [make_values(batch, seed=1000 + k) for k in range(n * len(modes) * rounds)]
+    took: dict[str, list[float]] = {m: [] for m in modes}
     pool = ThreadPoolExecutor(1)
     for r in range(rounds):
-        for m, mode in enumerate(took):
+        for m, mode in enumerate(modes):
             t.sync()
-            chunk = data[(2 * r + m) * n : (2 * r + m + 1) * n]
+            chunk = data[(len(modes) * r + m) * n : (len(modes) * r + m + 1) * n]
+            ready = [to_batch(t.featurizer.samples(v)) for v in chunk] if mode == "step" else []
             t0 = time.perf_counter()
-            if mode == "sequential":
+            if mode == "step":
+                for b in ready:
+                    t.train_batch(b)
+            elif mode == "sequential":
                 for values in chunk:
                     t.train_batch(to_batch(t.featurizer.samples(values)))
             else:
@@ -315,7 +324,7 @@ def main() -> None:
     rows = sum(mem["rows"].values())
     (bpr,) = mem["bytes_per_row"].values()
     feat = featurize_rates(t, a.batch, rounds=3)
-    loop = loop_rates(t, a.batch, n=4, rounds=3)
+    loop = loop_rates(t, a.batch, n=4, rounds=5)
     loop_s = loop["overlapped" if a.prefetch else "sequential"]
     print(f"fluxrec   {ours_s:10.0f} samples/s  ({rows} live rows, {bpr} B/row)")
     print(f"baseline  {base_s:10.0f} samples/s  (nn.Embedding sparse + SparseAdam)")
@@ -326,7 +335,8 @@ def main() -> None:
         print(f"  anchor  {feat[k]:10.0f} samples/s  ({k} of the same values)")
     print(
         f"loop      {loop['sequential']:10.0f} samples/s  (train_batch(featurize(values)); "
-        f"{loop['overlapped']:.0f} with the next batch featurized on a thread)"
+        f"{loop['overlapped']:.0f} with the next batch featurized on a thread; "
+        f"the step alone {loop['step']:.0f} in turn with them)"
     )
     print(
         json.dumps(
@@ -343,7 +353,8 @@ def main() -> None:
                 "featurize_vs_json_loads": round(feat["featurize"] / feat["json_loads"], 3),
                 "anchor_samples_per_s": {k: round(v) for k, v in feat.items() if k != "featurize"},
                 "loop_samples_per_s": round(loop_s),
-                "loop_vs_step": round(loop_s / ours_s, 3),
+                "loop_vs_step": round(loop_s / loop["step"], 3),
+                "loop_step_samples_per_s": round(loop["step"]),
                 "loop_sequential_samples_per_s": round(loop["sequential"]),
                 "loop_overlapped_samples_per_s": round(loop["overlapped"]),
                 "prefetch": a.prefetch,
