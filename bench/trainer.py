@@ -301,8 +301,20 @@ def main() -> None:
         default=True,
         help="loop_samples_per_s is the overlapped loop (trainer.prefetch)",
     )
+    ap.add_argument(
+        "--input-only",
+        action="store_true",
+        help="only the input path: featurize and its anchors on raw values (seconds)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.input_only:
+        t = Trainer([SparseField(f"f{j}", D) for j in range(F)], [f"d{j}" for j in range(N_DENSE)])
+        feat = featurize_rates(t, a.batch, rounds=a.rounds)
+        for k, v in feat.items():
+            print(f"{k:13} {v:10.0f} samples/s")
+        print(json.dumps({f"{k}_samples_per_s": round(v) for k, v in feat.items()}))
+        return
     # fresh batches every round (the Zipf tail keeps bringing new ids to admit, as a live
     # stream does); round 0 warms every variant up and is not counted
     data = [make_batches(a.steps, a.batch, a.vocab, seed=r) for r in range(a.rounds + 1)]
