@@ -21,7 +21,8 @@ machine's noise:
 Batches are pre-featurized for the step variants. The input path is measured apart, on
 the raw Kafka values (compact JSON bytes of v1 Sample records, as the broker returns them)
 of the same shape: ``featurize_samples_per_s`` is :meth:`featurize.core.Featurizer.samples`
-on one thread (warm hash cache, as in a running daemon), beside same-run anchors that
+on one thread (warm hash cache, as in a running daemon; the cyclic GC off while timed,
+as ``timeit`` does, for every variant), beside same-run anchors that
 only decode the same bytes with plain libraries (``pyarrow.json.read_json`` into columns;
 ``json.loads`` and ``orjson.loads`` per value) and an ``orjson + numpy`` featurizer (the
 other design, without validation); ``loop_samples_per_s`` is the daemon's loop body
@@ -40,6 +41,7 @@ object.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -186,10 +188,18 @@ def featurize_rates(t: Trainer, batch: int, rounds: int) -> dict[str, float]:
         values = make_values(batch, seed=500 + r)
         for k, fn in variants.items():
             fn(values)  # warm: the hash caches hold this batch's values, as in a daemon
-            t0 = time.perf_counter()
-            fn(values)
+            # as timeit does: the cyclic GC, set off by the ~300k objects that decoding
+            # to Python makes per batch, would otherwise cost the per-value decoders 3-8x
+            gc.collect()
+            gc.disable()
+            try:
+                t0 = time.perf_counter()
+                fn(values)
+                dt = time.perf_counter() - t0
+            finally:
+                gc.enable()
             if r:
-                took[k].append(time.perf_counter() - t0)
+                took[k].append(dt)
     return {k: batch / float(np.median(v)) for k, v in took.items()}
 
 
