@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # the venv is rebuilt when pyproject.toml changes
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export bench-pipeline
+.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export bench-serve bench-pipeline
 
 help:
 	@echo "make demo    the whole pipeline on a live stream, with a freshness and quality report"
@@ -16,7 +16,8 @@ help:
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
-	@echo "make bench-join | bench-trainer | bench-export | bench-pipeline   benchmarks (BENCHMARKS.md)"
+	@echo "make bench-join | bench-trainer | bench-export | bench-serve | bench-pipeline"
+	@echo "             benchmarks (see BENCHMARKS.md)"
 	@echo "make clean   stop the demo stack and remove the venv and local state"
 
 $(STAMP): pyproject.toml
@@ -62,6 +63,9 @@ bench-trainer: venv
 
 bench-export: venv
 	$(BIN)/python bench/export.py
+
+bench-serve: venv
+	$(BIN)/python bench/serve.py
 
 # the whole pipeline at increasing rates on a private stack (BENCH_ARGS="--rates 500,1000")
 bench-pipeline: deps

@@ -7,7 +7,9 @@ still needs, and trains when a batch is full or ``max_wait_s`` has passed since 
 record. Memory stays bounded: the consumer holds at most ``fetch_max_bytes`` of fetched
 data and one pending batch, and it only polls again after training (backpressure: a slow
 trainer simply lags, and the lag, log end minus position over all partitions, is
-reported). Undecodable records are counted in ``bad`` and skipped::
+reported). The raw values of a batch are featurized together (:mod:`featurize`: Arrow
+reads them, no per-record ``json.loads``); values that are not v1 Samples are counted in
+``bad`` by reason and skipped, and their offsets move on with the batch::
 
     stats = run(trainer, bootstrap, "fluxrec.samples", stop=threading.Event())
 
@@ -26,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -33,7 +36,8 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.core import BadSample, Batch, Trainer
+from featurize.types import Samples
+from trainer.core import Batch, Trainer, to_batch
 from trainer.errors import TrainerError
 from trainer.metrics import PrequentialMetrics
 
@@ -92,39 +96,71 @@ def _partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> list[int]:
         time.sleep(0.2)
 
 
-def _featurize_counting(trainer: Trainer, pending: list[Any], st: LoopStats) -> Batch:
-    """Featurize ``pending``; bad samples are counted in ``st`` and left out."""
-    try:
-        return trainer.featurize(pending)
-    except BadSample:
-        pass
-    good = []
-    for s in pending:
-        try:
-            trainer.featurize([s])
-            good.append(s)
-        except BadSample as e:
-            log.warning("trainer: %s", e)
-            st.count_bad("bad sample")
-    return trainer.featurize(good)
+def _count_bad(s: Samples, st: LoopStats) -> Batch:
+    """The batch of featurized samples; values that were not v1 Samples are counted in
+    ``st`` by reason (the first of each reason per batch is logged)."""
+    logged: set[str] = set()
+    for b in s.bad:
+        st.count_bad(b.reason)
+        if b.reason not in logged:
+            logged.add(b.reason)
+            log.warning("trainer: bad sample (%s): %s", b.reason, b.detail)
+    return to_batch(s)
+
+
+class _Feed:
+    """Featurizes the raw values of cut batches: at once, or (``prefetch``) on a worker
+    thread, so that batch ``n + 1`` is featurized while batch ``n`` trains."""
+
+    def __init__(self, trainer: Trainer, prefetch: bool) -> None:
+        self.featurize = trainer.featurizer.samples
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="fluxrec-featurize") if prefetch else None
+        )
+        self._inflight: tuple[Future[Samples], dict[int, int]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being featurized (or waits to be trained)."""
+        return self._inflight is not None
+
+    def cut(
+        self, values: list[bytes], offsets: dict[int, int]
+    ) -> tuple[Samples, dict[int, int]] | None:
+        """Take a cut batch; returns the batch to train now (the previous one when
+        prefetching: it trains while this one is featurized)."""
+        if self._pool is None:
+            return self.featurize(values), offsets
+        ready = self.drain()
+        self._inflight = (self._pool.submit(self.featurize, values), offsets)
+        return ready
+
+    def drain(self) -> tuple[Samples, dict[int, int]] | None:
+        """The batch being featurized, once it is (None if none)."""
+        if self._inflight is None:
+            return None
+        fut, offsets = self._inflight
+        self._inflight = None
+        return fut.result(), offsets
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _poll(
-    consumer: Any, room: int, pending: list[Any], next_off: dict[int, int], st: LoopStats
+    consumer: Any, room: int, pending: list[bytes], next_off: dict[int, int], timeout_ms: int
 ) -> bool:
-    """Poll up to ``room`` records into ``pending`` (JSON-decoded); False when none came."""
-    got = consumer.poll(timeout_ms=100, max_records=max(room, 1))
+    """Poll up to ``room`` raw values into ``pending``; False when none came."""
+    got = consumer.poll(timeout_ms=timeout_ms, max_records=max(room, 1))
     for tp, recs in got.items():
-        for r in recs:
-            next_off[tp.partition] = r.offset + 1
-            try:
-                pending.append(json.loads(r.value))
-            except (ValueError, UnicodeDecodeError):
-                st.count_bad("not json")
+        if recs:
+            next_off[tp.partition] = recs[-1].offset + 1
+            pending.extend([r.value if r.value is not None else b"" for r in recs])
     return bool(got)
 
 
-def run(
+def run(  # noqa: PLR0915
     trainer: Trainer,
     bootstrap: str,
     topic: str,
@@ -137,6 +173,7 @@ def run(
     until_caught_up: bool = False,
     stats: LoopStats | None = None,
     on_batch: Callable[[], None] | None = None,
+    prefetch: bool = True,
 ) -> LoopStats:
     """Train from ``topic`` until ``stop`` is set (or ``max_samples`` trained, if > 0).
 
@@ -144,10 +181,17 @@ def run(
     has reached the end of every partition (for tests and one-shot backfills). Records
     fetched but not yet trained when the loop ends are not in the trainer's offsets, so
     a restart reads them again.
+
+    With ``prefetch`` (``trainer.prefetch``) the raw values of the next batch are
+    featurized on a worker thread while the current batch trains (Arrow's JSON reader
+    and the step's torch kernels release the GIL); a featurized batch is trained as
+    soon as no next batch is ready to overlap with it, so a live stream waits for
+    nothing more than without it.
     """
     from kafka import KafkaConsumer, TopicPartition
 
     st = stats or LoopStats()
+    feed = _Feed(trainer, prefetch)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -162,40 +206,54 @@ def run(
         tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         consumer.assign(tps)
         _seek_stored(consumer, tps, trainer.offsets.get(topic, {}))
-        pending: list[Any] = []
+        pending: list[bytes] = []
         next_off: dict[int, int] = {}
         first_at = 0.0  # when the first record of the pending batch arrived
         lag_at = 0.0
         rate_at, rate_n = time.monotonic(), 0
+
+        def train(ready: tuple[Samples, dict[int, int]] | None) -> None:
+            nonlocal lag_at, rate_at, rate_n
+            if ready is None:
+                return
+            batch = _count_bad(ready[0], st)
+            trainer.train_batch(batch, offsets={topic: ready[1]})
+            st.batches += 1
+            st.samples += len(batch)
+            st.skipped += batch.skipped
+            now = time.monotonic()
+            if now - lag_at >= 1.0:
+                st.lag, lag_at = _lag(consumer, tps), now
+            if now - rate_at >= 5.0:
+                st.samples_per_s = (st.samples - rate_n) / (now - rate_at)
+                rate_at, rate_n = now, st.samples
+            if on_batch is not None:
+                on_batch()
+
         while not stop.is_set():
             if max_samples and st.samples >= max_samples:
                 break
-            got = _poll(consumer, batch_size - len(pending), pending, next_off, st)
+            room = batch_size - len(pending)
+            got = _poll(consumer, room, pending, next_off, 0 if feed.busy else 100)
             now = time.monotonic()
             if pending and not first_at:
                 first_at = now
+            cut = bool(pending) and (len(pending) >= batch_size or now - first_at >= max_wait_s)
+            if not cut and feed.busy:  # nothing to overlap with: train it now
+                train(feed.drain())
+                continue
             if not got and not pending:  # idle: refresh the lag
                 st.lag, lag_at = _lag(consumer, tps), now
                 if until_caught_up and st.lag == 0:
                     break
-            if got and not pending:  # only bad records: move the offsets past them
-                trainer.train_batch(trainer.featurize([]), offsets={topic: dict(next_off)})
-            if pending and (len(pending) >= batch_size or now - first_at >= max_wait_s):
-                batch = _featurize_counting(trainer, pending, st)
-                trainer.train_batch(batch, offsets={topic: dict(next_off)})
-                st.batches += 1
-                st.samples += len(batch)
-                st.skipped += batch.skipped
+            if cut:
+                train(feed.cut(pending, dict(next_off)))
                 pending, first_at = [], 0.0
-                if now - lag_at >= 1.0:
-                    st.lag, lag_at = _lag(consumer, tps), now
-                if now - rate_at >= 5.0:
-                    st.samples_per_s = (st.samples - rate_n) / (now - rate_at)
-                    rate_at, rate_n = now, st.samples
-                if on_batch is not None:
-                    on_batch()
+        if not stop.is_set():
+            train(feed.drain())
     finally:
         consumer.close()
+        feed.close()
     return st
 
 
@@ -428,6 +486,7 @@ def serve(  # noqa: PLR0915
             until_caught_up=until_caught_up,
             on_batch=on_batch,
             stats=stats,
+            prefetch=tc.prefetch,
         )
         path = checkpoint()
         final = exp.close() if exp is not None else None
