@@ -57,8 +57,8 @@ from exporter.format import write_dense, write_table
 from exporter.manifest import (
     LATEST_KEY,
     MANIFEST_FORMAT,
-    canonical_json,
     dense_key,
+    latest_bytes,
     manifest_key,
     parse_latest,
     parse_manifest,
@@ -237,8 +237,8 @@ class Exporter:
         base = seq if cut.full else self.base_snapshot
         try:
             doc = self._manifest(seq, base, cut, self._write_payloads(seq, cut), rollback_of)
-            raw = canonical_json(doc)
-            parse_manifest(raw, self.hmac_key, seq)  # never publish what readers would reject
+            raw = sign_manifest(doc, self.hmac_key)
+            doc = parse_manifest(raw, self.hmac_key, seq)  # never publish what readers reject
             self.store.put(manifest_key(seq), raw)
         except BaseException:
             self._needs_full = True
@@ -252,9 +252,8 @@ class Exporter:
         self._refs, self._last_delta = refs, last_delta
         self.stats.published += 1
         self.stats.snapshots += int(cut.full)
-        latest = {"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}
         try:
-            self.store.put(LATEST_KEY, canonical_json(latest))
+            self.store.put(LATEST_KEY, latest_bytes(seq, base, self.hmac_key))
         except BaseException:
             self.stats.failed += 1  # readers see it once the next version's LATEST lands
             raise
@@ -306,7 +305,7 @@ class Exporter:
             "published_ms": int(time.time() * 1000),
             "rollback_of": rollback_of,
         }
-        return sign_manifest(doc, self.hmac_key) if self.hmac_key else doc
+        return doc
 
     def _adopt_foreign_versions(self) -> None:
         """Another writer (``fluxrec deltas rollback``) may have published since our last

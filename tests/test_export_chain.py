@@ -382,6 +382,7 @@ def test_sdk_public_surface_is_pinned() -> None:
     import exporter.sdk
 
     assert sorted(exporter.sdk.__all__) == [
+        "Backend",
         "ConsumerStats",
         "DeltaConsumer",
         "ExporterError",
@@ -418,11 +419,11 @@ class _ReadHookStore(FileStore):
 
     key, hook = "", None
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         if key == self.key and self.hook is not None:
             hook, self.hook = self.hook, None
             hook()
-        return super().get(key)
+        return super().get(key, max_bytes)
 
 
 def test_chain_pruned_while_a_consumer_reads_it(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from exporter.sdk import DeltaConsumer, open_store
+from featurize.hashing import stable_hash
 from fluxrec.testing import free_port
-from trainer.hashing import stable_hash
 from trainer.synthetic import synthetic_samples
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]

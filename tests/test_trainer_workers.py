@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
+from featurize.hashing import stable_hash
 from fluxrec.testing import free_port
 from trainer.core import SparseField, Trainer, featurize
 from trainer.distributed import Comm
 from trainer.errors import TrainerError
-from trainer.hashing import stable_hash
 from trainer.metrics import PrequentialMetrics, auc
 from trainer.sharded import N_BUCKETS, bucket_of, owner_of, partitions_of
 from trainer.synthetic import synthetic_samples

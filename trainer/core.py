@@ -1,7 +1,8 @@
 """The trainer's in-process core: samples -> batch -> prequential score -> update -> cut.
 
 :class:`Trainer` owns the dynamic tables, the dense model and its optimizer. The daemon
-feeds it decoded Sample records (``sample_join/CONTRACTS.md``, section 2); the exporter
+feeds it the raw Kafka values of Sample records (``sample_join/CONTRACTS.md``, section 2)
+through its featurizer (:mod:`featurize`, ``Trainer.featurizer``); the exporter
 calls :meth:`Trainer.take_cut` from another thread. Every public method holds one lock,
 so a cut always falls between two training steps::
 
@@ -35,8 +36,8 @@ dense gradients averaged, the row gradients summed by their owners and divided b
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,9 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from exporter.types import Cut
+from featurize.core import Featurizer
+from featurize.types import FeatureSpec, Samples
 from trainer.distributed import Comm
 from trainer.errors import TrainerError
-from trainer.hashing import stable_hash
 from trainer.losses import fnw_weights, predict, stream_prob
 from trainer.metrics import PrequentialMetrics
 from trainer.model import CTRModel
@@ -63,11 +65,9 @@ from trainer.tables import DynamicTable, TableParams
 if TYPE_CHECKING:
     from fluxrec.config import Config
 
-__all__ = ["BadSample", "Batch", "Featurizer", "SparseField", "Trainer", "featurize"]
+__all__ = ["BadSample", "Batch", "SparseField", "Trainer", "featurize", "to_batch"]
 
 log = logging.getLogger(__name__)
-
-_RESERVED = (np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1)
 
 
 class BadSample(TrainerError, ValueError):
@@ -104,135 +104,35 @@ class Batch:
         return int(self.label.shape[0])
 
 
-class Featurizer:
-    """Decodes Sample records into a :class:`Batch` for fixed fields and one label.
+def to_batch(s: Samples) -> Batch:
+    """The trainer's :class:`Batch` of featurized samples (:mod:`featurize`)."""
+    f = s.features
+    return Batch(
+        {name: (ids, f.segment(name)) for name, (ids, _) in f.sparse.items()},
+        torch.from_numpy(f.dense),
+        torch.from_numpy(s.label),
+        s.event_ms,
+        s.fake,
+        s.id_xor,
+        s.skipped,
+    )
 
-    Hashed values go through :func:`trainer.hashing.stable_hash` (the field name is part
-    of the hash), with a cache of at most ``cache_size`` values; raw values must be
-    decimal int64 strings. A missing sparse field is an empty list, a missing dense
-    value 0. A correction record (``correction: true``) of another label than ``label``
-    is skipped (counted in ``Batch.skipped``): the contract sets only its own label.
-    """
 
-    def __init__(
-        self,
-        sparse: Sequence[SparseField | str],
-        dense: Sequence[str],
-        label: str = "click",
-        cache_size: int = 1_000_000,
-    ) -> None:
-        self.fields = [f if isinstance(f, SparseField) else SparseField(f, 1) for f in sparse]
-        self.dense = list(dense)
-        self.label = label
-        self.cache_size = cache_size
-        self._cache: dict[str, dict[str, int]] = {f.name: {} for f in self.fields}
-        self._cached = 0
+def _encode(records: Sequence[Any]) -> list[bytes]:
+    """Decoded records as the JSON the samples topic carries."""
+    return [json.dumps(r, separators=(",", ":")).encode() for r in records]
 
-    def _miss(self, f: SparseField, value: Any) -> int:
-        """The id of a value not in the cache (then cached)."""
-        if not isinstance(value, str):
-            raise TypeError(f"features.sparse.{f.name} value {value!r} is not a string")
-        if f.raw:
-            h = int(value)
-            if not -(2**63) <= h < 2**63 or h in _RESERVED:
-                raise ValueError(f"features.sparse.{f.name}: raw id {value} is out of range")
-        else:
-            h = stable_hash(f.name, value)
-        if self._cached >= self.cache_size:
-            for c in self._cache.values():
-                c.clear()
-            self._cached = 0
-        self._cache[f.name][value] = h
-        self._cached += 1
-        return h
 
-    def _header(self, s: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
-        """(sample_id, label, event time, fake negative) of a record; None for a
-        correction of another label. Raises KeyError/TypeError/ValueError."""
-        if s["v"] != 1:
-            raise ValueError(f"v {s['v']!r}: this trainer reads version 1")
-        sid, y, t, strategy = (
-            s["sample_id"],
-            s["labels"][self.label],
-            s["event_time_ms"],
-            s["strategy"],
-        )
-        if not isinstance(sid, str):
-            raise TypeError(f"sample_id {sid!r} is not a string")
-        if y not in (0, 1) or isinstance(y, bool):
-            raise ValueError(f"labels.{self.label} {y!r}: need 0 or 1")
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise ValueError(f"event_time_ms {t!r}: need an integer")
-        if strategy not in ("window", "fake_negative"):
-            raise ValueError(f"strategy {strategy!r}: use window or fake_negative")
-        correction = s.get("correction", False)
-        if correction is not True and correction is not False:
-            raise ValueError(f"correction {correction!r}: need true or false")
-        if correction and y != 1:
-            return None
-        return sid, y, t, strategy == "fake_negative"
-
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
-        """Decode ``samples``; raises :class:`BadSample` naming the first bad record."""
-        ids: list[list[int]] = [[] for _ in self.fields]
-        seg: list[list[int]] = [[] for _ in self.fields]
-        single = [True] * len(self.fields)
-        fields = [(j, f, self._cache[f.name]) for j, f in enumerate(self.fields)]
-        b = len(samples)
-        dense_v = np.zeros((b, len(self.dense)), dtype=np.float32)
-        label = np.zeros(b, dtype=np.float32)
-        ev = np.zeros(b, dtype=np.int64)
-        fake = np.zeros(b, dtype=bool)
-        id_xor, i = 0, 0
-        for k, s in enumerate(samples):
-            try:
-                head = self._header(s)
-                if head is None:  # a correction of another label
-                    continue
-                feats = s["features"]
-                sp, dn = feats.get("sparse", {}), feats.get("dense", {})
-                for j, f, cache in fields:
-                    vals = sp.get(f.name, ())
-                    if type(vals) is not list and (
-                        isinstance(vals, str) or not isinstance(vals, Sequence)
-                    ):
-                        raise TypeError(f"features.sparse.{f.name} {vals!r} is not a list")
-                    if len(vals) != 1:
-                        single[j] = False
-                    for v in vals:
-                        h = cache.get(v)
-                        ids[j].append(self._miss(f, v) if h is None else h)
-                        seg[j].append(i)
-                for j, name in enumerate(self.dense):
-                    x = dn.get(name, 0.0)
-                    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, int)):
-                        raise TypeError(f"features.dense.{name} {x!r} is not a number")
-                    if not math.isfinite(x):  # Python's json reads NaN and Infinity
-                        raise ValueError(f"features.dense.{name} {x!r} is not finite")
-                    dense_v[i, j] = x
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                sid = s.get("sample_id") if isinstance(s, Mapping) else None
-                where = sid if isinstance(sid, str) else f"#{k}"
-                raise BadSample(
-                    f"sample {where}: {type(e).__name__}: {e}; "
-                    "see sample_join/CONTRACTS.md section 2"
-                ) from e
-            sid, label[i], ev[i], fake[i] = head
-            id_xor ^= stable_hash("sample_id", sid)
-            i += 1
-        out: dict[str, Jagged] = {}
-        for j, f in enumerate(self.fields):
-            a = np.array(ids[j], dtype=np.int64)
-            out[f.name] = (a, None if single[j] else np.array(seg[j], dtype=np.int64))
-        return Batch(
-            out,
-            torch.from_numpy(dense_v[:i]),
-            torch.from_numpy(label[:i]),
-            ev[:i],
-            fake[:i],
-            id_xor,
-            b - i,
-        )
+def _raise_bad(s: Samples, records: Sequence[Any]) -> None:
+    if not s.bad:
+        return
+    b = s.bad[0]
+    rec = records[b.index]
+    sid = rec.get("sample_id") if isinstance(rec, Mapping) else None
+    where = sid if isinstance(sid, str) else f"#{b.index}"
+    raise BadSample(
+        f"sample {where}: {b.reason}: {b.detail}; see sample_join/CONTRACTS.md section 2"
+    )
 
 
 def featurize(
@@ -241,8 +141,12 @@ def featurize(
     dense: Sequence[str],
     label: str = "click",
 ) -> Batch:
-    """One-off :class:`Featurizer` call (no cache kept between calls)."""
-    return Featurizer(sparse, dense, label)(samples)
+    """Decoded Sample records -> :class:`Batch` with a one-off :class:`Featurizer`;
+    raises :class:`BadSample` naming the first bad record."""
+    fz = Featurizer(FeatureSpec.of(sparse, dense, label))
+    s = fz.samples(_encode(samples))
+    _raise_bad(s, samples)
+    return to_batch(s)
 
 
 @dataclass(frozen=True)
@@ -359,7 +263,7 @@ class Trainer:
             for i, (tn, d, fs) in enumerate(layout)
         ]
         self.tables = {g.table.name: g.table for g in self.groups}
-        self.featurizer = Featurizer(fields, dense, label, cache_size=hash_cache)
+        self.featurizer = Featurizer(FeatureSpec.of(fields, dense, label), cache_size=hash_cache)
         self.sparse_fields = fields
         self.dense_names = list(dense)
         with torch.random.fork_rng(devices=[]):
@@ -390,6 +294,7 @@ class Trainer:
         self.offsets: dict[str, dict[int, int]] = {}
         self.id_xor = 0  # XOR of stable_hash("sample_id", id) over every trained sample
         self._cut_step = -1  # step of the last cut (-1: none yet)
+        self._cut_offsets: dict[str, dict[int, int]] = {}  # offsets of the last cut
 
     @classmethod
     def from_config(
@@ -431,8 +336,12 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def featurize(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
-        """Decode Sample records for this trainer's fields and label."""
-        return self.featurizer(samples)
+        """Decoded Sample records -> :class:`Batch` for this trainer's fields and label;
+        raises :class:`BadSample` naming the first bad record. (The daemon featurizes
+        the raw values instead: ``trainer.featurizer.samples(values)``.)"""
+        s = self.featurizer.samples(_encode(samples))
+        _raise_bad(s, samples)
+        return to_batch(s)
 
     def _lookup(self, batch: Batch, train: bool) -> ShardedLookup:
         """Every table's lookup of ``batch``, before any exchange (:class:`ShardedLookup`)."""
@@ -702,19 +611,22 @@ class Trainer:
         Thread-safe; the cut falls between two steps. ``full=True`` asks for a snapshot
         of every live row. The cut is full anyway when it is the first one, the first
         after a restore, or change tracking overflowed. Returns None before the first
-        step, and when nothing changed (no step since the previous cut) and no full cut
-        is due.
+        step, and when nothing changed (no step and no offset moved since the previous
+        cut: a batch of bad values only moves the offsets) and no full cut is due.
 
-        Collective: the cut is full when any worker asks for it or overflowed; every
-        worker cuts the rows it owns and rank 0 gets the whole cut
-        (:func:`~trainer.sharded.gather_cut`), the others None.
+        Collective: the cut is full when any worker asks for it or overflowed, and taken
+        when any worker's offsets moved (one ``all_gather`` decides both, so every worker
+        cuts or none does); every worker cuts the rows it owns and rank 0 gets the whole
+        cut (:func:`~trainer.sharded.gather_cut`), the others None.
         """
         with self.lock:
             mine = full or any(t.overflow for t in self.tables.values())
-            due = not self.comm.all_true(not mine)
-            if self.step == 0 or (not due and self.step == self._cut_step):
+            moved = self.offsets != self._cut_offsets  # past values that trained nothing
+            due, moved = self.comm.any_of(mine, moved)
+            if self.step == 0 or (not due and self.step == self._cut_step and not moved):
                 return None  # an untrained model is not worth serving
             self._cut_step = self.step
+            self._cut_offsets = {t: dict(p) for t, p in self.offsets.items()}
             part = take_cut(
                 self.tables,
                 self._dense_state() if self.comm.rank == 0 else {},

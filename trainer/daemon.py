@@ -11,7 +11,9 @@ partition never blocks the job), a checkpoint, a cut for the exporter, a stop.
 Memory stays bounded: the consumer holds at most ``fetch_max_bytes`` of fetched
 data and one pending batch, and it only polls again after training (backpressure: a slow
 trainer simply lags, and the lag, log end minus position over all partitions, is
-reported). Undecodable records are counted in ``bad`` and skipped::
+reported). The raw values of a batch are featurized together (:mod:`featurize`: Arrow
+reads them, no per-record ``json.loads``); values that are not v1 Samples are counted in
+``bad`` by reason and skipped, and their offsets move on with the batch::
 
     stats = run(trainer, bootstrap, "fluxrec.samples", stop=threading.Event())
 
@@ -32,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -39,7 +42,8 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.core import BadSample, Batch, Trainer
+from featurize.types import Samples
+from trainer.core import Batch, Trainer, to_batch
 from trainer.errors import TrainerError
 from trainer.lockstep import CutMailbox, agree
 from trainer.metrics import PrequentialMetrics
@@ -102,41 +106,72 @@ def _partitions(consumer: Any, topic: str, wait_s: float = 10.0) -> list[int]:
         time.sleep(0.2)
 
 
-def _featurize_counting(trainer: Trainer, pending: list[Any], st: LoopStats) -> Batch:
-    """Featurize ``pending``; bad samples are counted in ``st`` and left out."""
-    try:
-        return trainer.featurize(pending)
-    except BadSample:
-        pass
-    good = []
-    for s in pending:
-        try:
-            trainer.featurize([s])
-            good.append(s)
-        except BadSample as e:
-            log.warning("trainer: %s", e)
-            st.count_bad("bad sample")
-    return trainer.featurize(good)
+def _count_bad(s: Samples, st: LoopStats) -> Batch:
+    """The batch of featurized samples; values that were not v1 Samples are counted in
+    ``st`` by reason (the first of each reason per batch is logged)."""
+    logged: set[str] = set()
+    for b in s.bad:
+        st.count_bad(b.reason)
+        if b.reason not in logged:
+            logged.add(b.reason)
+            log.warning("trainer: bad sample (%s): %s", b.reason, b.detail)
+    return to_batch(s)
+
+
+class _Feed:
+    """Featurizes the raw values of cut batches: at once, or (``prefetch``) on a worker
+    thread, so that batch ``n + 1`` is featurized while batch ``n`` trains."""
+
+    def __init__(self, trainer: Trainer, prefetch: bool) -> None:
+        self.featurize = trainer.featurizer.samples
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="fluxrec-featurize") if prefetch else None
+        )
+        self._inflight: tuple[Future[Samples], dict[int, int]] | None = None
+        self.empty = to_batch(self.featurize([]))  # what a worker without data trains
+
+    @property
+    def prefetching(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being featurized (or waits to be trained)."""
+        return self._inflight is not None
+
+    def cut(
+        self, values: list[bytes], offsets: dict[int, int]
+    ) -> tuple[Samples, dict[int, int]] | None:
+        """Take a cut batch; returns the batch to train now (the previous one when
+        prefetching: it trains while this one is featurized)."""
+        if self._pool is None:
+            return self.featurize(values), offsets
+        ready = self.drain()
+        self._inflight = (self._pool.submit(self.featurize, values), offsets)
+        return ready
+
+    def drain(self) -> tuple[Samples, dict[int, int]] | None:
+        """The batch being featurized, once it is (None if none)."""
+        if self._inflight is None:
+            return None
+        fut, offsets = self._inflight
+        self._inflight = None
+        return fut.result(), offsets
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _poll(
-    consumer: Any,
-    room: int,
-    pending: list[Any],
-    next_off: dict[int, int],
-    st: LoopStats,
-    *,
-    timeout_ms: int = 100,
+    consumer: Any, room: int, pending: list[bytes], next_off: dict[int, int], timeout_ms: int
 ) -> bool:
-    """Poll up to ``room`` records into ``pending`` (JSON-decoded); False when none came."""
+    """Poll up to ``room`` raw values into ``pending``; False when none came."""
     got = consumer.poll(timeout_ms=timeout_ms, max_records=max(room, 1))
     for tp, recs in got.items():
-        for r in recs:
-            next_off[tp.partition] = r.offset + 1
-            try:
-                pending.append(json.loads(r.value))
-            except (ValueError, UnicodeDecodeError):
-                st.count_bad("not json")
+        if recs:
+            next_off[tp.partition] = recs[-1].offset + 1
+            pending.extend([r.value if r.value is not None else b"" for r in recs])
     return bool(got)
 
 
@@ -183,6 +218,7 @@ def run(  # noqa: PLR0912, PLR0915
     checkpoint: Checkpointer | None = None,
     cuts: CutMailbox | None = None,
     metadata_max_age_ms: int = 30_000,
+    prefetch: bool = True,
 ) -> LoopStats:
     """Train from ``topic`` until ``stop`` is set (or ``max_samples`` trained, if > 0).
 
@@ -194,11 +230,18 @@ def run(  # noqa: PLR0912, PLR0915
     and ``cuts`` (rank 0's exporter) are served between steps, on every worker at once.
     When the topic's partition count changes (seen within ``metadata_max_age_ms``), the
     loop ends with ``stats.fatal`` set.
+
+    With ``prefetch`` (``trainer.prefetch``, one worker only: see trainer/README.md) the
+    raw values of the next batch are featurized on a worker thread while the current
+    batch trains (Arrow's JSON reader and the step's torch kernels release the GIL); a
+    featurized batch is trained as soon as no next batch is ready to overlap with it, so
+    a live stream waits for nothing more than without it.
     """
     from kafka import KafkaConsumer, TopicPartition
 
     st = stats or LoopStats()
     comm = trainer.comm
+    feed = _Feed(trainer, prefetch)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -215,9 +258,8 @@ def run(  # noqa: PLR0912, PLR0915
         tps = [TopicPartition(topic, p) for p in partitions_of(topic, every, comm.rank, comm.world)]
         consumer.assign(tps)
         _seek_stored(consumer, tps, trainer.offsets.get(topic, {}))
-        pending: list[Any] = []
+        pending: list[bytes] = []
         next_off: dict[int, int] = {}
-        moved = False  # offsets moved past records that were not trained (bad ones)
         first_at = 0.0  # when the first record of the pending batch arrived
         lag_at = 0.0
         rate_at, rate_n = time.monotonic(), 0
@@ -226,19 +268,19 @@ def run(  # noqa: PLR0912, PLR0915
             want_stop = stop.is_set() or bool(max_samples and st.samples >= max_samples)
             got = False
             if len(pending) < batch_size and not want_stop:
-                got = _poll(
-                    consumer,
-                    batch_size - len(pending),
-                    pending,
-                    next_off,
-                    st,
-                    timeout_ms=0 if flowing else 100,
-                )
-                moved = moved or got
+                wait = 0 if flowing or feed.busy else 100
+                got = _poll(consumer, batch_size - len(pending), pending, next_off, wait)
             now = time.monotonic()
             if pending and not first_at:
                 first_at = now
-            idle = not got and not pending
+            full = bool(pending) and (len(pending) >= batch_size or now - first_at >= max_wait_s)
+            if full and feed.prefetching and not feed.busy and not want_stop:
+                # featurize it now (on the thread) and poll once more: if the next batch
+                # is full at once, it is featurized while this one trains
+                feed.cut(pending, dict(next_off))
+                pending, first_at = [], 0.0
+                continue
+            idle = not got and not pending and not feed.busy
             if now - lag_at >= (0.5 if idle else 1.0):  # refresh the lag
                 st.lag, lag_at = _lag(consumer, tps), now
                 n_parts = len(consumer.partitions_for_topic(topic) or every)
@@ -248,27 +290,32 @@ def run(  # noqa: PLR0912, PLR0915
                         "while training: restart the trainer (every worker) so that the "
                         "new partitions are assigned"
                     )
-            ready = bool(pending) and (len(pending) >= batch_size or now - first_at >= max_wait_s)
-            asked, full = cuts.asked() if cuts is not None else (False, False)
+            asked, full_cut = cuts.asked() if cuts is not None else (False, False)
             job = agree(
                 comm,
-                ready=ready or (moved and not pending),  # only bad records: move the offsets
+                ready=full or feed.busy,  # a batch of bad values only moves the offsets
                 stop=want_stop,
                 caught_up=until_caught_up and idle and st.lag == 0,
                 checkpoint=checkpoint is not None and checkpoint.due(),
                 cut=asked,
-                cut_full=full,
+                cut_full=full_cut,
                 fatal=bool(st.fatal),
             )
             flowing = job.ready
             if job.ready:  # every worker trains: a quiet one an empty batch
-                batch = _featurize_counting(trainer, pending, st)
-                trainer.train_batch(batch, offsets={topic: dict(next_off)})
-                if pending:
+                if full:  # the batch featurized before (prefetch) trains while this one is
+                    ready = feed.cut(pending, dict(next_off))
+                    pending, first_at = [], 0.0
+                else:
+                    ready = feed.drain()
+                if ready is None:
+                    batch, offsets = feed.empty, {}
+                else:
+                    batch, offsets = _count_bad(ready[0], st), ready[1]
                     st.batches += 1
+                trainer.train_batch(batch, offsets={topic: offsets})
                 st.samples += len(batch)
                 st.skipped += batch.skipped
-                pending, first_at, moved = [], 0.0, False
                 if now - rate_at >= 5.0:
                     st.samples_per_s = (st.samples - rate_n) / (now - rate_at)
                     rate_at, rate_n = now, st.samples
@@ -286,6 +333,7 @@ def run(  # noqa: PLR0912, PLR0915
                 break
     finally:
         consumer.close()
+        feed.close()
     return st
 
 
@@ -535,6 +583,7 @@ def serve(  # noqa: PLR0912, PLR0915
             stats=stats,
             checkpoint=Checkpointer(t, write, tc.checkpoint_every_s, tc.checkpoint_every_samples),
             cuts=exp.cuts if exp is not None else None,
+            prefetch=tc.prefetch,
         )
         path = save(t, ckdir, keep=tc.checkpoint_keep)
         final = None

@@ -135,9 +135,14 @@ class Comm:
 
     def all_true(self, flag: bool) -> bool:
         """True when ``flag`` is True on every worker."""
+        return not self.any_of(not flag)[0]
+
+    def any_of(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag, whether it is True on any worker (one ``all_gather``)."""
         if self.world == 1:
-            return flag
-        return bool(self.all_gather(torch.tensor([float(flag)], dtype=torch.float64)).min() > 0)
+            return tuple(bool(f) for f in flags)
+        rows = self.all_gather(torch.tensor([float(f) for f in flags], dtype=torch.float64))
+        return tuple(bool(x > 0) for x in rows.max(0).values.tolist())
 
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every worker (|value| < 2**53)."""

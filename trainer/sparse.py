@@ -4,7 +4,7 @@ A multi-valued field of a batch of ``B`` samples arrives as flat ids plus the sa
 id belongs to (a jagged layout, like torchrec's ``KeyedJaggedTensor``)::
 
     category: sample 0 -> ["c-1", "c-7"], sample 1 -> [], sample 2 -> ["c-1"]
-    ids     = [h(c-1), h(c-7), h(c-1)]      int64, hashed with trainer.hashing
+    ids     = [h(c-1), h(c-7), h(c-1)]      int64, hashed with featurize.hashing
     segment = [0,      0,      2     ]      int64, sample index of each id
     (a field with exactly one value per sample has segment None)
 

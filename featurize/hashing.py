@@ -1,12 +1,14 @@
 """Stable hashing of string feature values to signed int64 ids.
 
 Python's ``hash()`` is salted per process; feature ids must be identical across
-processes, restarts and languages, so they are the first 8 bytes (little-endian,
-signed) of ``blake2b(field + "\\x1f" + value, digest_size=8)``::
+processes, restarts, releases and languages, so they are the first 8 bytes
+(little-endian, signed) of ``blake2b(field + "\\x1f" + value, digest_size=8)``::
 
     stable_hash("item_id", "i-9")  ->  a fixed int64, the same in every process
 
 The field name is part of the input, so ``user_id="7"`` and ``item_id="7"`` differ.
+:data:`HASHING` names this function; a change to it would be a new name (and every
+deployed table would be re-keyed), so the trainer and every server agree by construction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["stable_hash", "stable_hash_many"]
+__all__ = ["HASHING", "stable_hash", "stable_hash_many"]
+
+HASHING = "blake2b64-field-v1"
+"""The name of the id function below (the same in every release so far)."""
 
 
 def stable_hash(field: str, value: str) -> int:
