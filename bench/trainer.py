@@ -217,6 +217,21 @@ def featurize_rates(t: Trainer, batch: int, rounds: int) -> dict[str, float]:
     return {k: batch / float(np.median(v)) for k, v in took.items()}
 
 
+def loop_body(t: Trainer, chunk: list[list[bytes]], pool: ThreadPoolExecutor | None) -> None:
+    """The daemon's loop body over batches of raw values: sequential, or (``pool``) with
+    batch ``k + 1`` featurized on the pool's thread while batch ``k`` trains."""
+    if pool is None:
+        for values in chunk:
+            t.train_batch(to_batch(t.featurizer.samples(values)))
+        return
+    nxt = pool.submit(t.featurizer.samples, chunk[0])
+    for k in range(len(chunk)):
+        s = nxt.result()
+        if k + 1 < len(chunk):
+            nxt = pool.submit(t.featurizer.samples, chunk[k + 1])
+        t.train_batch(to_batch(s))
+
+
 def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
     """Samples/s of the daemon's loop body over raw values, sequential and overlapped
     (the next batch featurized on a thread while this one trains), and of the step
@@ -237,16 +252,8 @@ def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
             if mode == "step":
                 for b in ready:
                     t.train_batch(b)
-            elif mode == "sequential":
-                for values in chunk:
-                    t.train_batch(to_batch(t.featurizer.samples(values)))
             else:
-                nxt = pool.submit(t.featurizer.samples, chunk[0])
-                for k in range(len(chunk)):
-                    s = nxt.result()
-                    if k + 1 < len(chunk):
-                        nxt = pool.submit(t.featurizer.samples, chunk[k + 1])
-                    t.train_batch(to_batch(s))
+                loop_body(t, chunk, pool if mode == "overlapped" else None)
             t.sync()
             took[mode].append((time.perf_counter() - t0) / n)
     pool.shutdown()

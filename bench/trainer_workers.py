@@ -38,6 +38,15 @@ the figure would measure the scheduler's policy rather than the trainer. With a 
 each, every worker gets the share a separate user would; the load from other sessions
 falls on every job alike.
 
+``--prefetch`` measures ``trainer.prefetch`` instead: the daemon's loop body over raw
+Kafka values (compact JSON of v1 Samples of the reference shape, ``bench/trainer.py``'s
+``make_values``), ``train_batch(to_batch(featurizer.samples(values)))``, sequential and
+with the next batch featurized on a thread while one trains (as ``daemon.run`` does),
+the two modes in turn within one job (each round starts and ends with a barrier), for 1
+worker and for 2 workers::
+
+    prefetch_gain = samples/s(overlapped) / samples/s(sequential)     # same job, same run
+
 The last output line is one JSON object.
 """
 
@@ -53,12 +62,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
-from bench.trainer import make_batches, reference_trainer
+from bench.trainer import loop_body, make_batches, make_values, reference_trainer
 from trainer.distributed import connect
 from trainer.settings import TrainerConfig
 
@@ -91,6 +103,35 @@ def worker(a: argparse.Namespace) -> None:
         print(json.dumps({"world": comm.world, "workers": got}), flush=True)
 
 
+def prefetch_worker(a: argparse.Namespace) -> None:
+    """One worker of a ``--prefetch`` job: the loop body sequential and overlapped, in
+    turn, ``--rounds`` timed rounds each after a warm-up round."""
+    torch.set_num_threads(a.threads)
+    comm = connect(TrainerConfig(init_timeout_s=600))
+    t = reference_trainer(nominal_batch=a.batch, comm=comm)
+    modes = ("sequential", "overlapped")
+    data = [
+        [make_values(a.batch, seed=1000 * comm.rank + 100 * r + 10 * m + k) for k in range(a.steps)]
+        for r in range(a.rounds + 1)
+        for m in range(len(modes))
+    ]
+    pool = ThreadPoolExecutor(1)
+    took: dict[str, list[float]] = {m: [] for m in modes}
+    for i, chunk in enumerate(data):
+        r, mode = divmod(i, len(modes))
+        comm.all_true(True)  # start together
+        t0 = time.perf_counter()
+        loop_body(t, chunk, pool if modes[mode] == "overlapped" else None)
+        comm.all_true(True)  # the round ends when every worker is done
+        if r:
+            took[modes[mode]].append(time.perf_counter() - t0)
+    pool.shutdown()
+    got = comm.gather_json(took)
+    comm.close()
+    if got is not None:
+        print(json.dumps({"world": comm.world, "workers": got}), flush=True)
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process so far, every thread (gloo's included)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -103,12 +144,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def job(
-    world: int, a: argparse.Namespace, argv: list[str], apart: bool = False
-) -> dict[str, float]:
-    """Run a job of ``world`` worker processes; its samples/s and bytes sent per step.
-    ``apart``: ``world`` independent one-worker jobs at once instead (no exchange: what
-    the machine gives two processes), their samples/s added."""
+def _spawn(world: int, argv: list[str], apart: bool = False) -> list[dict[str, Any]]:
+    """Run ``world`` worker processes (one job, or ``apart``: independent one-worker
+    jobs); what each worker reported, in rank order."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     env["WORLD_SIZE"] = "1" if apart else str(world)
     procs = [
@@ -125,7 +163,54 @@ def job(
     if any(p.returncode for p in procs):
         raise SystemExit(f"a worker failed: {[p.returncode for p in procs]}")
     lines = [json.loads(o.splitlines()[-1]) for o in outs[: world if apart else 1]]
-    ws = [w for line in lines for w in line["workers"]]
+    return [w for line in lines for w in line["workers"]]
+
+
+def prefetch_main(a: argparse.Namespace, argv: list[str]) -> None:
+    """``--prefetch``: overlapped over sequential loop bodies, 1 and 2 workers."""
+    gains: dict[int, list[float]] = {1: [], 2: []}
+    rates: dict[int, list[list[float]]] = {1: [], 2: []}
+    load = [os.getloadavg()[0]]
+    for k in range(a.repeats):
+        for world in (1, 2):
+            ws = _spawn(world, [*argv, "--prefetch"])
+            per = {  # a round of the job ends when its slowest worker is done
+                m: statistics.median(max(w[m][i] for w in ws) for i in range(a.rounds))
+                for m in ("sequential", "overlapped")
+            }
+            seq, ovl = (world * a.batch * a.steps / per[m] for m in ("sequential", "overlapped"))
+            gains[world].append(ovl / seq)
+            rates[world].append([round(seq), round(ovl)])
+            load.append(os.getloadavg()[0])
+            print(
+                f"repeat {k + 1}, {world} worker(s): sequential {seq:7.0f} samples/s, "
+                f"overlapped {ovl:7.0f}: prefetch gain {ovl / seq:.3f} (load {load[-1]:.1f})",
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {
+                "prefetch_gain_1_worker": round(statistics.median(gains[1]), 3),
+                "prefetch_gain_2_workers": round(statistics.median(gains[2]), 3),
+                "prefetch_gain_runs": {w: [round(g, 3) for g in gains[w]] for w in (1, 2)},
+                "samples_per_s_sequential_overlapped": rates,
+                "batch_per_worker": a.batch,
+                "threads_per_worker": a.threads,
+                "steps": a.steps,
+                "rounds": a.rounds,
+                "load_average_1min": [round(x, 1) for x in load],
+            }
+        )
+    )
+
+
+def job(
+    world: int, a: argparse.Namespace, argv: list[str], apart: bool = False
+) -> dict[str, float]:
+    """Run a job of ``world`` worker processes; its samples/s and bytes sent per step.
+    ``apart``: ``world`` independent one-worker jobs at once instead (no exchange: what
+    the machine gives two processes), their samples/s added."""
+    ws = _spawn(world, argv, apart)
     rounds = [[w["took"][i] for w in ws] for i in range(a.rounds)]
     samples = world * a.batch * a.steps  # per round
     if apart:  # each process's own rate, added
@@ -149,11 +234,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="1-worker / 2-worker pairs")
     ap.add_argument("--vocab", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="measure trainer.prefetch (loop over raw values, overlapped / sequential)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a)
+        (prefetch_worker if a.prefetch else worker)(a)
         return
     argv = [
         f"--batch={a.batch}",
@@ -162,6 +252,9 @@ def main() -> None:
         f"--vocab={a.vocab}",
         f"--threads={a.threads}",
     ]
+    if a.prefetch:
+        prefetch_main(a, argv)
+        return
     load = [os.getloadavg()[0]]
     runs = []
     for k in range(a.repeats):

@@ -76,8 +76,14 @@ def _stream(t: Trainer, rank: int, world: int) -> None:
 
 def _worker(out: str) -> None:
     """One worker of the 2-worker job (run in a subprocess by the test)."""
+    from exporter.exporter import Exporter
+    from exporter.sdk import DeltaConsumer
+    from exporter.settings import ExporterConfig
+    from exporter.store import FileStore
+    from exporter.types import PartsCut
     from trainer.checkpoint import save
     from trainer.distributed import connect
+    from trainer.publish import Publisher
     from trainer.settings import TrainerConfig
 
     torch.set_num_threads(1)
@@ -86,19 +92,26 @@ def _worker(out: str) -> None:
     _stream(t, comm.rank, comm.world)
     flat = torch.cat([v.reshape(-1) for v in t.dense_state().values()])
     digests = comm.gather_json(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
-    cut = t.take_cut(full=True)
+    # one version of two parts (each worker writes the rows it owns), read back by the SDK
+    store = FileStore(Path(out) / "objects")
+    exporter = Exporter(store) if comm.rank == 0 else None
+    cut = Publisher(t, store, ExporterConfig(), exporter).cut(full=True)
     save(t, Path(out) / "ck")
     comm.close()
-    if cut is None or digests is None:
+    if exporter is None or digests is None:
         return
+    assert isinstance(cut, PartsCut)
+    doc = exporter.publish_parts(cut)
+    consumer = DeltaConsumer(store)
+    assert consumer.sync() == 1
     keep = t.metrics
     assert isinstance(keep, _Keep)
     arrays = {"pred": np.concatenate(keep.pred), "label": np.concatenate(keep.label)}
-    for name, d in cut.tables.items():
-        order = np.argsort(d.ids)
-        arrays[f"ids/{name}"], arrays[f"values/{name}"] = d.ids[order], d.values[order]
-    for name, v in cut.dense.items():
+    for name, d in consumer.state.tables.items():
+        arrays[f"ids/{name}"], arrays[f"values/{name}"] = d.ids, d.values  # sorted by id
+    for name, v in consumer.state.dense.items():
         arrays[f"dense/{name}"] = v
+    (Path(out) / "manifest.json").write_text(json.dumps(doc))
     np.savez(Path(out) / "result.npz", **arrays)
     (Path(out) / "result.json").write_text(json.dumps({"digests": digests, "step": t.step}))
 
@@ -166,6 +179,15 @@ def test_two_workers_learn_as_one_and_their_checkpoint_restores_into_one(tmp_pat
         want ^= stable_hash("sample_id", s["sample_id"])
     assert (t.step, t.samples, t.id_xor) == (N // (2 * B), N, want)
     assert t.offsets == {"s": {0: N, 1: N}}  # both workers' partitions
+    # ... and equals the version the two workers published in two parts (format 2)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert doc["format"] == 2 and doc["kind"] == "snapshot"
+    assert [p["index"] for p in doc["parts"]] == [0, 1]
+    assert all(o["key"].startswith(f"versions/000000000000/part-{p['index']}/")
+               for p in doc["parts"] for o in p["objects"])  # fmt: skip
+    assert doc["kafka_offsets"] == {"s": {"0": N, "1": N}}
+    owned = [sum(o["rows"] for o in p["objects"] if o["kind"] == "table") for p in doc["parts"]]
+    assert min(owned) > 0.4 * sum(owned)  # each worker wrote the rows it owns
     cut = t.take_cut()
     assert cut is not None and cut.full
     for name, d in cut.tables.items():

@@ -12,6 +12,7 @@ on, ``fluxrec train --workers N`` and ``torchrun -m trainer``):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -58,6 +59,17 @@ def free_port_at(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _assert_nothing_dangles(root: Path) -> None:
+    """Every version a reader can see is whole: each object its manifest names exists
+    with the size the manifest says (a worker killed mid-write leaves at most objects
+    that no manifest names)."""
+    from exporter.manifest import manifest_objects
+
+    for path in sorted(root.glob("versions/*/manifest.json")):
+        for obj in manifest_objects(json.loads(path.read_text())):
+            assert (root / obj["key"]).stat().st_size == obj["bytes"], obj["key"]
 
 
 def _children(pid: int) -> list[int]:
@@ -119,6 +131,8 @@ def test_kill_one_kill_all_and_resize_train_every_sample_exactly_once(
         # version of one worker's rows would hold the offsets of its 2 partitions only
         consumed = sum(v["kafka_offsets"][topic].values())
         assert v["samples"] <= consumed <= v["samples"] + n_skipped + 1 + 4, v
+        assert v["format"] == 2 and [p["index"] for p in v["parts"]] == [0, 1], v
+    _assert_nothing_dangles(tmp_path / "objects")
 
     # 2. restart, then kill -9 every process of the job at once
     again = start(2)
@@ -155,4 +169,5 @@ def test_kill_one_kill_all_and_resize_train_every_sample_exactly_once(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert _assert_exactly_once(ck, topic, samples, n_skipped)["world"] == 3
-    _assert_served_is_checkpointed(objects, ck, topic)
+    _assert_served_is_checkpointed(objects, ck, topic)  # the union of the 3 parts
+    assert len(_manifests(objects)[-1]["parts"]) == 3

@@ -58,7 +58,7 @@ from trainer.errors import TrainerError
 from trainer.losses import fnw_weights, predict, stream_prob
 from trainer.metrics import PrequentialMetrics
 from trainer.model import CTRModel
-from trainer.sharded import ShardedLookup, gather_cut
+from trainer.sharded import ShardedLookup
 from trainer.sparse import Jagged, take_cut
 from trainer.tables import DynamicTable, TableParams
 
@@ -616,8 +616,10 @@ class Trainer:
 
         Collective: the cut is full when any worker asks for it or overflowed, and taken
         when any worker's offsets moved (one ``all_gather`` decides both, so every worker
-        cuts or none does); every worker cuts the rows it owns and rank 0 gets the whole
-        cut (:func:`~trainer.sharded.gather_cut`), the others None.
+        cuts or none does). Each worker's cut is its part: the rows it owns, its
+        partitions' offsets, and on rank 0 the dense tensors (replicated, so one part
+        carries them); with one worker the part is the whole cut. One version of all the
+        parts: :class:`trainer.publish.Publisher`.
         """
         with self.lock:
             mine = full or any(t.overflow for t in self.tables.values())
@@ -627,7 +629,7 @@ class Trainer:
                 return None  # an untrained model is not worth serving
             self._cut_step = self.step
             self._cut_offsets = {t: dict(p) for t, p in self.offsets.items()}
-            part = take_cut(
+            return take_cut(
                 self.tables,
                 self._dense_state() if self.comm.rank == 0 else {},
                 full=due,
@@ -637,7 +639,6 @@ class Trainer:
                 offsets=self.offsets,
                 statistics=frozenset(n for n, _ in self.model.named_buffers()),
             )
-            return gather_cut(self.comm, part)
 
     def mark_full(self) -> None:
         """Make the next cut a full snapshot (a cut that was taken never reached a store)."""

@@ -21,7 +21,9 @@ reads them, no per-record ``json.loads``); values that are not v1 Samples are co
 ``torchrun -m trainer``): it joins the job's process group, builds the trainer from the
 config, resumes from the newest checkpoint, serves ``/metrics`` (on
 ``trainer.metrics_port + rank``), checkpoints every N seconds or M samples, runs the
-exporter on a thread of rank 0 (:class:`ExportThread`) and, on SIGTERM/Ctrl-C or when
+exporter on a thread of rank 0 (:class:`~trainer.publish.ExportThread`; with several
+workers each writes its part of every version, :class:`~trainer.publish.Publisher`) and,
+on SIGTERM/Ctrl-C or when
 caught up, writes a final checkpoint and a final export. With ``trace`` (``fluxrec train
 --trace PATH``) it appends one JSON line per trained batch (:class:`BatchTrace`): what the
 demo's freshness and quality report reads.
@@ -47,14 +49,13 @@ from trainer.core import Batch, Trainer, to_batch
 from trainer.errors import TrainerError
 from trainer.lockstep import CutMailbox, agree
 from trainer.metrics import PrequentialMetrics
+from trainer.publish import ExportThread, Publisher
 from trainer.sharded import partitions_of
 
 if TYPE_CHECKING:
-    from exporter.exporter import Exporter
-    from exporter.types import Cut
     from fluxrec.config import Config
 
-__all__ = ["BatchTrace", "Checkpointer", "ExportThread", "LoopStats", "run", "serve"]
+__all__ = ["BatchTrace", "Checkpointer", "LoopStats", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ def run(  # noqa: PLR0912, PLR0915
     on_batch: Callable[[], None] | None = None,
     checkpoint: Checkpointer | None = None,
     cuts: CutMailbox | None = None,
+    publisher: Publisher | None = None,
     metadata_max_age_ms: int = 30_000,
     prefetch: bool = True,
 ) -> LoopStats:
@@ -227,11 +229,13 @@ def run(  # noqa: PLR0912, PLR0915
     ends once nothing is pending and every worker has reached the end of its partitions
     (for tests and one-shot backfills). Records fetched but not yet trained when the loop
     ends are not in the trainer's offsets, so a restart reads them again. ``checkpoint``
-    and ``cuts`` (rank 0's exporter) are served between steps, on every worker at once.
+    and ``cuts`` (rank 0's exporter) are served between steps, on every worker at once
+    (``publisher`` takes them: each worker writes its part; default: ``take_cut``).
     When the topic's partition count changes (seen within ``metadata_max_age_ms``), the
     loop ends with ``stats.fatal`` set.
 
-    With ``prefetch`` (``trainer.prefetch``, one worker only: see trainer/README.md) the
+    With ``prefetch`` (``trainer.prefetch``; :func:`serve` uses it with one worker only,
+    where it measured faster: see trainer/README.md) the
     raw values of the next batch are featurized on a worker thread while the current
     batch trains (Arrow's JSON reader and the step's torch kernels release the GIL); a
     featurized batch is trained as soon as no next batch is ready to overlap with it, so
@@ -324,7 +328,7 @@ def run(  # noqa: PLR0912, PLR0915
             if job.checkpoint and checkpoint is not None:
                 checkpoint()
             if job.cut:
-                cut = trainer.take_cut(job.cut_full)
+                cut = (publisher.cut if publisher else trainer.take_cut)(job.cut_full)
                 if cuts is not None:
                     cuts.serve(cut)
             if job.stop or job.caught_up or job.fatal:
@@ -391,58 +395,6 @@ class BatchTrace:
 
     def close(self) -> None:
         self._file.close()
-
-
-class ExportThread:
-    """Runs ``exporter.run(cuts.take_cut, ...)`` on a daemon thread; the training loop
-    takes the cuts between two steps (``cuts``, a :class:`~trainer.lockstep.CutMailbox`).
-
-    An exception from the exporter (a store outage, say) is logged and counted, the
-    trainer is told that the cut it handed out never reached the store (the next cut is
-    full), and the exporter is run again after ``retry_s``.
-    """
-
-    def __init__(self, trainer: Trainer, exporter: Exporter, retry_s: float = 5.0) -> None:
-        self.trainer, self.exporter, self.retry_s = trainer, exporter, retry_s
-        self.cuts = CutMailbox()
-        self.stop = threading.Event()
-        self.errors = 0
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="exporter")
-
-    def start(self) -> ExportThread:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.exporter.run(self.cuts.take_cut, self.stop)
-            except Exception:
-                self.errors += 1
-                log.exception("exporter failed; retrying in %.0f s with a full cut", self.retry_s)
-                self.trainer.mark_full()
-                self.stop.wait(self.retry_s)
-
-    def close(self) -> None:
-        """Stop the thread (a cut it waits for is answered None)."""
-        self.stop.set()
-        self.cuts.close()
-        self._thread.join()
-
-    def publish_final(self, cut: Cut | None) -> dict[str, Any] | None:
-        """Publish the final cut (taken after :meth:`close`, on every worker)."""
-        from exporter.errors import GateRefused
-
-        if cut is None:
-            return None
-        try:
-            return self.exporter.publish(cut)
-        except GateRefused:
-            return None  # counted in exporter.stats.refused
-        except Exception:
-            self.errors += 1
-            log.exception("final export failed; the next start exports a full cut")
-            return None
 
 
 def _gauges(t: Trainer, st: LoopStats, exp: ExportThread | None) -> dict[str, Any]:
@@ -528,24 +480,28 @@ def serve(  # noqa: PLR0912, PLR0915
         if trace is not None and comm.rank == 0:
             tracer = BatchTrace(trace, t, cfg.kafka.topics.samples)
         exporting = tc.export if export is None else export
-        if exporting and comm.rank == 0:
+        publisher = None
+        if exporting:
             from exporter.exporter import Exporter, hmac_key_from_env
             from exporter.store import open_store
 
-            exp = ExportThread(
-                t,
-                Exporter(
-                    open_store(cfg.object_store.url, cfg.object_store),
-                    cfg.exporter,
-                    redis_url=cfg.redis.url,
-                    channel=cfg.redis.channel,
-                    hmac_key=hmac_key_from_env(cfg.exporter),
-                ),
-            ).start()
-            say(
-                f"fluxrec train: exporting to {cfg.object_store.url} "
-                f"every {cfg.exporter.interval_s} s"
-            )
+            store = open_store(cfg.object_store.url, cfg.object_store)
+            if comm.rank == 0:
+                exp = ExportThread(
+                    t,
+                    Exporter(
+                        store,
+                        cfg.exporter,
+                        redis_url=cfg.redis.url,
+                        channel=cfg.redis.channel,
+                        hmac_key=hmac_key_from_env(cfg.exporter),
+                    ),
+                ).start()
+                say(
+                    f"fluxrec train: exporting to {cfg.object_store.url} "
+                    f"every {cfg.exporter.interval_s} s"
+                )
+            publisher = Publisher(t, store, cfg.exporter, exp.exporter if exp else None)
         if tc.metrics_port:
             port = tc.metrics_port + comm.rank
             try:
@@ -583,14 +539,15 @@ def serve(  # noqa: PLR0912, PLR0915
             stats=stats,
             checkpoint=Checkpointer(t, write, tc.checkpoint_every_s, tc.checkpoint_every_samples),
             cuts=exp.cuts if exp is not None else None,
-            prefetch=tc.prefetch,
+            publisher=publisher,
+            prefetch=tc.prefetch and comm.world == 1,  # one worker only: trainer/README.md
         )
         path = save(t, ckdir, keep=tc.checkpoint_keep)
         final = None
-        if exporting:  # the final cut is collective: every worker takes part
+        if publisher is not None:  # the final cut is collective: every worker takes part
             if exp is not None:
                 exp.close()
-            cut = t.take_cut(exp.exporter.wants_full if exp is not None else False)
+            cut = publisher.cut(exp.exporter.wants_full if exp is not None else False)
             if exp is not None:
                 final = exp.publish_final(cut)
     finally:

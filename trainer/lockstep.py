@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from exporter.types import Cut
+from exporter.types import Cut, PartsCut
 from trainer.distributed import Comm
 
 __all__ = ["Agreement", "CutMailbox", "agree"]
@@ -76,11 +76,11 @@ class CutMailbox:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._asked: bool | None = None  # the pending request's ``full``
-        self._cut: Cut | None = None
+        self._cut: Cut | PartsCut | None = None
         self._served = 0
         self._closed = False
 
-    def take_cut(self, full: bool) -> Cut | None:
+    def take_cut(self, full: bool) -> Cut | PartsCut | None:
         """The exporter's ``take_cut``: the cut taken at the loop's next iteration."""
         with self._cond:
             if self._closed:
@@ -97,7 +97,7 @@ class CutMailbox:
         with self._cond:
             return self._asked is not None, bool(self._asked)
 
-    def serve(self, cut: Cut | None) -> None:
+    def serve(self, cut: Cut | PartsCut | None) -> None:
         with self._cond:
             self._cut, self._asked = cut, None
             self._served += 1

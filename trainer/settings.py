@@ -33,7 +33,7 @@ class TrainerConfig:
     delayed_loss: Literal["fnw", "fnc"] = "fnw"
     hash_cache: int = 1_000_000  # feature value -> id hashes kept (reset when full)
     pipeline: bool = False  # backward + updates on a worker thread (Trainer.train_batch)
-    prefetch: bool = True  # featurize the next batch on a thread while one trains (daemon.run)
+    prefetch: bool = True  # featurize the next batch while one trains (one worker only)
     metrics_window_ms: int = 60_000
     checkpoint_dir: Path | None = None  # None: stack.state_dir / "trainer"
     checkpoint_every_s: float = 60.0

@@ -46,7 +46,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from exporter.types import Cut, TableDelta
 from trainer.distributed import Comm, split
 from trainer.errors import TrainerError
 from trainer.tables import Admitted, DynamicTable
@@ -56,7 +55,6 @@ __all__ = [
     "Jagged",
     "ShardedLookup",
     "bucket_of",
-    "gather_cut",
     "owner_of",
     "partitions_of",
 ]
@@ -358,65 +356,3 @@ class ShardedLookup:
             if w > 1:
                 grad.div_(w)  # the dense gradients are averaged over the workers too
             g.table.apply_adagrad(g.rows, grad, now=self.now, scratch=True)
-
-
-def gather_cut(comm: Comm, part: Cut) -> Cut | None:
-    """The whole cut on rank 0 (the union of every worker's part), None on the others.
-
-    ``part`` is this worker's :class:`~exporter.types.Cut` of the rows it owns (the same
-    step, ``full`` flag and table names on every worker); rank 0's ``dense`` (replicated,
-    equal everywhere) is the cut's. This is the seam where, later, each owner will write
-    its own part of a version and rank 0 only the manifest; now rank 0 gathers the rows
-    and publishes one ordinary version, so nothing published is ever partial.
-    """
-    if comm.world == 1:
-        return part
-    names = sorted(part.tables)
-    sizes = [[int(part.tables[n].ids.size), int(part.tables[n].tombstones.size)] for n in names]
-    head = {
-        "offsets": {t: {str(p): o for p, o in v.items()} for t, v in part.offsets.items()},
-        "sizes": sizes,
-    }
-    ints = [x for n in names for x in (part.tables[n].ids, part.tables[n].tombstones)]
-    floats = [part.tables[n].values.reshape(-1) for n in names]
-    heads = comm.gather_json(head)
-    int_parts = comm.gatherv(torch.from_numpy(np.concatenate([np.empty(0, np.int64), *ints])))
-    float_parts = comm.gatherv(torch.from_numpy(np.concatenate([np.empty(0, np.float32), *floats])))
-    if heads is None or int_parts is None or float_parts is None:
-        return None
-    offsets: dict[str, dict[int, int]] = {}
-    got: dict[str, list[tuple[I64, npt.NDArray[np.float32], I64]]] = {n: [] for n in names}
-    for h_t, i_t, f_t in zip(heads, int_parts, float_parts, strict=True):
-        h = h_t
-        for topic, parts in h["offsets"].items():
-            offsets.setdefault(topic, {}).update({int(p): int(o) for p, o in parts.items()})
-        ints_np, floats_np = i_t.cpu().numpy(), f_t.cpu().numpy()
-        io = fo = 0
-        for n, (n_ids, n_tomb) in zip(names, h["sizes"], strict=True):
-            dim = part.tables[n].dim
-            ids = ints_np[io : io + n_ids]
-            tomb = ints_np[io + n_ids : io + n_ids + n_tomb]
-            vals = floats_np[fo : fo + n_ids * dim].reshape(n_ids, dim)
-            io, fo = io + n_ids + n_tomb, fo + n_ids * dim
-            got[n].append((ids, vals, tomb))
-    tables = {
-        n: TableDelta(
-            n,
-            part.tables[n].dim,
-            np.concatenate([g[0] for g in got[n]]),
-            np.concatenate([g[1] for g in got[n]]),
-            np.concatenate([g[2] for g in got[n]]),
-        )
-        for n in names
-    }
-    return Cut(
-        step=part.step,
-        samples=part.samples,
-        full=part.full,
-        watermark_ms=part.watermark_ms,
-        offsets=offsets,
-        tables=tables,
-        dense=part.dense,
-        created_ms=part.created_ms,
-        statistics=part.statistics,
-    )

@@ -16,8 +16,8 @@ Adagrad to the unique rows only. It is :class:`~trainer.sharded.ShardedLookup` (
 the trainer uses for all its tables at once, on any number of workers) for one table of
 one worker.
 
-:func:`take_cut` is one worker's cut of the tables it holds; ``trainer.sharded.gather_cut``
-joins the workers' cuts.
+:func:`take_cut` is one worker's cut of the tables it holds (its part of a version;
+``trainer.publish`` makes one version of the parts).
 """
 
 from __future__ import annotations
