@@ -22,6 +22,8 @@ import pytest
 import torch
 import yaml
 
+from exporter.sdk import DeltaConsumer
+from exporter.store import FileStore
 from featurize.hashing import stable_hash
 from fluxrec.testing import free_port
 from trainer.core import SparseField, Trainer, featurize
@@ -116,6 +118,67 @@ def _worker(out: str) -> None:
     (Path(out) / "result.json").write_text(json.dumps({"digests": digests, "step": t.step}))
 
 
+def _publish_faults_worker(out: str) -> None:
+    """One worker of the 2-worker job of the publish-faults test: a part that cannot be
+    written, then a NaN row in one part, then a good version."""
+    from exporter.errors import StoreUnavailable
+    from exporter.exporter import Exporter
+    from exporter.settings import ExporterConfig
+    from exporter.store import FileStore
+    from exporter.types import PartsCut
+    from trainer.distributed import connect
+    from trainer.publish import Publisher
+    from trainer.settings import TrainerConfig
+
+    class Down(FileStore):
+        def writer(self, key: str) -> Any:
+            raise StoreUnavailable(f"put {key}: the store is down")
+
+    torch.set_num_threads(1)
+    comm = connect(TrainerConfig(init_timeout_s=120))
+    t = _trainer(comm, B)
+    names = [f.name for f in FIELDS]
+    samples = synthetic_samples(20 * B, seed=3)
+    for k in range(0, len(samples), 2 * B):
+        mine = samples[k + comm.rank : k + 2 * B : 2]
+        t.train_batch(featurize(mine, names, ["price"]))
+    root = Path(out) / "objects"
+    store, cfg = FileStore(root), ExporterConfig()
+    exporter = Exporter(store) if comm.rank == 0 else None
+    seen: dict[str, Any] = {}
+    # 1. worker 1's store is down: no version at all (worker 0 wrote its part for nothing)
+    down = Down(root) if comm.rank == 1 else store
+    seen["part_down"] = Publisher(t, down, cfg, exporter).cut(full=False)
+    seen["keys_1"] = store.list("versions/")
+    # 2. a NaN row in worker 1's part: the gate refuses the whole version, nothing written
+    table = next(iter(t.tables.values()))
+    saved = table.weight[0].clone()
+    if comm.rank == 1:
+        table.weight[0] = float("nan")
+    wants = exporter.wants_full if exporter is not None else False
+    seen["nan"] = Publisher(t, store, cfg, exporter).cut(full=wants)
+    seen["keys_2"] = store.list("versions/")
+    table.weight[0] = saved
+    # 3. a good version next: full (what the failures lost is in it), of two parts
+    wants = exporter.wants_full if exporter is not None else False
+    good = Publisher(t, store, cfg, exporter).cut(full=wants)
+    comm.close()
+    if exporter is None:
+        return
+    assert isinstance(good, PartsCut)
+    doc = exporter.publish_parts(good)
+    result = {
+        "part_down": seen["part_down"] is None,
+        "keys_after_part_down": seen["keys_1"],
+        "nan": seen["nan"] is None,
+        "keys_after_nan": seen["keys_2"],
+        "refusals": exporter.stats.refusals,
+        "failed": exporter.stats.failed,
+        "published": {"sequence": doc["sequence"], "kind": doc["kind"], "parts": len(doc["parts"])},
+    }
+    (Path(out) / "result.json").write_text(json.dumps(result))
+
+
 def _spawn(world: int, script: str, extra_env: dict[str, str], args: list[str]) -> list[Any]:
     port = free_port()
     env = {
@@ -196,6 +259,30 @@ def test_two_workers_learn_as_one_and_their_checkpoint_restores_into_one(tmp_pat
         assert np.array_equal(d.values[order], res[f"values/{name}"]), name
     for name, v in cut.dense.items():
         assert np.array_equal(v, res[f"dense/{name}"]), name
+
+
+@pytest.mark.slow
+def test_a_version_with_a_failed_or_refused_part_is_never_published(tmp_path: Path) -> None:
+    """Two workers, each writing its own part: when one worker's store is down, or its
+    part holds a NaN row, no manifest is written (the other part's objects, if written,
+    stay invisible) and the next version is a full snapshot of both parts."""
+    script = (
+        "import sys; from tests.test_trainer_workers import _publish_faults_worker; "
+        "_publish_faults_worker(sys.argv[1])"
+    )
+    procs = _spawn(2, script, {}, [str(tmp_path)])
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["part_down"] and res["failed"] == 1
+    assert not any(k.endswith("manifest.json") for k in res["keys_after_part_down"])
+    assert any("/part-0/" in k for k in res["keys_after_part_down"])  # written, unreferenced
+    assert res["nan"] and res["keys_after_nan"] == res["keys_after_part_down"]  # nothing new
+    assert len(res["refusals"]) == 1 and "NaN/Inf values in 1 of" in res["refusals"][0]
+    assert res["published"] == {"sequence": 0, "kind": "snapshot", "parts": 2}
+    c = DeltaConsumer(FileStore(tmp_path / "objects"))
+    assert c.sync() == 1 and c.version == 0
+    assert all(np.isfinite(t.values).all() for t in c.state.tables.values())
 
 
 def test_a_worker_without_its_group_ends_with_one_line(tmp_path: Path) -> None:

@@ -78,10 +78,21 @@ class LoopStats:
         self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + 1
 
 
-def _lag(consumer: Any, tps: list[Any]) -> int:
-    """Records between the consumer's position and the log end, all partitions."""
-    ends = consumer.end_offsets(tps)
+def _lag(consumer: Any, tps: list[Any], timeout_ms: int = 2000) -> int:
+    """Records between the consumer's position and the log end, all partitions (a
+    ``KafkaError`` when no broker answers within ``timeout_ms``)."""
+    ends = consumer.end_offsets(tps, timeout_ms=timeout_ms)
     return sum(max(0, ends[tp] - consumer.position(tp)) for tp in tps)
+
+
+def _no_broker(bootstrap: str, e: BaseException, waited_s: float | None = None) -> str:
+    """The one line of a broker outage: the cause and the fix."""
+    how = f"for {waited_s:g} s (trainer.broker_timeout_s)" if waited_s is not None else "at start"
+    return (
+        f"no Kafka broker answered at {bootstrap} (kafka.bootstrap) {how}: "
+        f"{type(e).__name__}; start the broker (`fluxrec stack up`) or fix kafka.bootstrap, "
+        "then start the trainer again: it resumes from its last checkpoint"
+    )
 
 
 def _seek_stored(consumer: Any, tps: list[Any], stored: dict[int, int]) -> None:
@@ -221,6 +232,7 @@ def run(  # noqa: PLR0912, PLR0915
     publisher: Publisher | None = None,
     metadata_max_age_ms: int = 30_000,
     prefetch: bool = True,
+    broker_timeout_s: float = 60.0,
 ) -> LoopStats:
     """Train from ``topic`` until ``stop`` is set (or ``max_samples`` trained, if > 0).
 
@@ -231,8 +243,10 @@ def run(  # noqa: PLR0912, PLR0915
     ends are not in the trainer's offsets, so a restart reads them again. ``checkpoint``
     and ``cuts`` (rank 0's exporter) are served between steps, on every worker at once
     (``publisher`` takes them: each worker writes its part; default: ``take_cut``).
-    When the topic's partition count changes (seen within ``metadata_max_age_ms``), the
-    loop ends with ``stats.fatal`` set.
+    When the topic's partition count changes (seen within ``metadata_max_age_ms``), or no
+    broker has answered for ``broker_timeout_s`` (``trainer.broker_timeout_s``), the loop
+    ends with ``stats.fatal`` set (the line that names the cause and the fix); no broker
+    at start is a :class:`TrainerError` at once.
 
     With ``prefetch`` (``trainer.prefetch``; :func:`serve` uses it with one worker only,
     where it measured faster: see trainer/README.md) the
@@ -242,21 +256,25 @@ def run(  # noqa: PLR0912, PLR0915
     a live stream waits for nothing more than without it.
     """
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
 
     st = stats or LoopStats()
     comm = trainer.comm
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            isolation_level="read_committed",
+            max_poll_records=batch_size,
+            fetch_max_bytes=fetch_max_bytes,
+            max_partition_fetch_bytes=min(1 << 20, fetch_max_bytes),
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=metadata_max_age_ms,  # when a partition count change shows
+        )
+    except KafkaError as e:
+        raise TrainerError(_no_broker(bootstrap, e)) from None
     feed = _Feed(trainer, prefetch)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-        max_poll_records=batch_size,
-        fetch_max_bytes=fetch_max_bytes,
-        max_partition_fetch_bytes=min(1 << 20, fetch_max_bytes),
-        auto_offset_reset="earliest",
-        metadata_max_age_ms=metadata_max_age_ms,  # when a partition count change shows
-    )
     try:
         every = _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in partitions_of(topic, every, comm.rank, comm.world)]
@@ -268,6 +286,7 @@ def run(  # noqa: PLR0912, PLR0915
         lag_at = 0.0
         rate_at, rate_n = time.monotonic(), 0
         flowing = False  # the job trained last iteration: poll without waiting
+        lost_at = 0.0  # since when no broker has answered (0: one does)
         while True:
             want_stop = stop.is_set() or bool(max_samples and st.samples >= max_samples)
             got = False
@@ -286,7 +305,13 @@ def run(  # noqa: PLR0912, PLR0915
                 continue
             idle = not got and not pending and not feed.busy
             if now - lag_at >= (0.5 if idle else 1.0):  # refresh the lag
-                st.lag, lag_at = _lag(consumer, tps), now
+                lag_at = now
+                try:
+                    st.lag, lost_at = _lag(consumer, tps), 0.0
+                except KafkaError as e:  # the broker is gone: how long for?
+                    lost_at = lost_at or now
+                    if time.monotonic() - lost_at >= broker_timeout_s and not st.fatal:
+                        st.fatal = _no_broker(bootstrap, e, broker_timeout_s)
                 n_parts = len(consumer.partitions_for_topic(topic) or every)
                 if n_parts != len(every) and not st.fatal:
                     st.fatal = (
@@ -541,6 +566,7 @@ def serve(  # noqa: PLR0912, PLR0915
             cuts=exp.cuts if exp is not None else None,
             publisher=publisher,
             prefetch=tc.prefetch and comm.world == 1,  # one worker only: trainer/README.md
+            broker_timeout_s=tc.broker_timeout_s,
         )
         path = save(t, ckdir, keep=tc.checkpoint_keep)
         final = None

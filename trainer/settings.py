@@ -42,6 +42,7 @@ class TrainerConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     export: bool = True  # run the exporter (exporter.*) in the trainer process
+    broker_timeout_s: float = 60.0  # no broker answering this long ends the job (one line)
     # workers (fluxrec train --workers N, or torchrun): trainer/distributed.py
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda where every worker has one
     init_timeout_s: float = 120.0  # to form the process group (every worker started)
