@@ -142,10 +142,33 @@ def _publish_faults_worker(out: str) -> None:
     for k in range(0, len(samples), 2 * B):
         mine = samples[k + comm.rank : k + 2 * B : 2]
         t.train_batch(featurize(mine, names, ["price"]))
+    seen: dict[str, Any] = {}
+    # 0. worker 1's predictions are NaN for one step: no worker updates anything
+    first = next(t.model.parameters())
+    dense0 = [p.detach().clone() for p in t.model.parameters()]
+    rows0 = {n: tab.weight[: tab.n_rows].clone() for n, tab in t.tables.items()}
+    kept = first.detach().clone()
+    if comm.rank == 1:
+        with torch.no_grad():
+            first.fill_(float("nan"))
+    step0 = t.step
+    t.train_batch(featurize(samples[comm.rank : 2 * B : 2], names, ["price"]))
+    with torch.no_grad():
+        first.copy_(kept)
+    seen["nonfinite"] = {
+        "count": t.nonfinite,
+        "step_unchanged": t.step == step0,
+        "dense_unchanged": all(
+            torch.equal(a, b) for a, b in zip(dense0, t.model.parameters(), strict=True)
+        ),
+        "rows_unchanged": all(
+            torch.equal(w, t.tables[n].weight[: w.shape[0]]) for n, w in rows0.items()
+        ),
+    }
+    seen["nonfinite_all"] = comm.gather_json(seen["nonfinite"])
     root = Path(out) / "objects"
     store, cfg = FileStore(root), ExporterConfig()
     exporter = Exporter(store) if comm.rank == 0 else None
-    seen: dict[str, Any] = {}
     # 1. worker 1's store is down: no version at all (worker 0 wrote its part for nothing)
     down = Down(root) if comm.rank == 1 else store
     seen["part_down"] = Publisher(t, down, cfg, exporter).cut(full=False)
@@ -168,6 +191,7 @@ def _publish_faults_worker(out: str) -> None:
     assert isinstance(good, PartsCut)
     doc = exporter.publish_parts(good)
     result = {
+        "nonfinite": seen["nonfinite_all"],
         "part_down": seen["part_down"] is None,
         "keys_after_part_down": seen["keys_1"],
         "nan": seen["nan"] is None,
@@ -263,7 +287,8 @@ def test_two_workers_learn_as_one_and_their_checkpoint_restores_into_one(tmp_pat
 
 @pytest.mark.slow
 def test_a_version_with_a_failed_or_refused_part_is_never_published(tmp_path: Path) -> None:
-    """Two workers, each writing its own part: when one worker's store is down, or its
+    """Two workers, each writing its own part (after a step in which one worker's
+    predictions were NaN, which no worker may train): when one worker's store is down, or its
     part holds a NaN row, no manifest is written (the other part's objects, if written,
     stay invisible) and the next version is a full snapshot of both parts."""
     script = (
@@ -274,6 +299,10 @@ def test_a_version_with_a_failed_or_refused_part_is_never_published(tmp_path: Pa
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     res = json.loads((tmp_path / "result.json").read_text())
+    # a step where one worker's predictions were NaN: no worker updated rows or dense
+    # parameters (the finite flags travel in the dense all_reduce), both counted it
+    want = {"count": 1, "step_unchanged": True, "dense_unchanged": True, "rows_unchanged": True}
+    assert res["nonfinite"] == [want, want]
     assert res["part_down"] and res["failed"] == 1
     assert not any(k.endswith("manifest.json") for k in res["keys_after_part_down"])
     assert any("/part-0/" in k for k in res["keys_after_part_down"])  # written, unreferenced

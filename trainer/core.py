@@ -282,7 +282,7 @@ class Trainer:
         self.pipeline = pipeline
         self.nominal_batch = nominal_batch
         self.lock = _StepLock(self._sync)
-        self._pending: Future[None] | None = None
+        self._pending: Future[bool] | None = None
         self._failed: BaseException | None = None
         self._worker: ThreadPoolExecutor | None = None
         self.step = 0
@@ -396,35 +396,40 @@ class Trainer:
             recv,
         )
 
-    def _score(self, batch: Batch, logit: torch.Tensor, sizes: list[int]) -> bool:
-        """Prequential scores (before the update) into the metrics of rank 0, which sees
-        every worker's, in one ``all_gather`` that also tells whether every worker's
-        predictions are finite; False (and nothing scored) when one is not."""
+    def _scores(
+        self, batch: Batch, logit: torch.Tensor, sizes: list[int]
+    ) -> Callable[[bool], None]:
+        """Prequential scores (before the update) for the metrics of rank 0, which sees
+        every worker's: the ``all_gather`` starts here and runs while the step goes on;
+        the returned function waits for it and adds the scores when the step trains."""
         fake = self._delayed(batch)
         with torch.no_grad():
             seen = stream_prob("logloss", logit)
             if fake is not None:
                 seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
-        finite = bool(torch.isfinite(logit).all())
         if self.comm.world == 1:
-            if finite:
-                pred = seen.double().cpu().numpy()
-                self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
-            return finite
+
+            def add(ok: bool) -> None:
+                if ok:
+                    pred = seen.double().cpu().numpy()
+                    self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
+
+            return add
         n, top = len(batch), max(sizes)
-        row = torch.zeros(1 + 3 * top, dtype=torch.float64)  # finite, pred, label, event time
-        row[0] = float(finite)
-        row[1 : 1 + n] = seen.double().cpu()
-        row[1 + top : 1 + top + n] = batch.label.double()
-        row[1 + 2 * top : 1 + 2 * top + n] = torch.from_numpy(batch.event_ms).double()
-        rows = self.comm.all_gather(row)
-        if not bool(rows[:, 0].min() > 0):
-            return False
-        if self.comm.rank == 0:
-            cols = [rows[r, 1:].view(3, top)[:, : sizes[r]] for r in range(self.comm.world)]
-            pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
-            self.metrics.add(pred, label, ev.astype(np.int64))
-        return True
+        row = torch.zeros(3 * top, dtype=torch.float64)  # pred, label, event time
+        row[:n] = seen.double().cpu()
+        row[top : top + n] = batch.label.double()
+        row[2 * top : 2 * top + n] = torch.from_numpy(batch.event_ms).double()
+        gathered = self.comm.all_gather_start(row)
+
+        def finish(ok: bool) -> None:
+            rows = gathered()  # every worker waits: the collective completes everywhere
+            if ok and self.comm.rank == 0:
+                cols = [rows[r].view(3, top)[:, : sizes[r]] for r in range(self.comm.world)]
+                pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
+                self.metrics.add(pred, label, ev.astype(np.int64))
+
+        return finish
 
     def _loss(
         self, batch: Batch, logit: torch.Tensor, label: torch.Tensor
@@ -438,21 +443,28 @@ class Trainer:
         total = F.binary_cross_entropy_with_logits(logit, label, weight=w, reduction="sum")
         return total, total / (self.nominal_batch or max(len(batch), 1))
 
-    def _average_dense_grads(self) -> Callable[[], None]:
+    def _average_dense_grads(self, finite: bool) -> Callable[[], bool]:
         """Start averaging the dense gradients over the workers (one ``all_reduce``, which
-        runs while the row gradients go to their owners); the returned function waits and
-        writes the averages back, so the replicas take the same optimizer step."""
+        runs while the row gradients go to their owners), with one more element: 1 from a
+        worker whose predictions were not ``finite``. The returned function waits, and
+        returns False when a worker's were not (then nothing is written back: no update
+        anywhere), else writes the averages back so the replicas take the same step."""
         if self.comm.world == 1:
-            return lambda: None
+            return lambda: finite
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        summed = self.comm.all_reduce_start_(torch.cat([g.reshape(-1) for g in grads]))
+        flag = torch.tensor([0.0 if finite else 1.0], device=grads[0].device)
+        summed = self.comm.all_reduce_start_(torch.cat([*(g.reshape(-1) for g in grads), flag]))
 
-        def finish() -> None:
-            flat = summed().div_(self.comm.world)
+        def finish() -> bool:
+            total = summed()
+            if float(total[-1]) > 0:
+                return False
+            flat = total[:-1].div_(self.comm.world)
             at = 0
             for g in grads:
                 g.copy_(flat[at : at + g.numel()].view_as(g))
                 at += g.numel()
+            return True
 
         return finish
 
@@ -470,28 +482,35 @@ class Trainer:
                 f"trainer: the update of step {self.step} failed: {self._failed!r}"
             ) from self._failed
 
-    def _update(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
-        """The second half of a step: backward, row-wise Adagrad, dense optimizer."""
+    def _update(self, loss: torch.Tensor, lk: ShardedLookup, finite: bool) -> bool:
+        """The second half of a step: backward, then (when every worker's predictions
+        were ``finite``, which the dense all_reduce tells) row-wise Adagrad and the dense
+        optimizer; False when the step trained nothing."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        averaged = self._average_dense_grads()
-        lk.step()
-        averaged()
+        averaged = self._average_dense_grads(finite)
+        lk.send_grads()
+        if not averaged():
+            return False
+        lk.apply_grads()
         self.opt.step()
+        return True
 
-    def _launch(self, loss: torch.Tensor, lk: ShardedLookup) -> None:
-        """Run the step's second half: on the worker thread (pipeline), or here when
-        it is off or this step evicts (eviction rewrites the id maps and rows)."""
-        evict = self.evict_every and self.step % self.evict_every == 0
+    def _launch(self, loss: torch.Tensor, lk: ShardedLookup, finite: bool) -> bool:
+        """Run the step's second half: on the worker thread (pipeline: one worker, whose
+        ``finite`` is the job's), or here when it is off or this step evicts (eviction
+        rewrites the id maps and rows); whether the step trains."""
+        evict = self.evict_every and (self.step + 1) % self.evict_every == 0
         if self.pipeline and not evict:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="fluxrec-update")
-            self._pending = self._worker.submit(self._update, loss, lk)
-            return
-        self._update(loss, lk)
-        if evict:
+            self._pending = self._worker.submit(self._update, loss, lk, finite)
+            return finite
+        ok = self._update(loss, lk, finite)
+        if ok and evict:
             for t in self.tables.values():
                 t.evict(self.watermark_ms)
+        return ok
 
     def train_batch(
         self, batch: Batch, offsets: Mapping[str, Mapping[int, int]] | None = None
@@ -506,9 +525,13 @@ class Trainer:
         with an empty batch; the step trains the union of the workers' batches (nothing,
         on every worker, when all are empty). Its collectives, in order: the step's
         statistics with the id counts (``all_gather``), ids to owners and vectors back
-        (two ``all_to_all``), the scores and the finite check (``all_gather``), then
-        the row gradients to their owners (``all_to_all``) while the dense gradients are
-        summed (``all_reduce``, started first).
+        (two ``all_to_all``), then, overlapped: the prequential scores to rank 0
+        (``all_gather``, started after the forward pass, waited for at the end), the
+        dense gradients summed with each worker's finite flag (``all_reduce``, started
+        after backward) while the row gradients go to their owners (``all_to_all``).
+        Four of them block: the statistics, the two lookups, the row gradients. The
+        updates wait for the flags: when a worker's predictions were not finite no
+        worker updates anything.
 
         With ``pipeline`` (``trainer.pipeline``) the step's
         second half (backward pass, optimizer
@@ -549,7 +572,15 @@ class Trainer:
             self.watermark_ms, self.local_watermark_ms = stats.watermark, stats.local_watermark
             dense, label = batch.dense.to(self.device), batch.label.to(self.device)
             logit = self.model(lk.pooled(), dense)
-            if not self._score(batch, logit, stats.sizes):
+            finite = bool(torch.isfinite(logit).all())
+            scored = self._scores(batch, logit, stats.sizes)
+            total, loss = self._loss(batch, logit, label)
+            # one worker knows at once whether its step is finite (then no backward pass);
+            # a job learns it in the dense all_reduce, before any worker updates anything
+            alone = self.comm.world == 1
+            ok = self._launch(loss, lk, finite) if finite or not alone else False
+            scored(ok)
+            if not ok:
                 # never let one batch turn every parameter into NaN: no update at all
                 norm.mean.copy_(saved[0])
                 norm.var.copy_(saved[1])
@@ -560,14 +591,11 @@ class Trainer:
                     "trainer: step %d: non-finite predictions, batch not trained", self.step
                 )
                 return float("nan")
-            total, loss = self._loss(batch, logit, label)
             self.step += 1
             self.samples += stats.n
             self.id_xor ^= batch.id_xor
-            value = float(total.detach()) / max(len(batch), 1)
-            self._launch(loss, lk)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
-            return value
+            return float(total.detach()) / max(len(batch), 1)
 
     def train_samples(
         self,

@@ -7,6 +7,7 @@ each collective returns its input: one worker is the same code with the exchange
 
     comm = connect(cfg.trainer)     # RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, or one worker
     comm.all_gather(torch.tensor([n, pos], dtype=torch.float64))   # (world, 2), row r from rank r
+    done = comm.all_gather_start(t); ...; rows = done()              # the same, overlapped
     comm.exchange_counts(counts)    # counts[r] is sent to rank r; row s of the result came from s
     comm.all_to_all(flat, send_splits, recv_splits)                 # all_to_all_single
     done = comm.all_reduce_start_(grads); ...; done()                 # sum, overlapped
@@ -105,13 +106,27 @@ class Comm:
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every worker's 1-D ``t`` (same shape everywhere), stacked: ``(world, n)``."""
+        return self.all_gather_start(t)()
+
+    def all_gather_start(self, t: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """Start :meth:`all_gather`; the returned function waits for it (the collectives
+        issued in between run alongside, in the same order everywhere)."""
         if self.world == 1:
-            return t.unsqueeze(0)
+            return lambda: t.unsqueeze(0)
         src = self._dev(t.contiguous())
         out = torch.empty(self.world * src.numel(), dtype=src.dtype, device=self.device)
-        self._run("all_gather", lambda: torch.distributed.all_gather_into_tensor(out, src))
+        work: list[Any] = []
+        self._run(
+            "all_gather",
+            lambda: work.append(torch.distributed.all_gather_into_tensor(out, src, async_op=True)),
+        )
         self.bytes_sent += src.nbytes * (self.world - 1)
-        return out.view(self.world, -1).to(t.device)
+
+        def finish() -> torch.Tensor:
+            self._run("all_gather", work[0].wait)
+            return out.view(self.world, -1).to(t.device)
+
+        return finish
 
     def all_reduce_start_(self, t: torch.Tensor) -> Callable[[], torch.Tensor]:
         """Start summing ``t`` over workers in place; the returned function waits for it

@@ -23,7 +23,9 @@ Kafka partitions are assigned the same static way: partition ``p`` to worker
 5. ``step`` (after ``backward``): each unique row's gradient goes to its owner (one
    ``all_to_all``), which sums the gradients of an id from all workers, divides the sum
    by ``world`` (the dense gradients are averaged, so a step of N workers is the step of
-   one worker on the union of their batches) and applies row-wise Adagrad.
+   one worker on the union of their batches) and applies row-wise Adagrad
+   (``send_grads`` then ``apply_grads``: the trainer applies only once the job knows
+   that every worker's step was finite).
 
 Two workers, one table of dim 4, owner(17) = 0 and owner(42) = owner(99) = 1::
 
@@ -330,6 +332,12 @@ class ShardedLookup:
 
     def step(self) -> None:
         """After ``backward()``: gradients to the owners (collective); row-wise Adagrad there."""
+        self.send_grads()
+        self.apply_grads()
+
+    def send_grads(self) -> None:
+        """After ``backward()``: each unique row's gradient to its owner (collective); the
+        owner sums an id's gradients from all workers (applied by :meth:`apply_grads`)."""
         w, gs = self.comm.world, self.groups
         chunks: _Chunks = []
         for r in range(w):
@@ -341,9 +349,11 @@ class ShardedLookup:
             chunks.append(row)
         sizes = [[[int(g.recv[s]) * g.dim] for g in gs] for s in range(w)]
         got = _exchange(self.comm, chunks, sizes)
+        self._grads: list[torch.Tensor | None] = []
         for k, g in enumerate(gs):
             if g.rows.size == 0 or (w == 1 and g.emb.grad is None):
-                continue  # nothing to update here
+                self._grads.append(None)  # nothing to update here
+                continue
             if g.inv is None:  # one sender: its gradients are per unique id already
                 if g.only is None:
                     raise TrainerError(f"table {g.table.name}: rows without a sender")
@@ -355,4 +365,11 @@ class ShardedLookup:
             grad = grad.cpu()  # the tables live in host memory
             if w > 1:
                 grad.div_(w)  # the dense gradients are averaged over the workers too
-            g.table.apply_adagrad(g.rows, grad, now=self.now, scratch=True)
+            self._grads.append(grad)
+
+    def apply_grads(self) -> None:
+        """Row-wise Adagrad on the owner's rows with the gradients :meth:`send_grads` got
+        (local)."""
+        for g, grad in zip(self.groups, self._grads, strict=True):
+            if grad is not None:
+                g.table.apply_adagrad(g.rows, grad, now=self.now, scratch=True)
