@@ -185,6 +185,15 @@ def _publish_faults_worker(out: str) -> None:
     # 3. a good version next: full (what the failures lost is in it), of two parts
     wants = exporter.wants_full if exporter is not None else False
     good = Publisher(t, store, cfg, exporter).cut(full=wants)
+    # 4. only worker 1's offsets moved (a poll of bad values: an empty step): every worker
+    # cuts (the decision is collective), then nothing is left to cut anywhere
+    empty = featurize([], names, ["price"])
+    t.train_batch(empty, offsets={"s": {1: 999}} if comm.rank == 1 else None)
+    moved = t.take_cut()
+    again = t.take_cut()
+    seen["moved"] = comm.gather_json(
+        [moved is not None, moved.offsets if moved is not None else None, again is None]
+    )
     comm.close()
     if exporter is None:
         return
@@ -192,6 +201,7 @@ def _publish_faults_worker(out: str) -> None:
     doc = exporter.publish_parts(good)
     result = {
         "nonfinite": seen["nonfinite_all"],
+        "moved": seen["moved"],
         "part_down": seen["part_down"] is None,
         "keys_after_part_down": seen["keys_1"],
         "nan": seen["nan"] is None,
@@ -309,6 +319,7 @@ def test_a_version_with_a_failed_or_refused_part_is_never_published(tmp_path: Pa
     assert res["nan"] and res["keys_after_nan"] == res["keys_after_part_down"]  # nothing new
     assert len(res["refusals"]) == 1 and "NaN/Inf values in 1 of" in res["refusals"][0]
     assert res["published"] == {"sequence": 0, "kind": "snapshot", "parts": 2}
+    assert res["moved"] == [[True, {}, True], [True, {"s": {"1": 999}}, True]]
     c = DeltaConsumer(FileStore(tmp_path / "objects"))
     assert c.sync() == 1 and c.version == 0
     assert all(np.isfinite(t.values).all() for t in c.state.tables.values())

@@ -2,9 +2,9 @@
 
 :class:`Trainer` owns the dynamic tables, the dense model and its optimizer. The daemon
 feeds it the raw Kafka values of Sample records (``sample_join/CONTRACTS.md``, section 2)
-through its featurizer (:mod:`featurize`, ``Trainer.featurizer``); the exporter
-calls :meth:`Trainer.take_cut` from another thread. Every public method holds one lock,
-so a cut always falls between two training steps::
+through its featurizer (:mod:`featurize`, ``Trainer.featurizer``) and takes the
+exporter's cuts (:meth:`Trainer.take_cut`) between steps. Every public method holds one
+lock, so a cut, from whatever thread, always falls between two training steps::
 
     t = Trainer.from_config(cfg)
     t.train_samples([{"v": 1, "sample_id": "r-1|i-9|0", "features": {...},
