@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxrec needs Python 3.11+; run: make PYTHON=/path/to/python3.11"; exit 1; }
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[all,dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e '.[all,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
