@@ -60,6 +60,7 @@ bench-join: deps
 
 bench-trainer: venv
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/trainer_workers.py
 
 bench-export: venv
 	$(BIN)/python bench/export.py

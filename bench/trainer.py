@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, repeat
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,6 +85,19 @@ def make_batches(
         ours.append(Batch(sparse, dense, label, ev, np.zeros(b, dtype=bool)))
         raw.append(ids)
     return ours, raw
+
+
+def reference_trainer(**kw: Any) -> Trainer:
+    """The reference DeepFM as a :class:`Trainer` (``kw``: more constructor arguments)."""
+    return Trainer(
+        [SparseField(f"f{j}", D) for j in range(F)],
+        [f"d{j}" for j in range(N_DENSE)],
+        arch="deepfm",
+        mlp=MLP,
+        table=TableParams(lr=0.05),
+        dense_lr=0.01,
+        **kw,
+    )
 
 
 def timed(
@@ -203,6 +217,21 @@ def featurize_rates(t: Trainer, batch: int, rounds: int) -> dict[str, float]:
     return {k: batch / float(np.median(v)) for k, v in took.items()}
 
 
+def loop_body(t: Trainer, chunk: list[list[bytes]], pool: ThreadPoolExecutor | None) -> None:
+    """The daemon's loop body over batches of raw values: sequential, or (``pool``) with
+    batch ``k + 1`` featurized on the pool's thread while batch ``k`` trains."""
+    if pool is None:
+        for values in chunk:
+            t.train_batch(to_batch(t.featurizer.samples(values)))
+        return
+    nxt = pool.submit(t.featurizer.samples, chunk[0])
+    for k in range(len(chunk)):
+        s = nxt.result()
+        if k + 1 < len(chunk):
+            nxt = pool.submit(t.featurizer.samples, chunk[k + 1])
+        t.train_batch(to_batch(s))
+
+
 def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
     """Samples/s of the daemon's loop body over raw values, sequential and overlapped
     (the next batch featurized on a thread while this one trains), and of the step
@@ -223,16 +252,8 @@ def loop_rates(t: Trainer, batch: int, n: int, rounds: int) -> dict[str, float]:
             if mode == "step":
                 for b in ready:
                     t.train_batch(b)
-            elif mode == "sequential":
-                for values in chunk:
-                    t.train_batch(to_batch(t.featurizer.samples(values)))
             else:
-                nxt = pool.submit(t.featurizer.samples, chunk[0])
-                for k in range(len(chunk)):
-                    s = nxt.result()
-                    if k + 1 < len(chunk):
-                        nxt = pool.submit(t.featurizer.samples, chunk[k + 1])
-                    t.train_batch(to_batch(s))
+                loop_body(t, chunk, pool if mode == "overlapped" else None)
             t.sync()
             took[mode].append((time.perf_counter() - t0) / n)
     pool.shutdown()
@@ -244,15 +265,7 @@ def variants(
 ) -> tuple[Trainer, dict[str, Step]]:
     """The trainer and the step function of every variant (reading the current batches)."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    t = Trainer(  # fluxrec: the trainer's own step
-        [SparseField(f"f{j}", D) for j in range(F)],
-        [f"d{j}" for j in range(N_DENSE)],
-        arch="deepfm",
-        mlp=MLP,
-        table=TableParams(lr=0.05),
-        dense_lr=0.01,
-        pipeline=a.pipeline,
-    )
+    t = reference_trainer(pipeline=a.pipeline)  # fluxrec: the trainer's own step
 
     def model_step(model: CTRModel, opts: list[torch.optim.Optimizer]) -> Callable[..., None]:
         def step(emb: torch.Tensor, i: int) -> None:

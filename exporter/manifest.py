@@ -7,6 +7,16 @@ Object keys under the store's URL (``SEQ`` = sequence, 12 digits, zero-padded)::
     versions/000000000042/dense.fxd            all dense tensors (absent if none)
     LATEST.json                                {"format":1,"sequence":42,"base_snapshot":40}
 
+A version written by several trainer workers (manifest format 2) has a part per worker,
+each object under its part (``part-P``, P = the part's index)::
+
+    versions/000000000042/part-0/table-item_id.fxd   the rows worker 0 owns
+    versions/000000000042/part-0/dense.fxd           the dense tensors (one part holds them)
+    versions/000000000042/part-1/table-item_id.fxd   the rows worker 1 owns
+    versions/000000000042/manifest.json              {"format": 2, ..., "parts": [
+                                                        {"index": 0, "objects": [...]},
+                                                        {"index": 1, "objects": [...]}]}
+
 A manifest, worked example (``exporter/manifest.schema.json`` is the JSON Schema)::
 
     {"format": 1, "sequence": 42, "parent": 41, "kind": "delta", "base_snapshot": 40,
@@ -16,6 +26,10 @@ A manifest, worked example (``exporter/manifest.schema.json`` is the JSON Schema
      "kafka_offsets": {"fluxrec.samples": {"0": 81234, "1": 80977}},
      "watermark_ms": 1700000123456, "trainer_step": 1200, "samples": 4915200,
      "created_ms": 1700000124000, "published_ms": 1700000124210, "rollback_of": null}
+
+A format-2 manifest has ``parts`` instead of ``objects``; every other field is as in
+format 1. :func:`manifest_objects` lists the objects of either format, and
+:func:`merge_tables` joins a table's parts into one decoded table (FORMAT.md 4.5).
 
 ``signature`` (optional) signs the exact bytes, not a re-serialisation: a signed document
 is the unsigned bytes ``U`` (a JSON object ending in ``}``) with its last byte replaced by
@@ -32,6 +46,8 @@ import hmac
 import json
 import re
 from typing import Any
+
+import numpy as np
 
 from exporter import _json
 from exporter.errors import (
@@ -57,6 +73,8 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MAX_LATEST_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_PARTS",
+    "PARTS_FORMAT",
     "SIGNATURE_ALG",
     "canonical_json",
     "check_entry_size",
@@ -64,6 +82,8 @@ __all__ = [
     "dense_key",
     "latest_bytes",
     "manifest_key",
+    "manifest_objects",
+    "merge_tables",
     "parse_latest",
     "parse_manifest",
     "sign_bytes",
@@ -72,7 +92,9 @@ __all__ = [
     "version_prefix",
 ]
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 1  # one part: what one trainer worker writes (and LATEST.json's format)
+PARTS_FORMAT = 2  # a version of several parts (FORMAT.md 4.5)
+MAX_PARTS = 4096
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_LATEST_BYTES = 4096
 SIGNATURE_ALG = "hmac-sha256-raw"
@@ -89,12 +111,17 @@ def manifest_key(seq: int) -> str:
     return version_prefix(seq) + "manifest.json"
 
 
-def table_key(seq: int, name: str) -> str:
-    return version_prefix(seq) + f"table-{check_name(name)}.fxd"
+def _part_prefix(seq: int, part: int | None) -> str:
+    return version_prefix(seq) + ("" if part is None else f"part-{part}/")
 
 
-def dense_key(seq: int) -> str:
-    return version_prefix(seq) + "dense.fxd"
+def table_key(seq: int, name: str, part: int | None = None) -> str:
+    """The key of table ``name`` in version ``seq`` (format 2: in part ``part``)."""
+    return _part_prefix(seq, part) + f"table-{check_name(name)}.fxd"
+
+
+def dense_key(seq: int, part: int | None = None) -> str:
+    return _part_prefix(seq, part) + "dense.fxd"
 
 
 def canonical_json(doc: dict[str, Any]) -> bytes:
@@ -156,7 +183,9 @@ def _check_signature_field(doc: dict[str, Any], where: str) -> None:
         )
 
 
-def _load(data: bytes, limit: int, what: str, hmac_key: bytes | None) -> dict[str, Any]:
+def _load(
+    data: bytes, limit: int, what: str, hmac_key: bytes | None, formats: tuple[int, ...]
+) -> dict[str, Any]:
     if len(data) > limit:
         raise BadManifest(f"{what} of {len(data)} bytes > {limit}")
     if hmac_key is not None:
@@ -165,8 +194,10 @@ def _load(data: bytes, limit: int, what: str, hmac_key: bytes | None) -> dict[st
     if not isinstance(doc, dict):
         raise BadManifest(f"{what} must be a JSON object")
     fmt = doc.get("format")
-    if type(fmt) is not int or fmt != MANIFEST_FORMAT:  # not True, not 1.0
-        raise UnsupportedVersion(f"{what}: format {fmt!r}; this reader supports 1")
+    if type(fmt) is not int or fmt not in formats:  # not True, not 1.0
+        raise UnsupportedVersion(
+            f"{what}: format {fmt!r}; this reader supports {' and '.join(map(str, formats))}"
+        )
     _check_signature_field(doc, what)
     return doc
 
@@ -196,13 +227,16 @@ def parse_manifest(  # noqa: PLR0912
 
     ``expected_seq`` is the sequence of the key it was read from: a manifest MUST sit at
     ``manifest_key(sequence)`` (else ``BadSequence``)."""
-    doc = _load(data, MAX_MANIFEST_BYTES, "manifest", hmac_key)
+    doc = _load(data, MAX_MANIFEST_BYTES, "manifest", hmac_key, (MANIFEST_FORMAT, PARTS_FORMAT))
     seq = int(_seq(doc, "sequence", "manifest") or 0)
     where = f"manifest {seq}"
     if expected_seq is not None and seq != expected_seq:
         raise BadSequence(f"{where}: stored under sequence {expected_seq}")
-    if "parts" in doc:
-        raise UnsupportedVersion(f"{where}: 'parts' needs manifest format 2 (reserved)")
+    multi = doc["format"] == PARTS_FORMAT
+    if not multi and "parts" in doc:
+        raise UnsupportedVersion(f"{where}: 'parts' needs manifest format 2")
+    if multi and "objects" in doc:
+        raise BadManifest(f"{where}: a format-2 manifest lists its objects in 'parts' only")
     parent = _seq(doc, "parent", where, nullable=True)
     if parent != (seq - 1 if seq > 0 else None):
         raise BadManifest(f"{where}: parent {parent!r} must be {seq - 1 if seq else None}")
@@ -229,56 +263,123 @@ def parse_manifest(  # noqa: PLR0912
             raise BadManifest(
                 f"{where}: kafka_offsets[{topic!r}] must map partition (decimal) -> offset >= 0"
             )
-    _check_objects(doc, seq, kind == "snapshot", where)
+    if multi:
+        _check_parts(doc, seq, kind == "snapshot", where)
+    else:
+        _Objects(seq, kind == "snapshot").check(doc.get("objects"), where)
     rollback_of = _seq(doc, "rollback_of", where, nullable=True) if "rollback_of" in doc else None
     if rollback_of is not None and rollback_of >= seq:
         raise BadManifest(f"{where}: rollback_of {rollback_of} must be an older version")
     return doc
 
 
-def _check_objects(doc: dict[str, Any], seq: int, snapshot: bool, where: str) -> None:  # noqa: PLR0912
-    names: set[str] = set()
-    dense = 0
-    for obj in _need(doc, "objects", list, where):
-        if not isinstance(obj, dict):
-            raise BadManifest(f"{where}: objects[] entries must be objects")
-        okey = _need(obj, "key", str, where)
-        _need(obj, "bytes", int, where, 0)
-        sha = _need(obj, "sha256", str, where)
-        if not _HEX64.fullmatch(sha):
-            raise BadManifest(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
-        okind = obj.get("kind")
-        if okind == "table":
-            name = _need(obj, "name", str, where)
-            try:
-                want = table_key(seq, name)
-            except BadHeader as e:
-                raise BadManifest(f"{where}: {e}") from None
-            if name in names:
-                raise BadManifest(f"{where}: table {name!r} listed twice")
-            names.add(name)
-            if obj.get("encoding") not in ENCODINGS:
-                raise BadManifest(f"{where}: encoding {obj.get('encoding')!r}")
-            dim = _need(obj, "dim", int, where, 1)
-            if dim > MAX_DIM:
-                raise BadManifest(f"{where}: dim {dim} > {MAX_DIM}")
-            _need(obj, "rows", int, where, 0)
-            if _need(obj, "tombstones", int, where, 0) and snapshot:
-                raise BadManifest(f"{where}: a snapshot MUST NOT carry tombstones")
-        elif okind == "dense":
-            dense += 1
-            if dense > 1:
-                raise BadManifest(f"{where}: more than one dense object")
-            want = dense_key(seq)
-        else:
-            raise BadManifest(f"{where}: object kind {okind!r}")
-        if okey != want:
-            raise BadManifest(f"{where}: object key {okey!r} must be {want!r}")
+def _check_parts(doc: dict[str, Any], seq: int, snapshot: bool, where: str) -> None:
+    """Format 2: ``parts`` is a list of 1..MAX_PARTS parts, part k = ``{"index": k,
+    "objects": [...]}``."""
+    parts = _need(doc, "parts", list, where)
+    if not 1 <= len(parts) <= MAX_PARTS:
+        raise BadManifest(f"{where}: {len(parts)} parts; need 1..{MAX_PARTS}")
+    rules = _Objects(seq, snapshot)
+    for k, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise BadManifest(f"{where}: parts[{k}] is not an object")
+        index = _need(part, "index", int, where)
+        if index != k:
+            raise BadManifest(f"{where}: parts[{k}] has index {index}; parts are listed in order")
+        rules.check(part.get("objects"), f"{where} part {k}", k)
+
+
+class _Objects:
+    """The rules on the object entries of one version, checked list by list (format 1:
+    one list; format 2: one per part): table names unique within a list, one ``dim`` per
+    table name in the whole version, at most one dense object in the whole version."""
+
+    def __init__(self, seq: int, snapshot: bool) -> None:
+        self.seq, self.snapshot = seq, snapshot
+        self.dense = 0
+        self.dims: dict[str, int] = {}
+
+    def check(self, objects: Any, where: str, part: int | None = None) -> None:  # noqa: PLR0912
+        if not isinstance(objects, list):
+            raise BadManifest(f"{where}: field 'objects' = {objects!r} is not list")
+        names: set[str] = set()
+        for obj in objects:
+            if not isinstance(obj, dict):
+                raise BadManifest(f"{where}: objects[] entries must be objects")
+            okey = _need(obj, "key", str, where)
+            _need(obj, "bytes", int, where, 0)
+            sha = _need(obj, "sha256", str, where)
+            if not _HEX64.fullmatch(sha):
+                raise BadManifest(f"{where}: sha256 {sha!r} is not 64 lowercase hex digits")
+            okind = obj.get("kind")
+            if okind == "table":
+                name = _need(obj, "name", str, where)
+                try:
+                    want = table_key(self.seq, name, part)
+                except BadHeader as e:
+                    raise BadManifest(f"{where}: {e}") from None
+                if name in names:
+                    raise BadManifest(f"{where}: table {name!r} listed twice")
+                names.add(name)
+                if obj.get("encoding") not in ENCODINGS:
+                    raise BadManifest(f"{where}: encoding {obj.get('encoding')!r}")
+                dim = _need(obj, "dim", int, where, 1)
+                if dim > MAX_DIM:
+                    raise BadManifest(f"{where}: dim {dim} > {MAX_DIM}")
+                if self.dims.setdefault(name, dim) != dim:
+                    raise BadManifest(
+                        f"{where}: table {name!r} has dim {dim}, {self.dims[name]} in another part"
+                    )
+                _need(obj, "rows", int, where, 0)
+                if _need(obj, "tombstones", int, where, 0) and self.snapshot:
+                    raise BadManifest(f"{where}: a snapshot MUST NOT carry tombstones")
+            elif okind == "dense":
+                self.dense += 1
+                if self.dense > 1:
+                    raise BadManifest(f"{where}: more than one dense object in the version")
+                want = dense_key(self.seq, part)
+            else:
+                raise BadManifest(f"{where}: object kind {okind!r}")
+            if okey != want:
+                raise BadManifest(f"{where}: object key {okey!r} must be {want!r}")
+
+
+def manifest_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The object entries of a parsed manifest: format 1's ``objects``, or format 2's
+    parts' objects in part order."""
+    if doc["format"] == PARTS_FORMAT:
+        return [obj for part in doc["parts"] for obj in part["objects"]]
+    return list(doc["objects"])
+
+
+def merge_tables(tables: list[DecodedTable]) -> list[DecodedTable]:
+    """One decoded table per name: the objects of a table from several parts joined in
+    part order (their upserts, then their tombstones: FORMAT.md 4.5), in the order of
+    each name's first object. A table in one object is returned as it is (no copy)."""
+    by_name: dict[str, list[DecodedTable]] = {}
+    for t in tables:
+        by_name.setdefault(t.name, []).append(t)
+    out = []
+    for name, ts in by_name.items():
+        if len(ts) == 1:
+            out.append(ts[0])
+            continue
+        out.append(
+            DecodedTable(
+                name,
+                ts[0].dim,
+                ts[0].encoding,
+                np.concatenate([t.ids for t in ts]),
+                np.concatenate([t.values for t in ts]),
+                np.concatenate([t.tombstones for t in ts]),
+            )
+        )
+    return out
 
 
 def parse_latest(data: bytes, hmac_key: bytes | None = None) -> tuple[int, int]:
     """``(sequence, base_snapshot)`` from ``LATEST.json`` (signed when a key is given)."""
-    doc = _load(data, MAX_LATEST_BYTES, "LATEST.json", hmac_key)
+    doc = _load(data, MAX_LATEST_BYTES, "LATEST.json", hmac_key, (MANIFEST_FORMAT,))
     seq = int(_seq(doc, "sequence", "LATEST.json") or 0)
     base = int(_seq(doc, "base_snapshot", "LATEST.json") or 0)
     if base > seq:

@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.format import DecodedDense, DecodedTable, decode_object
-from exporter.manifest import parse_latest, parse_manifest
+from exporter.format import DecodedDense, DecodedTable, Limits, decode_object
+from exporter.manifest import (
+    decode_entry,
+    manifest_objects,
+    merge_tables,
+    parse_latest,
+    parse_manifest,
+)
 from exporter.sdk import DeltaConsumer, InPlaceTables
 from exporter.store import FileStore
 from exporter.testdata import make_golden
@@ -67,6 +73,28 @@ def test_golden_manifest_parses_and_signature_verifies() -> None:
     assert parse_latest((GOLDEN / "store" / "LATEST.json").read_bytes(), KEY) == (7, 5)
 
 
+def test_golden_parts_manifest_names_every_part_and_verifies() -> None:
+    raw = (GOLDEN / "manifest_parts.json").read_bytes()
+    assert raw == (GOLDEN / "store_parts" / "versions/000000000011/manifest.json").read_bytes()
+    doc = parse_manifest(raw, KEY, expected_seq=11)
+    assert doc["format"] == 2 and "objects" not in doc
+    assert [p["index"] for p in doc["parts"]] == [0, 1]
+    objects = manifest_objects(doc)
+    assert [o["key"] for o in objects] == [
+        "versions/000000000011/part-0/table-item_f32.fxd",
+        "versions/000000000011/part-0/dense.fxd",
+        "versions/000000000011/part-1/table-item_f32.fxd",
+        "versions/000000000011/part-1/table-item_i8.fxd",
+    ]
+    decoded = []
+    for obj in objects:
+        data = (GOLDEN / "store_parts" / obj["key"]).read_bytes()
+        decoded.append(decode_entry(11, obj, data, Limits()))
+    tables = merge_tables([d for d in decoded if isinstance(d, DecodedTable)])
+    f32 = next(t for t in tables if t.name == "item_f32")  # the two parts of item_f32, joined
+    assert f32.ids.tolist() == [1, 2, 9] and f32.tombstones.tolist() == [3, 6]
+
+
 def test_the_golden_frames_are_what_they_claim() -> None:
     import lz4.frame
 
@@ -84,12 +112,16 @@ def test_the_golden_frames_are_what_they_claim() -> None:
     assert first_block & 0x80000000  # stored
 
 
+@pytest.mark.parametrize("store", ["store", "store_parts"])
 @pytest.mark.parametrize("backend", ["memory", "inplace"])
-def test_golden_store_chain_gives_the_expected_state(backend: str) -> None:
+def test_golden_store_chain_gives_the_expected_state(backend: str, store: str) -> None:
     be = InPlaceTables() if backend == "inplace" else None
-    c = DeltaConsumer(FileStore(GOLDEN / "store"), be, hmac_key=KEY)
-    assert c.sync() == 3 and c.version == 7
-    for name, want in EXPECTED["store"]["tables"].items():
+    c = DeltaConsumer(FileStore(GOLDEN / store), be, hmac_key=KEY)
+    assert c.sync() == 3 and c.version == EXPECTED[store]["latest"]
+    assert set(EXPECTED[store]["tables"]) == (
+        set(be._tables) if isinstance(be, InPlaceTables) else set(c.state.tables)
+    )
+    for name, want in EXPECTED[store]["tables"].items():
         if isinstance(be, InPlaceTables):
             ids, vals = be.rows(name)
         else:
@@ -102,7 +134,8 @@ def test_golden_store_chain_gives_the_expected_state(backend: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED["negative"]))
 def test_negative_vector_gets_its_error(name: str) -> None:
     spec = EXPECTED["negative"][name]
-    data = (GOLDEN / "negative" / name).read_bytes()
+    path = GOLDEN / "negative" / name
+    data = path if spec["kind"] == "store" else path.read_bytes()
     assert make_golden.check_negative(data, spec) == spec["error"]
 
 
@@ -120,6 +153,7 @@ def test_negative_vectors_cover_every_error_class() -> None:
         "BadManifest",
         "BadSignature",
         "BadSequence",
+        "MissingPayload",
     }
 
 
@@ -127,7 +161,10 @@ def test_manifest_schema_agrees_with_the_reader() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((GOLDEN.parent / "manifest.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    for path in [GOLDEN / "manifest.json", *sorted((GOLDEN / "store").rglob("manifest.json"))]:
+    stores = sorted((GOLDEN / "store").rglob("manifest.json"))
+    stores += sorted((GOLDEN / "store_parts").rglob("manifest.json"))
+    assert len(stores) == 6
+    for path in [GOLDEN / "manifest.json", GOLDEN / "manifest_parts.json", *stores]:
         jsonschema.validate(json.loads(path.read_text()), schema)
     # the must-reject manifests that JSON Schema can express are rejected by it too
     schema_says_no = 0

@@ -75,25 +75,28 @@ def python_dump(c: DeltaConsumer) -> dict[str, Any]:
     return {"version": c.version, "tables": tables, "dense": dense}
 
 
-@pytest.mark.parametrize("encoding", ["f32", "f16", "i8"])
+@pytest.mark.parametrize(
+    ("encoding", "parts"), [("f32", 1), ("f16", 1), ("i8", 1), ("f32", 2), ("i8", 3)]
+)
 def test_java_reader_agrees_on_a_live_chain(
-    tmp_path: Path, java_classpath: str, encoding: str
+    tmp_path: Path, java_classpath: str, encoding: str, parts: int
 ) -> None:
+    """``parts`` > 1: versions of that many parts (manifest format 2), as N workers write."""
     store = open_store(f"file://{tmp_path / 'objects'}")
     cfg = ExporterConfig(snapshot_every=3, retain_snapshots=1, encoding=encoding)
     t, ex = Trainer(31), Exporter(store, cfg, hmac_key=KEY)
     for _ in range(8):  # snapshots at 0, 4 (pruned: chain 4..7 kept), deltas with tombstones
-        t.publish(ex)
+        t.publish(ex, parts=parts)
     c = DeltaConsumer(store, hmac_key=KEY)
     assert c.sync() > 0 and c.version == 7
     want = python_dump(c)
     assert java_dump(java_classpath, tmp_path / "objects", KEY) == want
     # the wrong key, or a corrupt object: both readers reject it with the same error
     assert java_dump(java_classpath, tmp_path / "objects", b"other") == {"error": "BadSignature"}
-    path = tmp_path / "objects" / table_key(7, "item_id")
-    data = bytearray(path.read_bytes())
+    key = table_key(7, "item_id", None if parts == 1 else parts - 1)  # the last part's
+    data = bytearray((tmp_path / "objects" / key).read_bytes())
     data[40] ^= 1
-    FileStore(tmp_path / "objects").put(table_key(7, "item_id"), bytes(data))
+    FileStore(tmp_path / "objects").put(key, bytes(data))
     fresh = DeltaConsumer(store, hmac_key=KEY)
     assert fresh.sync() == 0
     assert java_dump(java_classpath, tmp_path / "objects", KEY) == {

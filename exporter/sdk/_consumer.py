@@ -36,6 +36,8 @@ from exporter.manifest import (
     check_entry_size,
     decode_entry,
     manifest_key,
+    manifest_objects,
+    merge_tables,
     parse_latest,
     parse_manifest,
 )
@@ -131,7 +133,7 @@ class DeltaConsumer:
         doc = self._manifest(seq)
         tables: list[DecodedTable] = []
         dense: DecodedDense | None = None
-        for obj in doc["objects"]:
+        for obj in manifest_objects(doc):
             check_entry_size(seq, obj, self.limits)
             try:
                 data = self.store.get(obj["key"], obj["bytes"])
@@ -150,7 +152,7 @@ class DeltaConsumer:
                 tables.append(dec)
             else:
                 dense = dec
-        return doc, tables, dense
+        return doc, merge_tables(tables), dense  # a table in several parts: one table
 
     def _latest(self) -> int | None:
         """The sequence ``LATEST.json`` names (signed when a key is configured), or None."""

@@ -7,8 +7,12 @@ Writes, beside this file::
                            checksums) over a stream of three record batches
     table_stored.fxd       one stored (incompressible) LZ4 block
     manifest.json          version 7 (a delta), signed with GOLDEN_HMAC_KEY
+    manifest_parts.json    version 11 of store_parts/ (format 2, two parts), signed
     store/                 a store: versions 5 (snapshot), 6, 7 (deltas), a signed LATEST.json
+    store_parts/           a store of two-part versions (manifest format 2): 10 (snapshot),
+                           11 (delta), then 12 (a format-1 delta), a signed LATEST.json
     negative/NAME.*        must-reject objects, manifests and LATEST.json files
+    negative/store_*/      stores whose newest version a reader must reject whole
     expected.json          the exact decoding of every positive vector (float32 values as
                            JSON numbers and as the hex of their little-endian bytes), the
                            state of the store after its chain, and for each negative vector
@@ -47,6 +51,8 @@ from exporter.format import (
 )
 from exporter.manifest import (
     MANIFEST_FORMAT,
+    MAX_PARTS,
+    PARTS_FORMAT,
     canonical_json,
     check_entry_size,
     decode_entry,
@@ -240,12 +246,14 @@ def _manifest(seq: int, kind: str, base: int, objects: list[dict[str, Any]]) -> 
     }
 
 
-def _entry(seq: int, name: str | None, data: bytes, header: dict[str, Any]) -> dict[str, Any]:
+def _entry(
+    seq: int, name: str | None, data: bytes, header: dict[str, Any], part: int | None = None
+) -> dict[str, Any]:
     digest = hashlib.sha256(data[:-32]).hexdigest()
     if name is None:
-        return {"key": dense_key(seq), "kind": "dense", "bytes": len(data), "sha256": digest}
+        return {"key": dense_key(seq, part), "kind": "dense", "bytes": len(data), "sha256": digest}
     return {
-        "key": table_key(seq, name),
+        "key": table_key(seq, name, part),
         "kind": "table",
         "name": name,
         "dim": header["dim"],
@@ -305,6 +313,70 @@ def _store() -> dict[str, bytes]:
     return out
 
 
+def _parts_manifest(
+    seq: int, kind: str, base: int, parts: list[list[dict[str, Any]]]
+) -> dict[str, Any]:
+    doc = {k: v for k, v in _manifest(seq, kind, base, []).items() if k != "objects"}
+    return doc | {
+        "format": PARTS_FORMAT,
+        "parts": [{"index": k, "objects": objs} for k, objs in enumerate(parts)],
+    }
+
+
+def _rows(ids: list[int], k: int) -> Any:
+    """Rows exact in every encoding: small multiples of 1/8."""
+    a = (np.array(ids, np.float32)[:, None] * k + np.arange(4, dtype=np.float32)) % 16 - 8
+    return (a / 8).astype(np.float32)
+
+
+def _parts_store() -> dict[str, bytes]:
+    """A store of two-part versions: 10 (snapshot: part 0 holds ids 1, 3, 5 of item_f32
+    and the dense tensors, part 1 ids 2, 4, 6 of item_f32 and 7, 8 of item_i8), 11 (a
+    delta: each part upserts and tombstones its own ids; part 1 tombstones item_i8 7
+    only), 12 (a delta of format 1: one writer again), LATEST.json -> 12."""
+    out: dict[str, bytes] = {}
+
+    def put(seq: int, part: int | None, name: str | None, obj: tuple[Any, ...]) -> dict[str, Any]:
+        data, _digest, header = obj
+        entry = _entry(seq, name, data, header, part)
+        out[entry["key"]] = data
+        return entry
+
+    p10: list[list[dict[str, Any]]] = [[], []]
+    for part, ids in ((0, [1, 3, 5]), (1, [2, 4, 6])):
+        rows = encode_table("item_f32", 4, np.array(ids, np.int64), _rows(ids, 3), None, "f32")
+        p10[part].append(put(10, part, "item_f32", rows))
+    p10[1].append(
+        put(
+            10,
+            1,
+            "item_i8",
+            encode_table("item_i8", 4, np.array([7, 8], np.int64), _rows([7, 8], 5), None, "i8"),
+        )
+    )
+    p10[0].append(put(10, 0, None, encode_dense({"mlp.bias": np.array([0.5, -0.25], np.float32)})))
+    p11: list[list[dict[str, Any]]] = [[], []]
+    for part, ids, tomb in ((0, [1], [3]), (1, [2, 9], [6])):
+        obj = encode_table(
+            "item_f32", 4, np.array(ids, np.int64), _rows(ids, 7), np.array(tomb, np.int64), "f32"
+        )
+        p11[part].append(put(11, part, "item_f32", obj))
+    empty = np.empty(0, np.int64)
+    i8 = encode_table("item_i8", 4, empty, np.zeros((0, 4), np.float32), np.array([7]), "i8")
+    p11[1].append(put(11, 1, "item_i8", i8))
+    p11[0].append(put(11, 0, None, encode_dense({"mlp.bias": np.array([1.5, 2.0], np.float32)})))
+    obj12 = encode_table("item_f32", 4, np.array([5], np.int64), _rows([5], 11), np.array([9]))
+    o12 = [put(12, None, "item_f32", obj12)]
+    for seq, doc in (
+        (10, _parts_manifest(10, "snapshot", 10, p10)),
+        (11, _parts_manifest(11, "delta", 10, p11)),
+        (12, _manifest(12, "delta", 10, o12)),
+    ):
+        out[manifest_key(seq)] = sign_manifest(doc, GOLDEN_HMAC_KEY)
+    out["LATEST.json"] = latest_bytes(12, 10, GOLDEN_HMAC_KEY)
+    return out
+
+
 def _multiblock() -> bytes:
     rng = np.random.default_rng(11)
     dim, schema = 8, table_schema(8, "f32")
@@ -339,6 +411,9 @@ def positive() -> dict[str, bytes]:
     files["table_stored.fxd"] = _stored()
     files["manifest.json"] = sign_manifest(_manifest(7, "delta", 5, objects), GOLDEN_HMAC_KEY)
     files.update({f"store/{k}": v for k, v in _store().items()})
+    parts = _parts_store()
+    files.update({f"store_parts/{k}": v for k, v in parts.items()})
+    files["manifest_parts.json"] = parts[manifest_key(11)]
     return files
 
 
@@ -671,7 +746,7 @@ def _negative_manifests() -> list[Vector]:
             )
         )
     v.append(_man("m_not_an_object", b"[1]", "BadManifest", hmac=False))
-    v.append(_man("m_format_2", signed(doc | {"format": 2}), "UnsupportedVersion"))
+    v.append(_man("m_format_3", signed(doc | {"format": 3}), "UnsupportedVersion"))
     v.append(_man("m_parts", signed(doc | {"parts": []}), "UnsupportedVersion"))
     v.append(_man("m_stored_under_another_sequence", signed(doc), "BadSequence", seq=8))
     for name, change in (
@@ -757,6 +832,94 @@ def _negative_manifests() -> list[Vector]:
     return v
 
 
+def _negative_parts() -> list[Vector]:
+    """Format-2 manifests (version 11 of store_parts/) that break a rule of FORMAT.md 4.5."""
+    good = json.loads(_parts_store()[manifest_key(11)])
+    doc = {k: v for k, v in good.items() if k != "signature"}
+    parts = doc["parts"]
+    key = GOLDEN_HMAC_KEY
+
+    def man(name: str, d: dict[str, Any], error: str = "BadManifest") -> Vector:
+        return _man(name, sign_manifest(d, key), error, seq=11)
+
+    def edit(name: str, fn: Callable[[list[dict[str, Any]]], object]) -> Vector:
+        ps = [{"index": p["index"], "objects": [dict(o) for o in p["objects"]]} for p in parts]
+        fn(ps)
+        return man(name, doc | {"parts": ps})
+
+    f32_0 = parts[0]["objects"][0]
+    v: list[Vector] = [
+        man(
+            "m2_objects_without_parts",
+            {k: x for k, x in doc.items() if k != "parts"} | {"objects": parts[0]["objects"]},
+        ),
+        man("m2_objects_and_parts", doc | {"objects": []}),
+        man("m2_parts_missing", {k: x for k, x in doc.items() if k != "parts"}),
+        man("m2_parts_empty", doc | {"parts": []}),
+        man("m2_parts_not_list", doc | {"parts": {"0": parts[0]}}),
+        man(
+            "m2_too_many_parts",
+            doc | {"parts": [{"index": k, "objects": []} for k in range(MAX_PARTS + 1)]},
+        ),
+        man("m2_parts_format_1", doc | {"format": 1}, "UnsupportedVersion"),
+        man("m2_part_not_object", doc | {"parts": [[f32_0], parts[1]]}),
+        edit("m2_part_index_wrong", lambda ps: ps[0].update(index=1)),
+        edit("m2_parts_out_of_order", lambda ps: ps.reverse()),
+        edit("m2_part_index_missing", lambda ps: ps[1].pop("index")),
+        edit("m2_part_index_string", lambda ps: ps[0].update(index="0")),
+        edit("m2_part_index_bool", lambda ps: ps[1].update(index=True)),
+        edit("m2_part_objects_missing", lambda ps: ps[1].pop("objects")),
+        edit("m2_part_objects_not_list", lambda ps: ps[1].update(objects={})),
+        edit(
+            "m2_key_without_part",
+            lambda ps: ps[0]["objects"][0].update(key=table_key(11, "item_f32")),
+        ),
+        edit(
+            "m2_key_other_part",
+            lambda ps: ps[0]["objects"][0].update(key=table_key(11, "item_f32", 1)),
+        ),
+        edit(
+            "m2_key_leading_zero",
+            lambda ps: ps[0]["objects"][0].update(
+                key="versions/000000000011/part-00/table-item_f32.fxd"
+            ),
+        ),
+        edit("m2_dense_key_without_part", lambda ps: ps[0]["objects"][1].update(key=dense_key(11))),
+        edit(
+            "m2_table_twice_in_a_part",
+            lambda ps: ps[1]["objects"].append(dict(ps[1]["objects"][0])),
+        ),
+        edit("m2_table_dim_differs", lambda ps: ps[1]["objects"][0].update(dim=8)),
+        edit(
+            "m2_two_dense",
+            lambda ps: ps[1]["objects"].append(ps[0]["objects"][1] | {"key": dense_key(11, 1)}),
+        ),
+        man("m2_snapshot_with_tombstones", doc | {"kind": "snapshot", "base_snapshot": 11}),
+    ]
+    return v
+
+
+def _negative_stores() -> list[Vector]:
+    """store_parts/ with one object of version 11's part 1 missing, or corrupt: no reader
+    may apply any of version 11 (nor, rebuilding from nothing, the chain up to 12)."""
+    store = _parts_store()
+    key = table_key(11, "item_f32", 1)
+    missing = {k: d for k, d in store.items() if k != key}
+    corrupt = dict(store)
+    flipped = bytearray(store[key])
+    flipped[-1] ^= 1  # in its sha256 trailer
+    corrupt[key] = bytes(flipped)
+    v: list[Vector] = []
+    for name, files, error in (
+        ("store_part_missing", missing, "MissingPayload"),
+        ("store_part_corrupt", corrupt, "ChecksumMismatch"),
+    ):
+        for k, data in files.items():
+            v.append((f"{name}/{k}", data, {}))
+        v.append((name, b"", {"kind": "store", "error": error, "hmac": True}))
+    return v
+
+
 def _negative_entries() -> list[Vector]:
     """An object checked against its manifest entry (FORMAT.md 7: size, sha256, fields)."""
     files, objects = _version7()
@@ -779,14 +942,23 @@ def _negative_entries() -> list[Vector]:
 
 
 def negative() -> list[Vector]:
-    return _negative_objects() + _negative_manifests() + _negative_entries()
+    """Every must-reject vector; a store vector is its files (no spec), then its name
+    (the directory) with the spec."""
+    return (
+        _negative_objects()
+        + _negative_manifests()
+        + _negative_parts()
+        + _negative_entries()
+        + _negative_stores()
+    )
 
 
 # ----------------------------------------------------------------------------- checking
 
 
-def check_negative(data: bytes, spec: dict[str, Any]) -> str:
-    """The error class name the Python reader raises for one negative vector ("" if none)."""
+def check_negative(data: Any, spec: dict[str, Any]) -> str:
+    """The error class name the Python reader raises for one negative vector ("" if none);
+    ``data``: its bytes, or for a store vector its directory."""
     key = GOLDEN_HMAC_KEY if spec.get("hmac") else None
     try:
         if spec["kind"] == "object":
@@ -795,6 +967,12 @@ def check_negative(data: bytes, spec: dict[str, Any]) -> str:
             parse_manifest(data, key, expected_seq=spec["seq"])
         elif spec["kind"] == "latest":
             parse_latest(data, key)
+        elif spec["kind"] == "store":  # data: the store's directory (a Path)
+            c = DeltaConsumer(FileStore(data), InMemoryTables(), hmac_key=key)
+            c.sync()
+            if c.version is not None:
+                return ""  # it applied something
+            return c.stats.last_error.split(":")[0]
         else:
             check_entry_size(7, spec["entry"], Limits())
             decode_entry(7, spec["entry"], data, Limits())
@@ -803,16 +981,16 @@ def check_negative(data: bytes, spec: dict[str, Any]) -> str:
     return ""
 
 
-def _chain_state() -> dict[str, Any]:
-    store = FileStore(HERE / "store")
+def _chain_state(name: str, latest: int, base: int, applied: int) -> dict[str, Any]:
+    store = FileStore(HERE / name)
     backend = InMemoryTables()
     c = DeltaConsumer(store, backend, hmac_key=GOLDEN_HMAC_KEY)
-    if c.sync() != 3 or c.version != 7:
-        raise RuntimeError(f"the golden store does not apply: {c.stats}")
+    if c.sync() != applied or c.version != latest:
+        raise RuntimeError(f"the golden {name} does not apply: {c.stats}")
     state = c.state
     return {
-        "latest": 7,
-        "base_snapshot": 5,
+        "latest": latest,
+        "base_snapshot": base,
         "watermark_ms": state.watermark_ms,
         "tables": {
             n: {"dim": t.dim, "ids": t.ids.tolist(), "values_f32le": f32_hex(t.values)}
@@ -825,8 +1003,9 @@ def _chain_state() -> dict[str, Any]:
 def build() -> dict[str, bytes]:
     """Every vector file, by its path relative to this folder (except expected.json)."""
     out = positive()
-    for name, data, _spec in negative():
-        out[f"negative/{name}"] = data
+    for name, data, spec in negative():
+        if spec.get("kind") != "store":  # a store vector is a directory of files
+            out[f"negative/{name}"] = data
     return out
 
 
@@ -838,7 +1017,9 @@ def expected(files: dict[str, bytes]) -> dict[str, Any]:
     }
     neg: dict[str, Any] = {}
     for name, data, spec in negative():
-        got = check_negative(data, spec)
+        if not spec:
+            continue  # a file of a store vector
+        got = check_negative(HERE / "negative" / name if spec["kind"] == "store" else data, spec)
         if got != spec["error"]:
             raise RuntimeError(
                 f"negative/{name}: the Python reader says {got!r}, not {spec['error']}"
@@ -847,7 +1028,8 @@ def expected(files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "hmac_key": GOLDEN_HMAC_KEY.decode(),
         "objects": objects,
-        "store": _chain_state(),
+        "store": _chain_state("store", 7, 5, 3),
+        "store_parts": _chain_state("store_parts", 12, 10, 3),
         "negative": neg,
     }
 

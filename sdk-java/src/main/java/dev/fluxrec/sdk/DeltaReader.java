@@ -10,6 +10,7 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -17,7 +18,7 @@ import java.util.Map;
  * Follows the versions in a {@code file://} store into an in-memory table (FORMAT.md 8), as
  * the Python {@code DeltaConsumer} does: bootstrap from the newest snapshot chain, then apply
  * N+1, N+2, ...; a gap rebuilds from a snapshot; every version is fetched and verified whole
- * before it is applied; a rebuild is built aside and swapped in only when complete; the
+ * (every object of every part) before it is applied; a rebuild is built aside and swapped in only when complete; the
  * served version never goes below the last one served ({@code LATEST.json} is a hint).
  *
  * <pre>{@code
@@ -112,8 +113,7 @@ public final class DeltaReader {
     Map<String, Object> doc = manifest(seq);
     List<DecodedTable> tables = new ArrayList<>();
     DecodedDense dense = null;
-    for (Object o : (List<?>) doc.get("objects")) {
-      Map<?, ?> obj = (Map<?, ?>) o;
+    for (Map<?, ?> obj : Manifest.objects(doc)) {
       Manifest.checkEntrySize(seq, obj, limits);
       byte[] data;
       try {
@@ -134,7 +134,41 @@ public final class DeltaReader {
         dense = (DecodedDense) dec;
       }
     }
-    return new Version(doc, tables, dense);
+    return new Version(doc, merge(tables), dense);
+  }
+
+  /**
+   * One table per name: the objects of a table from several parts (format 2) joined in part
+   * order, their upserts and their tombstones (FORMAT.md 4.5), in the order of each name's
+   * first object; a table in one object is kept as it is.
+   */
+  static List<DecodedTable> merge(List<DecodedTable> tables) {
+    Map<String, List<DecodedTable>> byName = new LinkedHashMap<>();
+    for (DecodedTable t : tables) {
+      byName.computeIfAbsent(t.name(), k -> new ArrayList<>()).add(t);
+    }
+    List<DecodedTable> out = new ArrayList<>();
+    for (List<DecodedTable> ts : byName.values()) {
+      if (ts.size() == 1) {
+        out.add(ts.get(0));
+        continue;
+      }
+      DecodedTable first = ts.get(0);
+      long[] ids = new long[ts.stream().mapToInt(t -> t.ids().length).sum()];
+      long[] tombstones = new long[ts.stream().mapToInt(t -> t.tombstones().length).sum()];
+      float[] values = new float[ids.length * first.dim()];
+      int at = 0;
+      int tat = 0;
+      for (DecodedTable t : ts) {
+        System.arraycopy(t.ids(), 0, ids, at, t.ids().length);
+        System.arraycopy(t.values(), 0, values, at * first.dim(), t.values().length);
+        System.arraycopy(t.tombstones(), 0, tombstones, tat, t.tombstones().length);
+        at += t.ids().length;
+        tat += t.tombstones().length;
+      }
+      out.add(new DecodedTable(first.name(), first.dim(), first.encoding(), ids, values, tombstones));
+    }
+    return out;
   }
 
   private Long latest() throws DeltaException {

@@ -10,7 +10,9 @@ import java.nio.charset.StandardCharsets;
 import java.security.InvalidKeyException;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Map;
@@ -22,12 +24,16 @@ import javax.crypto.spec.SecretKeySpec;
 
 /**
  * Manifests and {@code LATEST.json} (FORMAT.md section 4): the raw-bytes HMAC signature,
- * strict JSON, and every rule, checked in the order the Python reader checks them.
+ * strict JSON, and every rule, checked in the order the Python reader checks them. A
+ * manifest is format 1 ({@code objects}) or format 2 (a version of several parts,
+ * {@code parts}: FORMAT.md 4.5); {@link #objects} lists the object entries of either.
  */
 public final class Manifest {
   public static final int MAX_MANIFEST_BYTES = 1 << 20;
   public static final int MAX_LATEST_BYTES = 4096;
   public static final String SIGNATURE_ALG = "hmac-sha256-raw";
+  public static final long PARTS_FORMAT = 2;
+  public static final int MAX_PARTS = 4096;
   static final long MAX_SEQ = 999_999_999_999L;
   private static final byte[] SIG_HEAD =
       (",\"signature\":{\"alg\":\"" + SIGNATURE_ALG + "\",\"value\":\"").getBytes(StandardCharsets.US_ASCII);
@@ -43,6 +49,27 @@ public final class Manifest {
 
   public static String manifestKey(long seq) {
     return versionPrefix(seq) + "manifest.json";
+  }
+
+  private static String partPrefix(long seq, Integer part) {
+    return versionPrefix(seq) + (part == null ? "" : "part-" + part + "/");
+  }
+
+  /** The object entries of a parsed manifest: format 1's, or every part's in part order. */
+  public static List<Map<?, ?>> objects(Map<String, Object> doc) {
+    List<Map<?, ?>> out = new ArrayList<>();
+    if (Objects.equals(doc.get("format"), PARTS_FORMAT)) {
+      for (Object part : (List<?>) doc.get("parts")) {
+        for (Object o : (List<?>) ((Map<?, ?>) part).get("objects")) {
+          out.add((Map<?, ?>) o);
+        }
+      }
+    } else {
+      for (Object o : (List<?>) doc.get("objects")) {
+        out.add((Map<?, ?>) o);
+      }
+    }
+    return out;
   }
 
   static String hmacHex(byte[] key, byte[] data, int len) {
@@ -73,7 +100,7 @@ public final class Manifest {
   }
 
   @SuppressWarnings("unchecked")
-  private static Map<String, Object> load(byte[] data, int limit, String what, byte[] key)
+  private static Map<String, Object> load(byte[] data, int limit, String what, byte[] key, long maxFormat)
       throws DeltaException {
     if (data.length > limit) {
       throw new BadManifest(what + " of " + data.length + " bytes > " + limit);
@@ -86,8 +113,9 @@ public final class Manifest {
       throw new BadManifest(what + " must be a JSON object");
     }
     Map<String, Object> m = (Map<String, Object>) doc;
-    if (!Objects.equals(m.get("format"), 1L)) {
-      throw new UnsupportedVersion(what + ": format " + m.get("format") + "; this reader supports 1");
+    if (!(m.get("format") instanceof Long f) || f < 1 || f > maxFormat) {
+      throw new UnsupportedVersion(what + ": format " + m.get("format") + "; this reader supports 1"
+          + (maxFormat > 1 ? " and " + maxFormat : ""));
     }
     if (m.containsKey("signature")) {
       Object sig = m.get("signature");
@@ -131,14 +159,18 @@ public final class Manifest {
 
   /** Parse and check a manifest read from {@code manifestKey(expectedSeq)} (null: anywhere). */
   public static Map<String, Object> parse(byte[] data, byte[] key, Long expectedSeq) throws DeltaException {
-    Map<String, Object> doc = load(data, MAX_MANIFEST_BYTES, "manifest", key);
+    Map<String, Object> doc = load(data, MAX_MANIFEST_BYTES, "manifest", key, PARTS_FORMAT);
     long seq = seq(doc, "sequence", "manifest");
     String where = "manifest " + seq;
     if (expectedSeq != null && seq != expectedSeq) {
       throw new BadSequence(where + ": stored under sequence " + expectedSeq);
     }
-    if (doc.containsKey("parts")) {
-      throw new UnsupportedVersion(where + ": 'parts' needs manifest format 2 (reserved)");
+    boolean multi = Objects.equals(doc.get("format"), PARTS_FORMAT);
+    if (!multi && doc.containsKey("parts")) {
+      throw new UnsupportedVersion(where + ": 'parts' needs manifest format 2");
+    }
+    if (multi && doc.containsKey("objects")) {
+      throw new BadManifest(where + ": a format-2 manifest lists its objects in 'parts' only");
     }
     Long parent = doc.containsKey("parent") ? nullableSeq(doc, "parent", where) : Long.valueOf(-1);
     if (!Objects.equals(parent, seq > 0 ? Long.valueOf(seq - 1) : null)) {
@@ -176,7 +208,25 @@ public final class Manifest {
         throw new BadManifest(where + ": kafka_offsets[" + topic.getKey() + "] must map partition (decimal) -> offset >= 0");
       }
     }
-    checkObjects(doc, seq, "snapshot".equals(kind), where);
+    ObjectRules rules = new ObjectRules(seq, "snapshot".equals(kind));
+    if (multi) {
+      List<?> parts = (List<?>) need(doc, "parts", List.class, where, null);
+      if (parts.isEmpty() || parts.size() > MAX_PARTS) {
+        throw new BadManifest(where + ": " + parts.size() + " parts; need 1.." + MAX_PARTS);
+      }
+      for (int k = 0; k < parts.size(); k++) {
+        if (!(parts.get(k) instanceof Map<?, ?> part)) {
+          throw new BadManifest(where + ": parts[" + k + "] is not an object");
+        }
+        long index = (Long) need(part, "index", Long.class, where, null);
+        if (index != k) {
+          throw new BadManifest(where + ": parts[" + k + "] has index " + index + "; parts are listed in order");
+        }
+        rules.check(part.get("objects"), where + " part " + k, k);
+      }
+    } else {
+      rules.check(doc.get("objects"), where, null);
+    }
     if (doc.containsKey("rollback_of")) {
       Long r = nullableSeq(doc, "rollback_of", where);
       if (r != null && r >= seq) {
@@ -186,57 +236,79 @@ public final class Manifest {
     return doc;
   }
 
-  private static void checkObjects(Map<String, Object> doc, long seq, boolean snapshot, String where)
-      throws DeltaException {
-    Set<String> names = new HashSet<>();
-    int dense = 0;
-    for (Object o : (List<?>) need(doc, "objects", List.class, where, null)) {
-      if (!(o instanceof Map<?, ?> obj)) {
-        throw new BadManifest(where + ": objects[] entries must be objects");
+  /**
+   * The rules on the object entries of one version, checked list by list (format 1: one list;
+   * format 2: one per part): names unique within a list, one dim per table name in the whole
+   * version, at most one dense object in the whole version.
+   */
+  private static final class ObjectRules {
+    private final long seq;
+    private final boolean snapshot;
+    private final Map<String, Long> dims = new HashMap<>();
+    private int dense;
+
+    ObjectRules(long seq, boolean snapshot) {
+      this.seq = seq;
+      this.snapshot = snapshot;
+    }
+
+    void check(Object objects, String where, Integer part) throws DeltaException {
+      if (!(objects instanceof List<?> list)) {
+        throw new BadManifest(where + ": field 'objects' = " + objects + " is not list");
       }
-      String okey = (String) need(obj, "key", String.class, where, null);
-      need(obj, "bytes", Long.class, where, 0L);
-      String sha = (String) need(obj, "sha256", String.class, where, null);
-      if (!HEX64.matcher(sha).matches()) {
-        throw new BadManifest(where + ": sha256 " + sha + " is not 64 lowercase hex digits");
-      }
-      Object okind = obj.get("kind");
-      String want;
-      if ("table".equals(okind)) {
-        String name = (String) need(obj, "name", String.class, where, null);
-        DeltaObject.checkName(name, m -> new BadManifest(where + ": " + m));
-        want = versionPrefix(seq) + "table-" + name + ".fxd";
-        if (!names.add(name)) {
-          throw new BadManifest(where + ": table " + name + " listed twice");
+      Set<String> names = new HashSet<>();
+      for (Object o : list) {
+        if (!(o instanceof Map<?, ?> obj)) {
+          throw new BadManifest(where + ": objects[] entries must be objects");
         }
-        if (!List.of("f32", "f16", "i8").contains(obj.get("encoding"))) {
-          throw new BadManifest(where + ": encoding " + obj.get("encoding"));
+        String okey = (String) need(obj, "key", String.class, where, null);
+        need(obj, "bytes", Long.class, where, 0L);
+        String sha = (String) need(obj, "sha256", String.class, where, null);
+        if (!HEX64.matcher(sha).matches()) {
+          throw new BadManifest(where + ": sha256 " + sha + " is not 64 lowercase hex digits");
         }
-        long dim = (Long) need(obj, "dim", Long.class, where, 1L);
-        if (dim > Limits.DEFAULT.maxDim()) {
-          throw new BadManifest(where + ": dim " + dim + " > " + Limits.DEFAULT.maxDim());
+        Object okind = obj.get("kind");
+        String want;
+        if ("table".equals(okind)) {
+          String name = (String) need(obj, "name", String.class, where, null);
+          DeltaObject.checkName(name, m -> new BadManifest(where + ": " + m));
+          want = partPrefix(seq, part) + "table-" + name + ".fxd";
+          if (!names.add(name)) {
+            throw new BadManifest(where + ": table " + name + " listed twice");
+          }
+          if (!List.of("f32", "f16", "i8").contains(obj.get("encoding"))) {
+            throw new BadManifest(where + ": encoding " + obj.get("encoding"));
+          }
+          long dim = (Long) need(obj, "dim", Long.class, where, 1L);
+          if (dim > Limits.DEFAULT.maxDim()) {
+            throw new BadManifest(where + ": dim " + dim + " > " + Limits.DEFAULT.maxDim());
+          }
+          Long before = dims.putIfAbsent(name, dim);
+          if (before != null && before != dim) {
+            throw new BadManifest(where + ": table " + name + " has dim " + dim + ", " + before + " in another part");
+          }
+          need(obj, "rows", Long.class, where, 0L);
+          if ((Long) need(obj, "tombstones", Long.class, where, 0L) != 0 && snapshot) {
+            throw new BadManifest(where + ": a snapshot MUST NOT carry tombstones");
+          }
+        } else if ("dense".equals(okind)) {
+          if (++dense > 1) {
+            throw new BadManifest(where + ": more than one dense object in the version");
+          }
+          want = partPrefix(seq, part) + "dense.fxd";
+        } else {
+          throw new BadManifest(where + ": object kind " + okind);
         }
-        need(obj, "rows", Long.class, where, 0L);
-        if ((Long) need(obj, "tombstones", Long.class, where, 0L) != 0 && snapshot) {
-          throw new BadManifest(where + ": a snapshot MUST NOT carry tombstones");
+        if (!okey.equals(want)) {
+          throw new BadManifest(where + ": object key " + okey + " must be " + want);
         }
-      } else if ("dense".equals(okind)) {
-        if (++dense > 1) {
-          throw new BadManifest(where + ": more than one dense object");
-        }
-        want = versionPrefix(seq) + "dense.fxd";
-      } else {
-        throw new BadManifest(where + ": object kind " + okind);
-      }
-      if (!okey.equals(want)) {
-        throw new BadManifest(where + ": object key " + okey + " must be " + want);
       }
     }
   }
 
   /** {@code (sequence, base_snapshot)} of {@code LATEST.json}. */
   public static long[] parseLatest(byte[] data, byte[] key) throws DeltaException {
-    Map<String, Object> doc = load(data, MAX_LATEST_BYTES, "LATEST.json", key);
+    Map<String, Object> doc = load(data, MAX_LATEST_BYTES, "LATEST.json", key, 1);
     long seq = seq(doc, "sequence", "LATEST.json");
     long base = seq(doc, "base_snapshot", "LATEST.json");
     if (base > seq) {
