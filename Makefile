@@ -7,15 +7,17 @@ BIN    := $(VENV)/bin
 # the venv is rebuilt when pyproject.toml changes
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export
+.PHONY: help deps venv demo test check lint typecheck unit clean bench-join bench-trainer bench-export bench-serve bench-pipeline
 
 help:
 	@echo "make demo    the whole pipeline on a live stream, with a freshness and quality report"
-	@echo "             (DATA=../shared/data/obd replays a real log; DEMO_ARGS=... more options)"
+	@echo "             (DATA=../shared/data/obd replays a real log; DATA=mylog.tsv CONFIG=mylog.yaml"
+	@echo "             your own, described in mylog.yaml; DEMO_ARGS=... more options)"
 	@echo "make test    lint, type-check and run the test suite on real services"
 	@echo "make deps    install everything (venv, Python packages, jars, Debian packages)"
 	@echo "make check   ruff + mypy only"
-	@echo "make bench-join | bench-trainer | bench-export   benchmarks (see BENCHMARKS.md)"
+	@echo "make bench-join | bench-trainer | bench-export | bench-serve | bench-pipeline"
+	@echo "             benchmarks (see BENCHMARKS.md)"
 	@echo "make clean   stop the demo stack and remove the venv and local state"
 
 $(STAMP): pyproject.toml
@@ -23,17 +25,18 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxrec needs Python 3.11+; run: make PYTHON=/path/to/python3.11"; exit 1; }
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[all,dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e '.[all,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
 
 deps: venv
 	@$(BIN)/fluxrec setup
+	@$(BIN)/python sdk-java/build.py  # the Java delta reader, when its sources changed
 
-# make demo [DATA=../shared/data/obd] [DEMO_ARGS="--strategy fake_negative --duration 300"]
+# make demo [DATA=../shared/data/obd | DATA=mylog.tsv CONFIG=mylog.yaml] [DEMO_ARGS="--strategy fake_negative"]
 demo: deps
-	$(BIN)/fluxrec demo $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
+	$(BIN)/fluxrec demo $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -45,6 +48,7 @@ typecheck: venv
 check: lint typecheck
 
 test: deps check
+	$(BIN)/python sdk-java/build.py --test  # JUnit: every golden vector, as Python reads it
 	$(BIN)/pytest
 
 unit: venv
@@ -56,10 +60,18 @@ bench-join: deps
 
 bench-trainer: venv
 	$(BIN)/python bench/trainer.py
+	$(BIN)/python bench/trainer_workers.py
 
 bench-export: venv
 	$(BIN)/python bench/export.py
 
+bench-serve: venv
+	$(BIN)/python bench/serve.py
+
+# the whole pipeline at increasing rates on a private stack (BENCH_ARGS="--rates 500,1000")
+bench-pipeline: deps
+	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
-	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache sdk-java/target flink-functions/target

@@ -13,6 +13,9 @@
    median of the three). ``apply_mem_ratio`` = (peak RSS of that process during the
    three versions - its RSS after the imports) / (ids + fp32 rows of the table after):
    everything the process holds, the table, the fetched object and all temporaries.
+   ``apply_*anchor_s``: plain libraries on the same objects in the same process (hashlib
+   sha256, ``lz4.frame.decompress``, pyarrow reading the IPC stream: verify + decode, no
+   apply); ``apply_*vs_anchor`` = apply_s / anchor_s.
    ``apply_*``: ``InPlaceTables`` (the memory-bounded backend); ``cow_*``:
    ``InMemoryTables`` (copy-on-write, readers never wait, ~2x memory by design).
 
@@ -21,6 +24,7 @@ The last line of output is one JSON object.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -85,6 +89,17 @@ def _rss(field: str = "VmRSS") -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _anchor(data: bytes) -> float:
+    """Plain libraries on the same object: hashlib's sha256 of it, ``lz4.frame.decompress``
+    of its body and pyarrow reading the IPC stream to a table (verify + decode, no apply)."""
+    s = time.perf_counter()
+    hashlib.sha256(data[:-32]).digest()
+    hlen = int.from_bytes(data[12:16], "little")
+    raw = lz4.frame.decompress(data[16 + hlen : -40])
+    pa.ipc.open_stream(raw).read_all()
+    return time.perf_counter() - s
+
+
 def apply_worker(directory: str, backend_name: str) -> None:
     """Runs in a fresh process: build the table, apply ``delta-*.fxd``, print one JSON."""
     baseline = _rss()
@@ -111,6 +126,7 @@ def apply_worker(directory: str, backend_name: str) -> None:
         rows = len(dec.ids)
         del data, dec
     peak = _rss("VmHWM")
+    anchor = [_anchor(path.read_bytes()) for path in sorted(Path(directory).glob("delta-*.fxd"))]
     if isinstance(be, InPlaceTables):
         n = len(be.rows("emb")[0])
     else:
@@ -123,6 +139,7 @@ def apply_worker(directory: str, backend_name: str) -> None:
                 "load_s": load_s,
                 "fetch_s": statistics.median(fetch),
                 "apply_s": statistics.median(apply),
+                "anchor_s": statistics.median(anchor),
                 "peak_extra_bytes": peak - baseline,
             }
         )
@@ -158,6 +175,8 @@ def bench_apply(rng: np.random.Generator) -> dict[str, float]:
                 res[f"{key}rows_per_s"] = r["rows"] / r["apply_s"]
                 res[f"{key}fetch_s"] = r["fetch_s"]
                 res[f"{key}mem_ratio"] = r["peak_extra_bytes"] / table_bytes
+                res[f"{key}anchor_s"] = r["anchor_s"]
+                res[f"{key}vs_anchor"] = r["apply_s"] / r["anchor_s"]
                 res[f"{prefix}snapshot_load_s"] = r["load_s"]
     res["apply_table_mb"] = TABLE_ROWS * (8 + 4 * DIM) / 1e6
     return res

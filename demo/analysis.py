@@ -30,8 +30,10 @@ window past ``--duration`` so that every impression of the requested duration is
 **Quality**: the trainer's prequential scores (each batch scored before training on it),
 a one-pass offline training of the same model on the same samples in the same order in
 fixed batches, the oracle (``p_click`` of the synthetic generator), the server's live
-scores; and two offline comparisons on the recorded events: ``window`` vs
-``fake_negative`` (:func:`simulate`), and a model frozen after the first part of the log.
+scores; and two offline comparisons on the run's impressions and labelled actions (read
+off the join's samples, :func:`emissions`): ``window`` vs ``fake_negative``
+(:func:`simulate`), and a model frozen after the first part of the log. Every offline
+training takes its batches from the impressions featurized once (:class:`Impressions`).
 """
 
 from __future__ import annotations
@@ -52,14 +54,19 @@ from fluxrec.config import Config, load_config
 
 __all__ = [
     "STRATEGIES",
+    "Emissions",
     "Eval",
+    "Impressions",
     "RunData",
     "auc",
+    "emissions",
     "freshness",
+    "impressions",
     "live_scores",
     "load_run",
     "logloss",
     "offline_one_pass",
+    "offline_trainer",
     "simulate",
     "streaming_scores",
     "throughput",
@@ -258,6 +265,7 @@ class Freshness:
     cumulative: dict[str, I64]  # stage -> ms since label final, per measured sample
     counts: dict[str, int]
     by_kind: list[StageStats] = field(default_factory=list)
+    final_ms: I64 = field(default_factory=lambda: np.zeros(0, np.int64))  # of each measured one
 
 
 def freshness(run: RunData) -> Freshness:
@@ -333,7 +341,7 @@ def freshness(run: RunData) -> Freshness:
         "published": published[d] - final[d],
         "applied": applied[d] - final[d],
     }
-    return Freshness(stages, cumulative, counts, by_kind)
+    return Freshness(stages, cumulative, counts, by_kind, final[d])
 
 
 # --------------------------------------------------------------------------- throughput
@@ -420,7 +428,7 @@ def streaming_scores(run: RunData) -> Eval:
     )
 
 
-def _trainer(cfg: Config) -> Any:
+def offline_trainer(cfg: Config) -> Any:
     """A fresh in-process trainer of ``cfg`` whose prequential scores are kept."""
     from trainer.core import Trainer
     from trainer.metrics import PrequentialMetrics
@@ -452,18 +460,118 @@ def _kept(name: str, t: Any) -> Eval:
     )
 
 
-def offline_one_pass(run: RunData, batch_size: int | None = None) -> Eval:
+# --------------------------------------------------------------------------- offline trainings
+
+
+@dataclass
+class Impressions:
+    """The run's unique impressions (the join's samples that are not corrections), in
+    event-time order, featurized once: every offline training and scoring below takes its
+    batches from these rows (:meth:`batch`) instead of decoding samples again.
+
+    ``label``: the final label (the ``window`` strategy's: an action within the window);
+    ``actions``: every labelled action as ``(row, label name, time)``, late ones included.
+    """
+
+    keys: dict[tuple[str, str], int]
+    t_imp: I64
+    label: F64
+    p_click: F64  # NaN where the log has none
+    actions: list[tuple[int, str, int]]
+    features: Any  # trainer.core.Batch of every row
+    starts: dict[str, I64]  # per multi-valued sparse field: first id of each row (+ the end)
+
+    @property
+    def n(self) -> int:
+        return int(self.t_imp.size)
+
+    def batch(self, rows: I64, label: F64, fake: npt.NDArray[np.bool_]) -> Any:
+        """A trainer batch of ``rows`` with these labels and fake-negative flags."""
+        import torch
+
+        from trainer.core import Batch
+
+        sparse: dict[str, tuple[I64, I64 | None]] = {}
+        for name, (ids, seg) in self.features.sparse.items():
+            if seg is None:
+                sparse[name] = (ids[rows], None)
+                continue
+            st = self.starts[name]
+            begin, lens = st[rows], st[rows + 1] - st[rows]
+            first = np.cumsum(lens) - lens
+            pos = np.arange(int(lens.sum())) - np.repeat(first - begin, lens)
+            sparse[name] = (ids[pos], np.repeat(np.arange(rows.size), lens))
+        return Batch(
+            sparse,
+            self.features.dense[torch.from_numpy(rows)],
+            torch.from_numpy(label.astype(np.float32)),
+            self.t_imp[rows],
+            fake,
+        )
+
+
+def impressions(run: RunData, t: Any) -> Impressions:
+    """The run's impressions (class doc), featurized by trainer ``t``."""
+    windows, name = run.windows_ms, run.label
+    base = [s for s in run.traced.samples if not s.get("correction")]
+    base.sort(key=lambda s: (int(s["event_time_ms"]), s["request_id"], s["item_id"]))
+    keys: dict[tuple[str, str], int] = {}
+    uniq: list[dict[str, Any]] = []
+    for s in base:
+        key = (s["request_id"], s["item_id"])
+        if key not in keys:
+            keys[key] = len(uniq)
+            uniq.append(s)
+    t_imp = np.array([int(s["event_time_ms"]) for s in uniq], np.int64)
+    actions: list[tuple[int, str, int]] = []
+    for s in run.traced.samples:
+        row = keys.get((s["request_id"], s["item_id"]))
+        if row is None or (s.get("strategy") == "fake_negative" and not s.get("correction")):
+            continue
+        times = s.get("label_time_ms") or {}
+        for lb, y in (s.get("labels") or {}).items():
+            if y == 1 and times.get(lb) is not None:
+                actions.append((row, lb, int(times[lb])))
+    actions = sorted(set(actions))
+    label = np.zeros(len(uniq), np.float64)
+    w = windows.get(name, 0)
+    for row, lb, at in actions:
+        if lb == name and at <= t_imp[row] + w:
+            label[row] = 1.0
+    feats = t.featurize([{**s, "correction": False, "strategy": "window"} for s in uniq])
+    starts = {}
+    for f, (_, seg) in feats.sparse.items():
+        if seg is not None:
+            starts[f] = np.searchsorted(seg, np.arange(len(uniq) + 1)).astype(np.int64)
+    p_click = np.array(
+        [math.nan if s.get("p_click") is None else float(s["p_click"]) for s in uniq]
+    )
+    return Impressions(keys, t_imp, label, p_click, actions, feats, starts)
+
+
+def offline_one_pass(run: RunData, imps: Impressions, batch_size: int | None = None) -> Eval:
     """The same model trained once over the same samples, in the order the streaming
     trainer consumed them, in fixed batches, scored before each batch (prequential)."""
     tr = run.traced
     k = _batch_index(run)
     order = np.lexsort((tr.offset, tr.part, k))
     order = order[k[order] >= 0]
-    t = _trainer(run.cfg)
+    t = offline_trainer(run.cfg)
     b = batch_size or run.cfg.trainer.batch_size
-    samples = [tr.samples[i] for i in order]
-    for i in range(0, len(samples), b):
-        t.train_samples(samples[i : i + b])
+    rows, label, fake, keep = [], [], [], []
+    for i in order:
+        s = tr.samples[i]
+        y = (s.get("labels") or {}).get(run.label, 0)
+        rows.append(imps.keys.get((s["request_id"], s["item_id"]), -1))
+        label.append(float(y))
+        fake.append(s.get("strategy") == "fake_negative")
+        keep.append(not (s.get("correction") and y != 1))  # as the trainer skips them
+    r, y_, f_, m = (np.array(rows, np.int64), np.array(label), np.array(fake, bool),
+                    np.array(keep, bool) & (np.array(rows) >= 0))  # fmt: skip
+    for i in range(0, r.size, b):
+        sel = np.flatnonzero(m[i : i + b]) + i  # a chunk of b samples, minus skipped ones
+        if sel.size:
+            t.train_batch(imps.batch(r[sel], y_[sel], f_[sel]))
     return _kept(f"offline one pass (batches of {b})", t)
 
 
@@ -485,92 +593,106 @@ def oracle(run: RunData) -> Eval | None:
     return Eval("oracle (true p_click)", a[:, 0], a[:, 1], a[:, 2].astype(np.int64))
 
 
-# --------------------------------------------------------------------------- offline comparisons
+# --------------------------------------------------------------------------- strategies
 
 
 @dataclass
-class Impressions:
-    """The unique impressions of the recorded events, with their final labels (as the
-    ``window`` join defines them) and the emission schedule of each strategy."""
+class Emissions:
+    """What a strategy emits for the trained label, in emission order: the time each
+    sample's label is final (:func:`label_final_ms`), its impression row, label and flag."""
 
-    keys: list[tuple[str, str]]
-    t_imp: I64
+    final_ms: I64
+    rows: I64
     label: F64
-    samples: list[dict[str, Any]]  # the window join's sample of each impression
-    p_click: F64  # NaN where the log has none
+    fake: npt.NDArray[np.bool_]
 
 
-def reference_outputs(run: RunData) -> dict[str, Any]:
-    """``run_reference`` of the recorded events for each strategy."""
-    from sample_join.reference import RawEvent, run_reference
+def emissions(run: RunData, imps: Impressions, strategy: Strategy) -> Emissions:
+    """The samples ``strategy`` emits for the run's impressions and labelled actions, as
+    the join defines them (``sample_join/CONTRACTS.md`` section 4), derived from the join's
+    own samples: ``window`` emits one sample per impression when its labels are final (an
+    action within the window sets a label 1) and a correction for each later action;
+    ``fake_negative`` a negative at the impression and a correction for every action.
+    Corrections of other labels are left out, as the trainer skips them."""
+    windows, name = run.windows_ms, run.label
+    fake = strategy == "fake_negative"
+    label = np.zeros(imps.n)
+    extra: list[tuple[int, int]] = []  # corrections: (time, row)
+    for row, lb, at in imps.actions:
+        if lb != name:
+            continue
+        if fake or at > imps.t_imp[row] + windows.get(lb, 0):
+            extra.append((at, row))
+        else:
+            label[row] = 1.0
+    final = imps.t_imp.copy() if fake else _window_final(imps, windows)
+    rows = np.concatenate([np.arange(imps.n), np.array([r for _, r in extra], np.int64)])
+    times = np.concatenate([final, np.array([t for t, _ in extra], np.int64)])
+    labels = np.concatenate([label, np.ones(len(extra))])
+    order = np.argsort(times, kind="stable")
+    return Emissions(times[order], rows[order], labels[order], np.full(rows.size, fake))
 
-    events = [RawEvent(e["s"], e["p"]) for e in run.events()]
-    out: dict[str, Any] = {}
-    for strategy in STRATEGIES:
-        jc = dataclasses.replace(run.cfg.join, strategy=strategy)
-        out[strategy] = run_reference(events, jc)
-    return out
 
-
-def impressions(run: RunData, ref: dict[str, Any]) -> Impressions:
-    base = [s for s in ref["window"].samples if not s.correction]
-    base.sort(key=lambda s: (s.event_time_ms, s.request_id, s.item_id))
-    return Impressions(
-        keys=[(s.request_id, s.item_id) for s in base],
-        t_imp=np.array([s.event_time_ms for s in base], np.int64),
-        label=np.array([float(s.labels.get(run.label, 0)) for s in base], np.float64),
-        samples=[s.to_json() for s in base],
-        p_click=np.array([math.nan if s.p_click is None else s.p_click for s in base]),
-    )
+def _window_final(imps: Impressions, windows: dict[str, int]) -> I64:
+    """When the window sample of each impression is final: per label, its action's time
+    if it came within the window, else the window's end; the latest of those."""
+    per: dict[str, I64] = {lb: imps.t_imp + w for lb, w in windows.items()}
+    for row, lb, at in imps.actions:
+        if lb in per and at <= imps.t_imp[row] + windows[lb]:
+            per[lb][row] = at
+    return np.maximum.reduce(list(per.values())) if per else imps.t_imp.copy()
 
 
 def simulate(
     run: RunData,
-    ref: dict[str, Any],
     imps: Impressions,
     strategy: Strategy,
     *,
     freeze_at_ms: int | None = None,
     tick_ms: int = 1000,
-) -> Eval:
-    """Serve-time evaluation of ``strategy`` on the recorded events: every impression is
-    scored by the model as it was at the start of its ``tick_ms`` tick (trained on what
-    the strategy had emitted by then), against its final label; the model trains on the
-    strategy's samples in emission order, one batch per tick, and not at all after
-    ``freeze_at_ms`` (a frozen model)."""
-    windows = run.windows_ms
-    emitted = []
-    for s in ref[strategy].samples:
-        d = s.to_json()
-        emitted.append((label_final_ms(d, windows), d))
-    emitted.sort(key=lambda x: x[0])
-    em_t = np.array([e[0] for e in emitted], np.int64)
+    chunk: int = 16384,
+) -> tuple[Eval, Eval | None]:
+    """Serve-time evaluation of ``strategy``: every impression is scored by the model as it
+    was at the start of its ``tick_ms`` tick (trained on what the strategy had emitted by
+    then), against its final label; the model trains on the strategy's samples in emission
+    order, one batch per tick. With ``freeze_at_ms``, also a model frozen at the first tick
+    from then on (it scores every later impression as the online one stood at that tick;
+    before it, both are the same model)."""
+    em = emissions(run, imps, strategy)
     cfg = dataclasses.replace(run.cfg, join=dataclasses.replace(run.cfg.join, strategy=strategy))
-    t = _trainer(cfg)
-    preds = np.full(imps.t_imp.size, math.nan)
-    if not imps.t_imp.size:
-        return Eval(strategy, preds, imps.label, imps.t_imp)
+    t = offline_trainer(cfg)
+    preds = np.full(imps.n, math.nan)
+    frozen = np.full(imps.n, math.nan) if freeze_at_ms is not None else None
+    if not imps.n:
+        return Eval(strategy, preds, imps.label, imps.t_imp), None
+    serve_fake = np.full(imps.n, strategy == "fake_negative")  # FNC serves b / (1 - b)
+
+    def score(a: int, b: int, out: F64) -> None:
+        for i in range(a, b, chunk):
+            rows = np.arange(i, min(b, i + chunk), dtype=np.int64)
+            out[rows] = t.score(imps.batch(rows, imps.label[rows], serve_fake[rows]))
+
     start = int(imps.t_imp.min()) - int(imps.t_imp.min()) % tick_ms
-    stop = max(int(imps.t_imp.max()), int(em_t.max()) if em_t.size else 0) + tick_ms
-    served = []
-    for s in imps.samples:
-        d = dict(s)
-        d["strategy"] = strategy  # FNC serves b / (1 - b)
-        served.append(d)
+    stop = max(int(imps.t_imp.max()), int(em.final_ms.max()) if em.final_ms.size else 0)
     i_imp = i_em = 0
-    for tick in range(start, stop, tick_ms):
+    for tick in range(start, stop + tick_ms, tick_ms):
+        if frozen is not None and freeze_at_ms is not None and tick >= freeze_at_ms:
+            frozen[:i_imp] = preds[:i_imp]
+            score(i_imp, imps.n, frozen)  # the frozen model: this one, from now on
+            freeze_at_ms = None
         j = int(np.searchsorted(imps.t_imp, tick + tick_ms, side="left"))
         if j > i_imp:  # also before any training: a fresh model serves too
-            preds[i_imp:j] = t.score(t.featurize(served[i_imp:j]))
+            score(i_imp, j, preds)
             i_imp = j
-        k = int(np.searchsorted(em_t, tick + tick_ms, side="left"))
+        k = int(np.searchsorted(em.final_ms, tick + tick_ms, side="left"))
         if k > i_em:
-            if freeze_at_ms is None or tick < freeze_at_ms:
-                t.train_samples([e[1] for e in emitted[i_em:k]])
+            sl = slice(i_em, k)
+            t.train_batch(imps.batch(em.rows[sl], em.label[sl], em.fake[sl]))
             i_em = k
-    ok = ~np.isnan(preds)
-    name = f"{strategy}" + ("" if freeze_at_ms is None else " (frozen)")
-    return Eval(name, preds[ok], imps.label[ok], imps.t_imp[ok])
+    online = Eval(strategy, preds, imps.label, imps.t_imp)
+    if frozen is None:
+        return online, None
+    return online, Eval(f"{strategy} (frozen)", frozen, imps.label, imps.t_imp)
 
 
 def live_scores(run: RunData, imps: Impressions) -> Eval | None:
@@ -586,16 +708,11 @@ def live_scores(run: RunData, imps: Impressions) -> Eval | None:
             if rec.get("p") is None:
                 continue
             want.update(zip(rec["n"], rec["p"], strict=True))
-    index = {k: i for i, k in enumerate(imps.keys)}
+    if not want:
+        return None
     pred, label, ev = [], [], []
-    for n, e in enumerate(run.events()):
-        if n not in want or e["s"] != "impression":
-            continue
-        try:
-            obj = json.loads(e["p"])
-        except ValueError:
-            continue
-        i = index.get((obj.get("request_id"), obj.get("item_id")))
+    for n, (rid, iid) in _impression_keys(run.dir / "events.jsonl.gz", set(want)):
+        i = imps.keys.get((rid, iid))
         if i is None:
             continue
         pred.append(want[n])
@@ -604,3 +721,25 @@ def live_scores(run: RunData, imps: Impressions) -> Eval | None:
     if not pred:
         return None
     return Eval("live server", np.array(pred), np.array(label), np.array(ev, np.int64))
+
+
+def _impression_keys(path: Path, wanted: set[int]) -> Iterator[tuple[int, tuple[str, str]]]:
+    """``(event index, (request_id, item_id))`` of the clean impressions among ``wanted``
+    in the recorded events (``events.jsonl.gz``), parsed column-wise with pyarrow."""
+    import io
+
+    import pyarrow.json as pj
+
+    if not path.exists():
+        return
+    table = pj.read_json(str(path))
+    stream = table.column("s").to_pylist()
+    fault = table.column("f").to_pylist() if "f" in table.column_names else [None] * len(stream)
+    payload = table.column("p").to_pylist()
+    idx = [n for n in sorted(wanted) if n < len(stream) and stream[n] == "impression"
+           and fault[n] is None]  # fmt: skip
+    if not idx:
+        return
+    body = "\n".join(payload[n] for n in idx).encode()
+    keys = pj.read_json(io.BytesIO(body)).select(["request_id", "item_id"])
+    yield from zip(idx, zip(*(c.to_pylist() for c in keys.columns), strict=True), strict=True)

@@ -31,7 +31,6 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     opts = DemoOptions(
         config=ns.config,
         data=Path(ns.data) if ns.data else None,
-        source=ns.source,
         strategy=ns.strategy,
         duration_s=ns.duration,
         rate=ns.rate,
@@ -81,15 +80,9 @@ def _demo_parser(subs: Any, _sub: Callable[..., Any], _arg: Callable[..., Any]) 
         "--data",
         env="FLUXREC_DEMO_DATA",
         default=None,
-        help="a real log to replay (e.g. ../shared/data/obd); default: the synthetic stream",
-    )
-    _arg(
-        p,
-        "--source",
-        env="FLUXREC_DEMO_SOURCE",
-        default=None,
-        choices=["synthetic", "obd", "taobao", "tencent"],
-        help="what --data is (default: detected from its name)",
+        help="a log to replay: the one your --config describes (replay.table), or a public "
+        "log of shared/data (e.g. ../shared/data/obd: its sample config in configs/ is used); "
+        "default: replay.path of --config, else the synthetic stream",
     )
     _arg(
         p,

@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -51,6 +50,11 @@ __all__ = ["main", "plan_times"]
 def _gz(path: Path) -> IO[str]:
     """A gzip text file for appending records (level 1: cheap next to the replay)."""
     return gzip.open(path, "wt", compresslevel=1)
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string literal (the C encoder of the json module)."""
+    return str(json.encoder.encode_basestring(text))
 
 
 def _finite(x: float | None) -> float | None:
@@ -155,19 +159,22 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     ns = p.parse_args(argv)
 
     from fluxrec.config import load_config
+    from fluxrec.errors import FluxrecError
     from replay.faults import inject
     from replay.produce import Pacer, ensure_topics, produce
-    from replay.settings import check
-    from replay.sources import open_source
+    from replay.run import open_configured_source
     from replay.stream import Tally
-    from replay.types import Action, Event, Impression, Record, Stream, to_event
+    from replay.types import Action, Event, Impression, Stream, to_event
 
     cfg = load_config(ns.config)
     rcfg = cfg.replay
-    check(rcfg, str(cfg.source))
-    source = open_source(rcfg)
-    endless = rcfg.source == "synthetic" and rcfg.synthetic.impressions >= 10**12
-    plan = None if endless else plan_times(source, rcfg.limit)
+    try:
+        source = open_configured_source(cfg)
+        endless = rcfg.source == "synthetic" and rcfg.synthetic.impressions >= 10**12
+        plan = None if endless else plan_times(source, rcfg.limit)
+    except FluxrecError as e:
+        print(f"fluxrec demo replay: error: {e}", file=sys.stderr)
+        return 1
     if plan is None and not endless:
         print("fluxrec demo replay: the source has no impression", file=sys.stderr)
         return 1
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     after_end = 0
     last_impression = 0
 
-    def records() -> Iterator[Record]:
+    def events() -> Iterator[Event]:
         nonlocal after_end, t_first, last_impression
         for rec in itertools.islice(source.records(), rcfg.limit or None):
             if stop.is_set():
@@ -197,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
             if isinstance(rec, Action) and t > end_ms:
                 after_end += 1
                 continue
-            out: Impression | Action = replace(rec, event_time_ms=t)
-            if isinstance(out, Impression):
+            if isinstance(rec, Impression):
                 last_impression = t
-            tally.observe(out)
-            yield out
+            tally.observe(rec)  # it reads ids and p_click, not the time
+            yield to_event(rec, t)
 
     ns.out.mkdir(parents=True, exist_ok=True)
     files = contextlib.ExitStack()
@@ -216,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     def on_sent(ev: Event) -> None:
         tally.count(ev)
         n = next(seq)
-        line = {"s": str(ev.stream), "t": ev.event_time_ms, "w": int(time.time() * 1000)}
-        line |= {"p": ev.payload, "f": None if ev.fault is None else str(ev.fault)}
-        events_file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        fault = "null" if ev.fault is None else f'"{ev.fault}"'
+        events_file.write(  # {"s":..,"t":..,"w":..,"p":..,"f":..} without a dict per event
+            f'{{"s":"{ev.stream}","t":{ev.event_time_ms},"w":{int(time.time() * 1000)},'
+            f'"p":{_json_string(ev.payload)},"f":{fault}}}\n'
+        )
         if scorer is not None and ev.stream is Stream.IMPRESSION and ev.fault is None:
             scorer.q.put((n, ev.payload))
 
@@ -234,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     t0 = time.monotonic()
     try:
         produce(
-            inject((to_event(r) for r in records()), rcfg.faults, rcfg.seed),
+            inject(events(), rcfg.faults, rcfg.seed),
             cfg.kafka.bootstrap,
             topics,
             rcfg.producer,
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "actions": dict(tally.actions),
         "faults": dict(tally.faults),
         "skipped": source.stats(),
+        "skip_notes": source.notes(),
         "actions_after_end": after_end,
         "first_ms": tally.first_ms,
         "last_impression_ms": last_impression,

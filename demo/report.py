@@ -8,10 +8,12 @@ be made again at any time, also after the stack is gone. ``summary.json`` holds 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ from demo.analysis import (
     live_scores,
     load_run,
     offline_one_pass,
+    offline_trainer,
     oracle,
-    reference_outputs,
     simulate,
     streaming_scores,
     throughput,
@@ -166,34 +168,60 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, say: Say = print, comparisons: bool = True) -> dict[str, Any]:  # noqa: PLR0915
+@contextlib.contextmanager
+def _batch_compute() -> Iterator[None]:
+    """No cyclic garbage collection and one torch thread while the report computes.
+
+    The run's samples are ~10^6 small objects that live until the end: the collector's
+    full passes over them took 40% of the report's time; and two torch threads on a
+    two-core machine that has other work fight for the cores (one offline pass measured
+    20x slower with two threads than with one, BENCHMARKS.md "Report").
+    """
+    import torch
+
+    enabled, threads = gc.isenabled(), torch.get_num_threads()
+    gc.disable()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if enabled:
+            gc.enable()
+
+
+def write_report(run_dir: Path, say: Say = print, comparisons: bool = True) -> dict[str, Any]:
     """Compute, write ``report.md``, ``summary.json`` and ``plots/``; return the summary."""
+    with _batch_compute():
+        return _write_report(run_dir, say, comparisons)
+
+
+def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:  # noqa: PLR0915
     t_start = time.monotonic()
     run = load_run(run_dir)
     cfg = run.cfg
     problems: list[str] = []
     fr = freshness(run)
     stream = streaming_scores(run)
-    offline = offline_one_pass(run)
+    imps = impressions(run, offline_trainer(cfg))
+    offline = offline_one_pass(run, imps)
     orc = oracle(run)
     strategies: list[Eval] = []
     frozen: list[Eval] = []
-    live = None
     freeze_at = None
-    if comparisons and (run_dir / "events.jsonl.gz").exists():
-        ref = reference_outputs(run)
-        imps = impressions(run, ref)
-        if imps.t_imp.size:
-            strategies = [simulate(run, ref, imps, s) for s in STRATEGIES]
-            t_first, t_last = int(imps.t_imp.min()), int(imps.t_imp.max())
-            freeze_at = t_first + (t_last - t_first) // 3
-            online = next(e for e in strategies if e.name == cfg.join.strategy)
-            frozen_eval = simulate(run, ref, imps, cfg.join.strategy, freeze_at_ms=freeze_at)
-            frozen = [
-                Eval(f"{cfg.join.strategy}, updated online", online.pred, online.label, online.ev),
-                frozen_eval,
-            ]
-            live = live_scores(run, imps)
+    if comparisons and imps.n:
+        t_first, t_last = int(imps.t_imp.min()), int(imps.t_imp.max())
+        freeze_at = t_first + (t_last - t_first) // 3
+        for strategy in STRATEGIES:
+            mine = strategy == cfg.join.strategy
+            online, frozen_eval = simulate(
+                run, imps, strategy, freeze_at_ms=freeze_at if mine else None
+            )
+            strategies.append(online)
+            if frozen_eval is not None:
+                name = f"{strategy}, updated online"
+                frozen = [Eval(name, online.pred, online.label, online.ev), frozen_eval]
+    live = live_scores(run, imps)
     quality = [e for e in (stream, offline, orc, live) if e is not None]
     files = _plots(
         run_dir / "plots",
@@ -405,7 +433,8 @@ def write_report(run_dir: Path, say: Say = print, comparisons: bool = True) -> d
     if strategies:
         md += ["## window vs fake_negative", ""]
         md.append(
-            "Both strategies on the recorded events (the reference join), each impression "
+            "Both strategies on the run's impressions and labelled actions (what each would "
+            "have emitted, derived from the join's samples), each impression "
             "scored at its own time by the model trained on what that strategy had emitted by "
             "then (1 s ticks), against its final label: the window strategy waits for the "
             "label window; fake_negative trains on every impression at once and on each click "

@@ -37,7 +37,7 @@ from typing import IO, Any
 import yaml
 
 from demo.settings import DemoError, DemoOptions, check_options, run_config
-from demo.trace import Progress, SampleTracer, scrape
+from demo.trace import Progress, SampleTracer, group_cpu_s, scrape
 from fluxrec.config import Config, default_config_path, load_config
 from fluxrec.testing import free_port
 
@@ -162,6 +162,7 @@ class _Run:
             + yaml.safe_dump(doc, sort_keys=False)
         )
         self.cfg: Config = load_config(self.config_path)
+        self._check_log()
         self.children: dict[str, Child] = {}
         self.started_services: list[str] = []
         self.tracer: SampleTracer | None = None
@@ -174,6 +175,25 @@ class _Run:
             "ports": self.ports,
             "times": {"start_ms": _now_ms()},
         }
+
+    def _check_log(self) -> None:
+        """Read the log before anything starts: a bad one fails here, in one line."""
+        from demo.replay import plan_times
+        from replay.run import open_configured_source
+
+        rc = self.cfg.replay
+        if rc.source == "synthetic":
+            return
+        source = open_configured_source(self.cfg)
+        if plan_times(source, rc.limit) is None:
+            raise DemoError(f"{rc.path}: the log has no impression to replay")
+        skipped = source.stats()
+        if skipped:
+            self.say(
+                "   log rows skipped: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items()))
+                + "".join(f"\n     first {k}: {v}" for k, v in sorted(source.notes().items()))
+            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -300,7 +320,22 @@ class _Run:
                     return float(line.rsplit(" ", 1)[1]) >= 1
         return False
 
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the run (progress.jsonl ``cpu``): the
+        children, the stack's services and this process (tracer and progress)."""
+        groups = {name: c.pid for name, c in self.children.items() if c.pid > 0}
+        groups |= self.meta.get("service_pids", {})
+        out = group_cpu_s(groups)
+        t = os.times()
+        out["demo"] = t.user + t.system
+        return out
+
     def start_tracing(self) -> None:
+        from fluxrec.stack import Stack
+
+        self.meta["service_pids"] = {
+            st.name: st.pid for st in Stack(self.base).status() if st.pid is not None
+        }
         t = self.cfg.kafka.topics
         self.tracer = SampleTracer(self.cfg.kafka.bootstrap, t.samples, self.dir / "samples.tsv.gz")
         self.tracer.start()
@@ -314,6 +349,7 @@ class _Run:
             server_url=self.urls["server"] + "/metrics",
             say=self.say,
             every_s=self.opts.progress_every_s,
+            cpu=self._cpu,
         )
         self.progress.start()
 

@@ -7,7 +7,11 @@ copied) and sets, on top:
 * per-run names: topics ``<topic>.demo-<id>``, the join's consumer group / transactional
   ids, the Redis channel, an object-store prefix (``RUN/objects`` for ``file://``,
   ``<prefix>/demo-<id>`` otherwise), the trainer's and Flink's checkpoint folders;
-* the features of the replayed source (:data:`FEATURES`);
+* what is replayed: the config's own log (``replay.source`` table or taobao, with its
+  ``features:``), or for ``--data`` with a config that replays the synthetic stream, the
+  sections ``replay`` and ``features`` of the sample config of that log
+  (:data:`SAMPLE_CONFIGS`); the synthetic stream's features when the config has none;
+* one join label per action type of the source (``--window``), the first one trained;
 * the latency settings of :data:`TUNING` (each a config key; ``--set KEY=VALUE`` overrides
   any key of the file);
 * every path-valued key of the user's file as an absolute path (``extends`` resolves
@@ -24,80 +28,36 @@ from typing import Any, Literal
 
 import yaml
 
-from fluxrec.config import Config, iter_keys
+from fluxrec.config import Config, iter_keys, load_config
 from fluxrec.errors import FluxrecError
 
 __all__ = [
-    "FEATURES",
+    "SAMPLE_CONFIGS",
     "TUNING",
     "DemoError",
     "DemoOptions",
     "check_options",
-    "detect_source",
+    "detect_log",
     "parse_set",
     "run_config",
 ]
-
-Source = Literal["synthetic", "obd", "taobao", "tencent"]
 
 
 class DemoError(FluxrecError):
     """The demo could not run: a bad option, a process that failed, a stage without output."""
 
 
-#: The model's inputs per replayed source (``replay/SOURCES.md`` names each source's fields).
-FEATURES: dict[str, dict[str, list[dict[str, str]]]] = {
-    "synthetic": {
-        "sparse": [{"name": n} for n in ("user_id", "item_id", "category", "position")],
-        "dense": [{"name": "price"}],
-    },
-    "obd": {
-        "sparse": [
-            {"name": n}
-            for n in (
-                "user_id",
-                "item_id",
-                "position",
-                "user_feature_0",
-                "user_feature_1",
-                "user_feature_2",
-                "user_feature_3",
-                "item_feature_1",
-                "item_feature_2",
-                "item_feature_3",
-            )
-        ],
-        "dense": [{"name": "item_feature_0"}, {"name": "affinity"}],
-    },
-    "taobao": {"sparse": [{"name": n} for n in ("user_id", "item_id", "category")], "dense": []},
-    "tencent": {
-        "sparse": [
-            {"name": n}
-            for n in (
-                "user_id",
-                "item_id",
-                "position_id",
-                "connection_type",
-                "telecoms_operator",
-                "ad_id",
-                "campaign_id",
-                "advertiser_id",
-                "app_id",
-                "app_platform",
-                "siteset_id",
-                "position_type",
-                "age",
-                "gender",
-                "education",
-                "marriage_status",
-                "have_baby",
-                "hometown",
-                "residence",
-            )
-        ],
-        "dense": [],
-    },
-}
+#: Sample configs (``configs/``) of the public logs in ``shared/data``, by a word in the
+#: log's folder or file name: ``--data`` with a config that replays no log uses one.
+SAMPLE_CONFIGS = (
+    ("userbehavior", "taobao.yaml"),
+    ("taobao", "taobao.yaml"),
+    ("tencent", "tencent.yaml"),
+    ("train_small", "tencent.yaml"),
+    ("obd", "obd.yaml"),
+    ("bts_", "obd.yaml"),
+    ("random_", "obd.yaml"),
+)
 
 #: Latency settings of the demo (config keys). Why each value:
 TUNING: dict[str, Any] = {
@@ -132,8 +92,7 @@ class DemoOptions:
     """``fluxrec demo``'s options (``--help`` describes each)."""
 
     config: Path | None = None
-    data: Path | None = None
-    source: Source | None = None  # None: synthetic, or detected from ``data``
+    data: Path | None = None  # a log to replay (its config describes it, or a sample's)
     strategy: Literal["window", "fake_negative"] = "window"
     duration_s: float = 120.0  # event time replayed (synthetic), or the log fitted into it
     rate: float = 300.0  # synthetic impressions per second
@@ -152,26 +111,32 @@ class DemoOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_source(path: Path) -> Source:
-    """``obd`` / ``taobao`` / ``tencent`` from a log folder or file name."""
+def detect_log(path: Path) -> Path:
+    """The sample config (``configs/NAME.yaml``) of a public log, from its folder or file name."""
+    import configs
+
     names = " ".join(p.name.lower() for p in (path, *path.parents[:1]))
     if path.is_dir():
         names += " " + " ".join(p.name.lower() for p in path.iterdir())
-    for key, src in (
-        ("userbehavior", "taobao"),
-        ("taobao", "taobao"),
-        ("tencent", "tencent"),
-        ("train_small", "tencent"),
-        ("obd", "obd"),
-        ("bts_", "obd"),
-        ("random_", "obd"),
-    ):
+    for key, name in SAMPLE_CONFIGS:
         if key in names:
-            return src  # type: ignore[return-value]
+            return configs.path(name)
     raise DemoError(
-        f"cannot tell which log {path} is: pass --source obd|taobao|tencent "
-        "(replay/SOURCES.md lists what each expects)"
+        f"cannot tell which log {path} is: describe it in your config (replay.source: table "
+        "and replay.table, see README 'Your own log') and pass --config"
     )
+
+
+def _log_sections(base: Config, opts: DemoOptions) -> tuple[dict[str, Any], Config]:
+    """The ``replay`` and ``features`` sections of the replayed log (module doc), as YAML
+    to put over the base, and the config they come from."""
+    if opts.data is None or base.replay.source != "synthetic":
+        return {}, base
+    sample = detect_log(opts.data)
+    doc = yaml.safe_load(sample.read_text())
+    sections = {k: doc[k] for k in ("replay", "features") if k in doc}
+    sections.get("replay", {}).pop("path", None)  # relative to configs/: --data says where
+    return sections, load_config(sample)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -193,6 +158,14 @@ def _put(doc: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise DemoError(f"config key {dotted}: {p} is not a section")
     node[last] = value
+
+
+def _merge(doc: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(doc.get(k), dict):
+            _merge(doc[k], v)
+        else:
+            doc[k] = v
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -218,7 +191,11 @@ def run_config(
     ports: dict[str, int],
 ) -> dict[str, Any]:
     """The document of ``RUN/config.yaml`` (module doc). ``ports``: trainer, server."""
-    source: Source = opts.source or ("synthetic" if opts.data is None else detect_source(opts.data))
+    from replay.sources import SYNTHETIC_FEATURES, action_types
+
+    sections, described = _log_sections(base, opts)
+    rcfg = described.replay
+    source = rcfg.source
     doc: dict[str, Any] = {"extends": str(base_path.resolve())}
     for key, typ, _ in iter_keys():  # relative paths of the base would resolve against RUN/
         if "Path" in typ:
@@ -230,18 +207,30 @@ def run_config(
     _put(doc, "object_store.url", _store_url(base.object_store.url, run_dir, run_id))
     _put(doc, "flink.checkpoint_dir", (run_dir / "flink").resolve().as_uri())
     _put(doc, "join.group_id", f"fluxrec-demo-{run_id}")
-    label = "conversion" if source == "tencent" else "click"
+    _merge(doc, sections)
+    actions = [rcfg.click_action] if source == "synthetic" else action_types(rcfg)
     window_ms = int(opts.window_s * 1000)
-    _put(doc, "join.labels", [{"name": label, "action": label, "window_ms": window_ms}])
+    _put(doc, "join.labels", [{"name": a, "action": a, "window_ms": window_ms} for a in actions])
     _put(doc, "join.strategy", opts.strategy)
-    _put(doc, "trainer.label", label)
+    _put(doc, "trainer.label", actions[0])
     _put(doc, "trainer.checkpoint_dir", str((run_dir / "trainer").resolve()))
     _put(doc, "trainer.metrics_port", ports["trainer"])
     _put(doc, "trainer.metrics_host", "127.0.0.1")
     _put(doc, "trainer.export", True)
-    _put(doc, "features", FEATURES[source])
+    if not (described.features.sparse or described.features.dense):
+        if source != "synthetic":
+            raise DemoError(
+                f"{described.source}: features: lists no feature: name the log's columns "
+                "the model reads (README, 'Your own log')"
+            )
+        sparse, dense = SYNTHETIC_FEATURES
+        _put(doc, "features", {"sparse": [{"name": n} for n in sparse],
+                               "dense": [{"name": n} for n in dense]})  # fmt: skip
     _put(doc, "replay.source", source)
-    _put(doc, "replay.path", None if opts.data is None else str(opts.data.resolve()))
+    if opts.data is not None:
+        _put(doc, "replay.path", str(opts.data.resolve()))
+    elif source == "synthetic":
+        _put(doc, "replay.path", None)
     _put(doc, "replay.limit", opts.limit)
     _put(doc, "replay.time_shift", "live")
     if source == "synthetic":

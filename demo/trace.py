@@ -6,7 +6,8 @@
   ``partition TAB offset TAB seen_ms TAB sample JSON`` (the Sample JSON has no tab).
 * :class:`Progress` samples every stage's counters once a second into
   ``RUN/progress.jsonl`` (Kafka end offsets of the inputs, samples seen, the trainer's and
-  the server's ``/metrics``) and prints a line every ``progress_every_s``.
+  the server's ``/metrics``, and the CPU seconds each process of the run has used so far,
+  :func:`group_cpu_s`) and prints a line every ``progress_every_s``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -21,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "SampleTracer", "scrape"]
+__all__ = ["Progress", "SampleTracer", "group_cpu_s", "scrape"]
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 def _now_ms() -> int:
@@ -44,6 +48,27 @@ def scrape(url: str, timeout_s: float = 10.0) -> dict[str, float]:
             out[name] = float(value)
         except ValueError:
             continue
+    return out
+
+
+def group_cpu_s(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the live processes of each process group
+    (name -> pgid; a child of the demo leads its own group, with what it started, e.g.
+    PyFlink's JVM)."""
+    want = {pgid: name for name, pgid in groups.items()}
+    out = dict.fromkeys(groups, 0.0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        name = want.get(int(fields[2]))
+        if name is not None:
+            out[name] += (int(fields[11]) + int(fields[12])) * _TICK_S
     return out
 
 
@@ -125,11 +150,12 @@ class Progress(threading.Thread):
         server_url: str,
         say: Callable[[str], None],
         every_s: float = 5.0,
+        cpu: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         super().__init__(name="progress", daemon=True)
         self.path, self.bootstrap, self.inputs = path, bootstrap, inputs
         self.tracer, self.trainer_url, self.server_url = tracer, trainer_url, server_url
-        self.say, self.every_s = say, every_s
+        self.say, self.every_s, self.cpu = say, every_s, cpu
         self.stop = threading.Event()
         self.latest: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -162,6 +188,8 @@ class Progress(threading.Thread):
             "version": int(sm.get("fluxrec_server_version", -1)),
             "scored": int(sm.get("fluxrec_server_scored_total", 0)),
         }
+        if self.cpu is not None:
+            rec["cpu"] = {k: round(v, 2) for k, v in self.cpu().items()}
         self.latest = rec
         return rec
 

@@ -1,4 +1,5 @@
-"""Writing one LZ4 frame (LZ4 Frame Format 1.6) as independent 4 MiB blocks.
+"""One LZ4 frame (LZ4 Frame Format 1.6): writing it as independent 4 MiB blocks, and
+checking a frame's structure before anything is decompressed (:func:`check_frame`).
 
 The frame a writer emits, piece by piece (``emit`` receives each piece in order)::
 
@@ -26,7 +27,9 @@ from typing import Any
 import lz4.block
 import lz4.frame
 
-__all__ = ["BLOCK_BYTES", "write_frame"]
+from exporter.errors import BadBody, BadHeader
+
+__all__ = ["BLOCK_BYTES", "check_frame", "write_frame"]
 
 BLOCK_BYTES = 4 << 20  # LZ4 frame block maximum size id 7
 _STORED = 0x80000000
@@ -99,3 +102,58 @@ def write_frame(pieces: Sequence[Any], raw_size: int, emit: Callable[[Any], obje
                 block0, fut = ahead.popleft()
                 _emit_block(block0, fut.result(), emit)
     emit(b"\0\0\0\0")
+
+
+# ----------------------------------------------------------------------------- reading
+
+_FRAME_MAGIC = 0x184D2204
+_BLOCK_MAX = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
+_DESCRIPTOR = struct.Struct("<IBBQ")  # magic, FLG, BD, content size (then HC)
+
+
+def check_frame(body: memoryview, raw: int) -> None:  # noqa: PLR0912
+    """Check the structure of the LZ4 frame ``body`` (FORMAT.md 2.2) without decompressing:
+    one frame, version 01, no dictionary, reserved bits 0, a content size equal to ``raw``,
+    every block size within the block maximum, at most ``max(1, ceil(raw / block max))``
+    blocks, the end mark (and content checksum, if flagged) ending ``body`` exactly.
+    The header checksum and block/content checksums are verified while decompressing.
+    Raises :class:`~exporter.errors.BadBody` (``BadHeader`` for a content size that is not
+    ``raw``)."""
+    n = len(body)
+    if n < _DESCRIPTOR.size + 1:
+        raise BadBody(f"LZ4 frame of {n} bytes is shorter than a frame header with content size")
+    magic, flg, bd, size = _DESCRIPTOR.unpack_from(body, 0)
+    if magic != _FRAME_MAGIC:
+        raise BadBody(f"LZ4 frame magic {magic:#010x} is not 0x184d2204")
+    if flg >> 6 != 1 or flg & 0x02 or bd & 0x8F:
+        raise BadBody(f"LZ4 frame descriptor FLG {flg:#04x} BD {bd:#04x}: bad version/reserved")
+    if flg & 0x01:
+        raise BadBody("LZ4 frame uses a dictionary (DictID): not allowed")
+    if not flg & 0x08:
+        raise BadBody("LZ4 frame has no content size: FORMAT.md requires it")
+    block_max = _BLOCK_MAX.get((bd >> 4) & 0x7)
+    if block_max is None:
+        raise BadBody(f"LZ4 frame block maximum size id {(bd >> 4) & 0x7} not in 4..7")
+    if size != raw:
+        raise BadHeader(f"LZ4 content size {size} != raw_bytes {raw}")
+    checksum = 4 if flg & 0x10 else 0
+    max_blocks = max(1, -(-raw // block_max))
+    pos, blocks = _DESCRIPTOR.size + 1, 0
+    while True:
+        if pos + 4 > n:
+            raise BadBody("LZ4 frame ends inside a block header (no end mark)")
+        (word,) = _U32.unpack_from(body, pos)
+        pos += 4
+        if word == 0:
+            break
+        length = word & 0x7FFFFFFF
+        if length > block_max:
+            raise BadBody(f"LZ4 block of {length} bytes > the frame's block maximum {block_max}")
+        blocks += 1
+        if blocks > max_blocks:
+            raise BadBody(f"LZ4 frame has more than {max_blocks} blocks for {raw} bytes")
+        pos += length + checksum
+    pos += 4 if flg & 0x04 else 0
+    if pos != n:
+        what = "trailing bytes after" if pos < n else "a truncated"
+        raise BadBody(f"{what} the LZ4 frame ({n} bytes in the body, the frame ends at {pos})")

@@ -26,7 +26,7 @@ def _key(cfg: Any) -> bytes | None:
 def _cmd_ls(ns: argparse.Namespace) -> int:
     from exporter.errors import ExporterError
     from exporter.exporter import list_versions
-    from exporter.manifest import manifest_key, parse_manifest
+    from exporter.manifest import manifest_key, manifest_objects, parse_manifest
 
     store, _cfg = _store_and_cfg(ns)
     print(f"{'sequence':>8} {'kind':8} {'base':>6} {'step':>8} {'watermark_ms':>14} {'bytes':>12}")
@@ -38,7 +38,7 @@ def _cmd_ls(ns: argparse.Namespace) -> int:
             bad += 1
             print(f"{seq:>8} BAD {type(e).__name__}: {e} (run `fluxrec deltas verify`)")
             continue
-        size = sum(o["bytes"] for o in doc["objects"])
+        size = sum(o["bytes"] for o in manifest_objects(doc))
         print(
             f"{seq:>8} {doc['kind']:8} {doc['base_snapshot']:>6} {doc['trainer_step']:>8} "
             f"{doc['watermark_ms']:>14} {size:>12}"

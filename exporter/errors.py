@@ -6,7 +6,8 @@
     ├── StoreError                      an object store request failed
     │   ├── ObjectNotFound (KeyError)   the key does not exist
     │   ├── StoreUnavailable            transient failures outlasted the retries
-    │   └── BadKey (ValueError)         a key that could escape its prefix
+    │   ├── BadKey (ValueError)         a key that could escape its prefix
+    │   └── UnsafeObject                file://: a symlink, FIFO, device or directory
     ├── FormatError (ValueError)        a payload object or manifest is not valid (FORMAT.md)
     │   ├── BadMagic                    not a fluxrec delta object
     │   ├── UnsupportedVersion          a format version this reader does not know
@@ -15,6 +16,7 @@
     │   ├── Truncated                   fewer (or more) bytes than the framing declares
     │   ├── ChecksumMismatch            sha256 of the bytes differs from trailer/manifest
     │   ├── BadHeader                   header JSON invalid or inconsistent with the body
+    │   ├── BadBody                     LZ4 frame or Arrow stream breaks FORMAT.md
     │   ├── BadManifest                 manifest JSON invalid or inconsistent
     │   └── BadSignature                HMAC signature missing or wrong
     ├── ChainError                      versions do not form a valid chain
@@ -23,8 +25,8 @@
     │   └── VersionNotFound (KeyError)  no manifest for the requested version
     └── GateRefused                     the safety gate refused to publish a cut
 
-A consumer that meets any ``FormatError`` or ``ChainError`` keeps serving its last good
-version and counts the rejection (``DeltaConsumer.stats``).
+A consumer that meets any ``ExporterError`` keeps serving its last good version and counts
+the rejection with its class name (``DeltaConsumer.stats.rejected`` and ``.reasons``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 from fluxrec.errors import FluxrecError
 
 __all__ = [
+    "BadBody",
     "BadHeader",
     "BadKey",
     "BadMagic",
@@ -50,6 +53,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Truncated",
+    "UnsafeObject",
     "UnsupportedVersion",
     "VersionNotFound",
 ]
@@ -76,6 +80,10 @@ class StoreUnavailable(StoreError):
 
 class BadKey(StoreError, ValueError):
     """A key that is empty, absolute, or contains '..' or backslashes."""
+
+
+class UnsafeObject(StoreError):
+    """A ``file://`` key that is a symlink or not a regular file: refused, never read."""
 
 
 class FormatError(ExporterError, ValueError):
@@ -108,6 +116,11 @@ class ChecksumMismatch(FormatError):
 
 class BadHeader(FormatError):
     """The header JSON is invalid or does not match the Arrow body."""
+
+
+class BadBody(FormatError):
+    """The LZ4 frame or the Arrow IPC stream of the body breaks FORMAT.md: framing,
+    trailing bytes, body compression, schema, nulls, NaN/Inf, row counts."""
 
 
 class BadManifest(FormatError):

@@ -36,6 +36,18 @@ A refusal writes nothing and keeps the references of the last published version;
 refused changes never reached the store, so the next cut must be full (``wants_full``)
 and the next version published is a snapshot. While a model stays blown up every cut is
 refused (each one logged with its reason); an exporter started afresh has no references.
+
+**Several parts** (manifest format 2, the trainer's workers; ``trainer/publish.py``): every
+worker summarises its part with :func:`cut_stats` (sums of squares, NaN/Inf counts: a
+few numbers per table), the summaries are merged (:func:`merge_stats`) and the exporter
+gates the version on them (:meth:`Exporter.admit`: the same rules, the same references)
+before anything is written; each worker then writes its own objects
+(:func:`write_objects` with its part index) and :meth:`Exporter.publish_parts` writes
+the manifest naming all of them, last::
+
+    seq = exporter.admit(meta, merge_stats([cut_stats(p) for p in parts]))   # or GateRefused
+    entries = [write_objects(store, seq, p, encoding, part=k) for k, p in enumerate(parts)]
+    exporter.publish_parts(PartsCut(seq, meta, entries))                      # manifest, LATEST
 """
 
 from __future__ import annotations
@@ -57,8 +69,9 @@ from exporter.format import write_dense, write_table
 from exporter.manifest import (
     LATEST_KEY,
     MANIFEST_FORMAT,
-    canonical_json,
+    PARTS_FORMAT,
     dense_key,
+    latest_bytes,
     manifest_key,
     parse_latest,
     parse_manifest,
@@ -68,9 +81,17 @@ from exporter.manifest import (
 )
 from exporter.settings import ExporterConfig
 from exporter.store import ObjectStore
-from exporter.types import Cut
+from exporter.types import Cut, PartsCut
 
-__all__ = ["ExportStats", "Exporter", "hmac_key_from_env", "list_versions"]
+__all__ = [
+    "ExportStats",
+    "Exporter",
+    "cut_stats",
+    "hmac_key_from_env",
+    "list_versions",
+    "merge_stats",
+    "write_objects",
+]
 
 log = logging.getLogger(__name__)
 _DEFAULT_CFG = ExporterConfig()
@@ -91,21 +112,85 @@ def list_versions(store: ObjectStore) -> list[int]:
     return sorted(out)
 
 
-def _mean_square(key: str, arr: npt.NDArray[np.float32], step: int) -> float:
-    """Mean of ``arr ** 2``; ``GateRefused`` where ``arr`` holds NaN or Inf."""
+def _square_sum(arr: npt.NDArray[np.float32]) -> dict[str, Any]:
+    """``{"sumsq", "size", "bad", "bad_rows"}`` of ``arr``: the sum of its squares, its
+    element count, and how many values (and rows of a 2-D array) are NaN or Inf."""
     flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
     sq = float(np.dot(flat, flat))  # NaN/Inf anywhere make this non-finite
+    bad = bad_rows = 0
     if not np.isfinite(sq):
         finite = np.isfinite(arr)
         bad = int(finite.size - np.count_nonzero(finite))
         if bad:
-            where = ""
+            sq = 0.0
             if arr.ndim == 2:
-                rows = int(np.count_nonzero(~finite.all(axis=1)))
-                where = f" in {rows} of {arr.shape[0]} rows"
-            raise GateRefused(f"{key}: {bad} NaN/Inf values{where} in step {step}")
-        sq = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))  # fp32 overflow
-    return sq / flat.size
+                bad_rows = int(np.count_nonzero(~finite.all(axis=1)))
+        else:
+            sq = float(np.dot(flat.astype(np.float64), flat.astype(np.float64)))  # fp32 overflow
+    return {"sumsq": sq, "size": int(flat.size), "bad": bad, "bad_rows": bad_rows}
+
+
+def cut_stats(cut: Cut) -> dict[str, Any]:
+    """What the safety gate needs of a cut (or of one worker's part of it), as JSON::
+
+        {"tables": {"item_id": {"rows": 3, "sumsq": 0.52, "size": 48, "bad": 0,
+                                "bad_rows": 0}},
+         "dense": {"mlp.0.weight": {"sumsq": 12.5, "size": 4096, "bad": 0, "bad_rows": 0}}}
+
+    ``rows`` counts upserted rows (a table with none is not measured); ``bad`` counts
+    NaN/Inf values (then ``sumsq`` is 0)."""
+    tables = {n: {"rows": len(t.ids)} | _square_sum(t.values) for n, t in cut.tables.items()}
+    return {
+        "tables": tables,
+        "dense": {n: _square_sum(v) for n, v in cut.dense.items() if v.size},
+    }
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :func:`cut_stats` of a version from those of its parts (sums add up)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {"tables": {}, "dense": {}}
+    for part in parts:
+        for kind in ("tables", "dense"):
+            for name, st in part[kind].items():
+                have = out[kind].setdefault(name, dict.fromkeys(st, 0))
+                for k, v in st.items():
+                    have[k] += v
+    return out
+
+
+def _mean_square(key: str, st: dict[str, Any], step: int, rows: str = "") -> float:
+    """Mean of the squares from :func:`_square_sum`; ``GateRefused`` when any is NaN/Inf."""
+    if st["bad"]:
+        where = f" in {st['bad_rows']} of {rows} rows" if rows else ""
+        raise GateRefused(f"{key}: {st['bad']} NaN/Inf values{where} in step {step}")
+    return float(st["sumsq"]) / max(int(st["size"]), 1)
+
+
+def write_objects(
+    store: ObjectStore, seq: int, cut: Cut, encoding: str, part: int | None = None
+) -> list[dict[str, Any]]:
+    """Write the objects of ``cut`` for version ``seq`` (one per table, then the dense
+    object if it has tensors), under part ``part`` of a multi-part version (None: a
+    version of one part, format 1); returns their manifest entries."""
+    objects: list[dict[str, Any]] = []
+    for name in sorted(cut.tables):
+        t = cut.tables[name]
+        tomb = None if cut.full else t.tombstones
+        key = table_key(seq, name, part)
+        with store.writer(key) as write:
+            w = write_table(write, name, t.dim, t.ids, t.values, tomb, encoding)
+        h = w.header
+        objects.append(
+            {"key": key, "kind": "table", "name": name, "dim": t.dim}
+            | {k: h[k] for k in ("encoding", "rows", "tombstones")}
+            | {"bytes": w.size, "sha256": w.sha256}
+        )
+    if cut.dense:
+        key = dense_key(seq, part)
+        with store.writer(key) as write:
+            w = write_dense(write, cut.dense)
+        objects.append({"key": key, "kind": "dense", "bytes": w.size, "sha256": w.sha256})
+    return objects
 
 
 @dataclass
@@ -150,6 +235,8 @@ class Exporter:
         # on a store that has versions, start with a full cut: whoever wrote them, our
         # trainer's change tracking does not start where they end
         self._needs_full = True
+        # the version being published: (sequence, the gate's references it leaves)
+        self._admitted: tuple[int, dict[str, float], dict[str, float]] | None = None
         self.sequence, self.base_snapshot = self._newest()
         self._deltas_since = self.sequence - self.base_snapshot
 
@@ -176,26 +263,28 @@ class Exporter:
 
     # ------------------------------------------------------------------ safety gate
 
-    def _gate(self, cut: Cut) -> tuple[dict[str, float], dict[str, float]]:
-        """Check ``cut`` (rules in the module docstring); returns the references it leaves
-        behind if it is published. Raises ``GateRefused`` with the reason."""
+    def _gate(
+        self, cut: Cut, stats: dict[str, Any] | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Check ``cut`` (rules in the module docstring; ``stats``: its :func:`cut_stats`,
+        computed here when None); returns the references it leaves behind if it is
+        published. Raises ``GateRefused`` with the reason."""
+        stats = cut_stats(cut) if stats is None else stats
         refs = {} if cut.full else dict(self._refs)
         last_delta = dict(self._last_delta)
-        for name, t in sorted(cut.tables.items()):
+        for name, st in sorted(stats["tables"].items()):
             key = f"table {name}"
-            if not len(t.ids):
+            if not st["rows"]:
                 continue  # tombstones only: no row to measure
-            ms = _mean_square(key, t.values, cut.step)
+            ms = _mean_square(key, st, cut.step, str(st["rows"]))
             ref = max(self._refs.get(key, -1.0), self._last_delta.get(key, -1.0))
-            self._check_jump(key, ms, ref, cut, f"over {len(t.ids)} rows")
+            self._check_jump(key, ms, ref, cut, f"over {st['rows']} rows")
             refs[key] = max(refs.get(key, 0.0), ms)
             if not cut.full:
                 last_delta[key] = ms
-        for name, v in sorted(cut.dense.items()):
+        for name, st in sorted(stats["dense"].items()):
             key = f"dense {name}"
-            if not v.size:
-                continue
-            ms = _mean_square(key, v, cut.step)
+            ms = _mean_square(key, st, cut.step)
             if name not in cut.statistics:  # running statistics: NaN/Inf only
                 refs[key] = ms
                 self._check_jump(key, ms, self._refs.get(key, -1.0), cut, "")
@@ -226,25 +315,76 @@ class Exporter:
         overwritten by the next attempt). Either way the next cut must be full: the
         trainer already forgot the changes of this one.
         """
+        seq = self._admit(cut, None)
+        base = seq if cut.full else self.base_snapshot
+        try:
+            objects = write_objects(self.store, seq, cut, self.cfg.encoding)
+        except BaseException:
+            self._failed()
+            raise
+        return self._finish(seq, base, cut, {"objects": objects}, rollback_of)
+
+    def admit(self, cut: Cut, stats: dict[str, Any]) -> int:
+        """A version of several parts: gate it on the merged ``stats`` of its parts
+        (:func:`merge_stats`; ``cut`` carries the version's fields, its rows are in the
+        parts) before any part is written; returns the sequence to write the parts
+        under. Raises ``GateRefused`` (counted; the next cut must be full)."""
+        return self._admit(cut, stats)
+
+    def publish_parts(self, parts: PartsCut) -> dict[str, Any]:
+        """Write the manifest (format 2) of the parts written for the sequence
+        :meth:`admit` gave, then ``LATEST.json``; returns the manifest. A ``StoreError``
+        leaves no version (the parts are invisible; the next cut must be full)."""
+        base = parts.sequence if parts.cut.full else self.base_snapshot
+        body = {"parts": [{"index": k, "objects": objs} for k, objs in enumerate(parts.parts)]}
+        return self._finish(parts.sequence, base, parts.cut, body, None)
+
+    def abandon(self, seq: int, reason: str) -> None:
+        """The parts of admitted version ``seq`` could not all be written: no version
+        (what was written is invisible), and the next cut must be full."""
+        self._failed()
+        log.warning("exporter: version %d abandoned, next cut is full: %s", seq, reason)
+
+    def _failed(self) -> None:
+        self._needs_full = True
+        self._admitted = None
+        self.stats.failed += 1
+
+    def _admit(self, cut: Cut, stats: dict[str, Any] | None) -> int:
+        """Gate ``cut``; the sequence it will be published under (references kept aside
+        until it is)."""
         self._adopt_foreign_versions()
+        self._admitted = None
         if not cut.full and self.wants_full:
             self._refuse(f"step {cut.step}: a full cut is required (wants_full) but got a delta")
         try:
-            refs, last_delta = self._gate(cut)
+            refs, last_delta = self._gate(cut, stats)
         except GateRefused as e:
             self._refuse(str(e))
         seq = self.sequence + 1
-        base = seq if cut.full else self.base_snapshot
+        self._admitted = (seq, refs, last_delta)
+        return seq
+
+    def _finish(
+        self, seq: int, base: int, cut: Cut, body: dict[str, Any], rollback_of: int | None
+    ) -> dict[str, Any]:
+        """Write the manifest of admitted version ``seq`` (``body``: its objects or parts,
+        all written), then LATEST.json, notify, prune; the gate's references of
+        :meth:`_admit` take effect."""
+        if self._admitted is None or self._admitted[0] != seq:
+            self._failed()
+            raise GateRefused(f"version {seq} was not admitted (Exporter.admit) before its parts")
+        _seq, refs, last_delta = self._admitted
         try:
-            doc = self._manifest(seq, base, cut, self._write_payloads(seq, cut), rollback_of)
-            raw = canonical_json(doc)
-            parse_manifest(raw, self.hmac_key, seq)  # never publish what readers would reject
+            doc = self._manifest(seq, base, cut, body, rollback_of)
+            raw = sign_manifest(doc, self.hmac_key)
+            doc = parse_manifest(raw, self.hmac_key, seq)  # never publish what readers reject
             self.store.put(manifest_key(seq), raw)
         except BaseException:
-            self._needs_full = True
-            self.stats.failed += 1
+            self._failed()
             raise
         # the version exists from here on (FORMAT.md: a manifest makes a version)
+        self._admitted = None
         self.sequence, self.base_snapshot = seq, base
         self._kinds[seq] = doc["kind"]
         self._deltas_since = 0 if cut.full else self._deltas_since + 1
@@ -252,9 +392,8 @@ class Exporter:
         self._refs, self._last_delta = refs, last_delta
         self.stats.published += 1
         self.stats.snapshots += int(cut.full)
-        latest = {"format": MANIFEST_FORMAT, "sequence": seq, "base_snapshot": base}
         try:
-            self.store.put(LATEST_KEY, canonical_json(latest))
+            self.store.put(LATEST_KEY, latest_bytes(seq, base, self.hmac_key))
         except BaseException:
             self.stats.failed += 1  # readers see it once the next version's LATEST lands
             raise
@@ -262,39 +401,16 @@ class Exporter:
         self.prune()
         return doc
 
-    def _write_payloads(self, seq: int, cut: Cut) -> list[dict[str, Any]]:
-        """One object per table, then the dense object; their manifest entries."""
-        objects: list[dict[str, Any]] = []
-        for name in sorted(cut.tables):
-            t = cut.tables[name]
-            tomb = None if cut.full else t.tombstones
-            key = table_key(seq, name)
-            with self.store.writer(key) as write:
-                w = write_table(write, name, t.dim, t.ids, t.values, tomb, self.cfg.encoding)
-            h = w.header
-            objects.append(
-                {"key": key, "kind": "table", "name": name, "dim": t.dim}
-                | {k: h[k] for k in ("encoding", "rows", "tombstones")}
-                | {"bytes": w.size, "sha256": w.sha256}
-            )
-        if cut.dense:
-            with self.store.writer(dense_key(seq)) as write:
-                w = write_dense(write, cut.dense)
-            objects.append(
-                {"key": dense_key(seq), "kind": "dense", "bytes": w.size, "sha256": w.sha256}
-            )
-        return objects
-
     def _manifest(
-        self, seq: int, base: int, cut: Cut, objects: list[dict[str, Any]], rollback_of: int | None
+        self, seq: int, base: int, cut: Cut, body: dict[str, Any], rollback_of: int | None
     ) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "format": MANIFEST_FORMAT,
+            "format": PARTS_FORMAT if "parts" in body else MANIFEST_FORMAT,
             "sequence": seq,
             "parent": seq - 1 if seq > 0 else None,
             "kind": "snapshot" if cut.full else "delta",
             "base_snapshot": base,
-            "objects": objects,
+            **body,
             "kafka_offsets": {
                 topic: {str(p): int(o) for p, o in sorted(parts.items())}
                 for topic, parts in sorted(cut.offsets.items())
@@ -306,7 +422,7 @@ class Exporter:
             "published_ms": int(time.time() * 1000),
             "rollback_of": rollback_of,
         }
-        return sign_manifest(doc, self.hmac_key) if self.hmac_key else doc
+        return doc
 
     def _adopt_foreign_versions(self) -> None:
         """Another writer (``fluxrec deltas rollback``) may have published since our last
@@ -386,13 +502,14 @@ class Exporter:
 
     def run(
         self,
-        take_cut: Callable[[bool], Cut | None],
+        take_cut: Callable[[bool], Cut | PartsCut | None],
         stop: threading.Event,
         interval_s: float | None = None,
     ) -> None:
         """Every ``interval_s`` ask ``take_cut(full)`` for a cut and publish it, until ``stop``.
 
-        ``take_cut`` returns None when nothing changed. Refusals and store failures are
+        ``take_cut`` returns None when nothing changed, or a :class:`PartsCut` whose parts
+        the trainer's workers wrote (after :meth:`admit`). Refusals and store failures are
         logged and counted (``stats``); the loop goes on and asks for a full cut next.
         """
         period = self.cfg.interval_s if interval_s is None else interval_s
@@ -401,7 +518,10 @@ class Exporter:
             cut = take_cut(self.wants_full)
             if cut is not None:
                 try:
-                    self.publish(cut)
+                    if isinstance(cut, PartsCut):
+                        self.publish_parts(cut)
+                    else:
+                        self.publish(cut)
                 except GateRefused:
                     pass  # logged and counted in stats.refused
                 except StoreError as e:

@@ -21,21 +21,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec
 
-import lz4.frame
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exporter._lz4 import BLOCK_BYTES, write_frame
+from exporter import _json
+from exporter._lz4 import BLOCK_BYTES, check_frame, write_frame
 from exporter.errors import (
+    BadBody,
     BadHeader,
     BadMagic,
     ChecksumMismatch,
@@ -50,7 +52,11 @@ __all__ = [
     "ENCODINGS",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_BATCHES",
     "MAX_HEADER_BYTES",
+    "MAX_RANK",
+    "MAX_SCALE",
+    "MAX_TENSORS",
     "DecodedDense",
     "DecodedTable",
     "Limits",
@@ -128,7 +134,7 @@ class DecodedDense:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # not .match: "$" would accept a final newline
         raise BadHeader(f"table name {name!r} must match {_NAME.pattern}")
     return name
 
@@ -328,6 +334,15 @@ encode_dense = _in_memory(write_dense)  # encode_dense(tensors)
 
 # --------------------------------------------------------------------------- reading
 
+MAX_BATCHES = 4096  # record batches per object (FORMAT.md 2.3)
+MAX_TENSORS = 1 << 20  # dense tensors per object
+MAX_RANK = 32  # dimensions of a dense tensor
+MAX_SCALE = float(2**100)  # |int8 scale| bound, exact in float32: 127 * 2^100 < FLT_MAX
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_FB_I32 = struct.Struct("<i")
+_FB_U32 = struct.Struct("<I")
+_FB_U16 = struct.Struct("<H")
+
 
 def _int(header: dict[str, Any], key: str, lo: int, hi: int) -> int:
     v = header.get(key)
@@ -339,6 +354,7 @@ def _int(header: dict[str, Any], key: str, lo: int, hi: int) -> int:
 def _unframe(  # noqa: PLR0912
     data: bytes | memoryview, expected_sha256: str | None, limits: Limits
 ) -> tuple[dict[str, Any], memoryview]:
+    """Check the framing and sha256 (FORMAT.md 2.1, 7), parse the header; ``(header, body)``."""
     view = memoryview(data)
     n = len(view)
     if n > limits.max_object_bytes:
@@ -370,41 +386,106 @@ def _unframe(  # noqa: PLR0912
             f"object sha256 {digest.hex()[:16]}... differs from the manifest's "
             f"{expected_sha256[:16]}..."
         )
-    try:
-        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + hlen]))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise BadHeader(f"header is not UTF-8 JSON: {e}") from None
+    header = _json.loads(view[_PREFIX.size : body_at], BadHeader, "header")
     if not isinstance(header, dict):
         raise BadHeader("header must be a JSON object")
-    raw = _int(header, "raw_bytes", 0, limits.max_raw_bytes)
+    raw = _int(header, "raw_bytes", 0, (1 << 63) - 1)
+    if raw > limits.max_raw_bytes:
+        raise OversizedPayload(f"raw_bytes {raw} > limit {limits.max_raw_bytes}")
     if raw > 255 * blen + 1024:  # LZ4 cannot expand more than ~255x
         raise OversizedPayload(f"raw_bytes {raw} impossible for an LZ4 body of {blen} bytes")
     return header, view[body_at : body_at + blen]
 
 
-def _body(body: memoryview, raw: int) -> pa.RecordBatchStreamReader:
-    """Decompress the LZ4 frame and open the Arrow IPC stream in it.
+def _fb_field(buf: memoryview, table: int, field: int) -> int:
+    """Position of ``field`` of the flatbuffer table at ``table``; 0 when absent."""
+    vtable = table - _FB_I32.unpack_from(buf, table)[0]
+    (vsize,) = _FB_U16.unpack_from(buf, vtable)
+    at = 4 + 2 * field
+    if at + 2 > vsize:
+        return 0
+    (off,) = _FB_U16.unpack_from(buf, vtable + at)
+    return table + off if off else 0
 
-    A frame that declares its content size (every fluxrec writer's does) is decoded by
-    Arrow's LZ4 codec straight into an Arrow buffer; liblz4 fails the frame when the
-    decoded size differs from the declared one. Other frames go through ``lz4.frame``.
-    """
+
+def _body_compressed(metadata: Any) -> bool:
+    """Whether a RecordBatch message (flatbuffer ``Message``) has a ``compression``
+    field: ``Message.header`` (field 2) -> ``RecordBatch.compression`` (field 3)."""
+    buf = memoryview(metadata)
     try:
-        declared = lz4.frame.get_frame_info(body).get("content_size", 0)
-        if declared not in (0, raw):
-            raise BadHeader(f"LZ4 content size {declared} != raw_bytes {raw}")
-        if declared:
-            plain: Any = pa.decompress(body, decompressed_size=raw, codec="lz4", asbytes=False)
-        else:
-            plain = pa.py_buffer(lz4.frame.decompress(body))
-    except (RuntimeError, OSError, pa.ArrowException) as e:
-        raise BadHeader(f"LZ4 frame does not decode: {e}") from None
-    if plain.size != raw:
-        raise BadHeader(f"LZ4 frame decodes to {plain.size} bytes, header says {raw}")
+        (root,) = _FB_U32.unpack_from(buf, 0)
+        header = _fb_field(buf, root, 2)
+        if not header:
+            raise BadBody("record batch message without a header")
+        batch = header + _FB_U32.unpack_from(buf, header)[0]
+        return _fb_field(buf, batch, 3) != 0
+    except struct.error:
+        raise BadBody("record batch message metadata is not a flatbuffer") from None
+
+
+def _same_field(got: pa.Field, want: pa.Field) -> bool:
+    """Name, type, nullability, no metadata; list children by name too (``==`` on
+    Arrow list types ignores the child's name)."""
+    if (got.name, got.nullable, got.metadata) != (want.name, want.nullable, None):
+        return False
+    if got.type != want.type:
+        return False
+    if isinstance(want.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        return _same_field(got.type.value_field, want.type.value_field)
+    return True
+
+
+def _check_schema(got: pa.Schema, want: pa.Schema) -> None:
+    if (
+        got.metadata
+        or len(got) != len(want)
+        or not all(_same_field(g, w) for g, w in zip(got, want, strict=True))
+    ):
+        raise BadBody(f"Arrow schema {got} (metadata {got.metadata}) is not {want}")
+
+
+def _batches(body: memoryview, raw: int, want: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Decompress the LZ4 frame (structure checked first) and read the Arrow IPC stream
+    message by message: a schema equal to ``want``, then record batches without body
+    compression, then the end-of-stream marker as the last 8 bytes. Each batch is
+    fully validated."""
+    check_frame(body, raw)
     try:
-        return pa.ipc.open_stream(plain)
-    except (pa.ArrowException, OSError) as e:
-        raise BadHeader(f"body is not an Arrow IPC stream: {e}") from None
+        plain = pa.decompress(body, decompressed_size=raw, codec="lz4", asbytes=False)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise BadBody(f"LZ4 frame does not decode: {e}") from None
+    try:
+        src = pa.BufferReader(plain)
+        messages = pa.ipc.MessageReader.open_stream(src)
+        first = messages.read_next_message()
+        if first.type != "schema":
+            raise BadBody(f"Arrow stream starts with a {first.type!r} message, not a schema")
+        _check_schema(pa.ipc.read_schema(first), want)
+        count = 0
+        while True:
+            at = src.tell()
+            try:
+                msg = messages.read_next_message()
+            except StopIteration:
+                break
+            if msg.type != "record batch":
+                raise BadBody(f"Arrow message {msg.type!r}: only record batches may follow")
+            if _body_compressed(msg.metadata):
+                raise BadBody("Arrow record batch uses body compression: not allowed")
+            count += 1
+            if count > MAX_BATCHES:
+                raise BadBody(f"more than {MAX_BATCHES} record batches")
+            batch = pa.ipc.read_record_batch(msg, want)
+            batch.validate(full=True)
+            yield batch
+    except StopIteration:
+        raise BadBody("Arrow stream has no schema message") from None
+    except (pa.ArrowException, OSError, ValueError, IndexError) as e:
+        if isinstance(e, BadBody):
+            raise
+        raise BadBody(f"Arrow stream does not decode: {e}") from None
+    if at != raw - len(_EOS) or bytes(plain[raw - len(_EOS) :]) != _EOS:
+        raise BadBody("Arrow stream does not end with exactly one end-of-stream marker")
 
 
 def decode_object(
@@ -423,7 +504,27 @@ def decode_object(
     raise BadHeader(f"header kind {kind!r}: expected 'table' or 'dense'")
 
 
-def _decode_table(  # noqa: PLR0912, PLR0915
+_FINITE_STEP = 1 << 20
+_ZEROS = np.zeros(_FINITE_STEP, np.float32)
+
+
+def _finite(values: npt.NDArray[np.float32], what: str) -> None:
+    """``BadBody`` unless every float32 value is finite: the dot product with zeros is 0
+    for finite values and NaN once one is NaN or Inf (0 x Inf = NaN); one BLAS pass, half
+    the time of ``min`` and ``max``, in 1M-value steps so nothing large is allocated."""
+    flat = values.reshape(-1)
+    for s in range(0, len(flat), _FINITE_STEP):
+        part = flat[s : s + _FINITE_STEP]
+        if np.dot(part, _ZEROS[: len(part)]) != 0:
+            raise BadBody(f"{what}: NaN or Inf values are not allowed")
+
+
+def _no_nulls(arr: pa.Array, what: str) -> None:
+    if arr.null_count:
+        raise BadBody(f"{what}: {arr.null_count} nulls are not allowed")
+
+
+def _decode_table(
     header: dict[str, Any], body: memoryview, raw: int, limits: Limits
 ) -> DecodedTable:
     name = header.get("name")
@@ -436,41 +537,17 @@ def _decode_table(  # noqa: PLR0912, PLR0915
         raise BadHeader(f"encoding {enc!r} not one of {ENCODINGS}")
     rows = _int(header, "rows", 0, raw)
     ntomb = _int(header, "tombstones", 0, raw)
-    reader = _body(body, raw)
-    if not reader.schema.equals(table_schema(dim, enc)):
-        raise BadHeader(f"Arrow schema {reader.schema} does not match dim {dim} / {enc}")
     ids_parts: list[Any] = []
     val_parts: list[Any] = []
     scale_parts: list[Any] = []
     tomb_parts: list[Any] = []
-    try:
-        for batch in reader:
-            batch.validate(full=True)
-            src = batch
-            vcol = batch.column(1)
-            idcol = batch.column(0)
-            if idcol.null_count:
-                raise BadHeader("column 'id' has nulls")
-            if vcol.null_count == len(batch):
-                tomb_parts.append(idcol.to_numpy())
-                continue
-            if vcol.null_count:
-                mask = vcol.is_valid()
-                tomb_parts.append(idcol.filter(pc.invert(mask)).to_numpy())
-                src = batch.filter(mask)
-                vcol, idcol = src.column(1), src.column(0)
-            ids_parts.append(idcol.to_numpy())
-            child = vcol.values.slice(vcol.offset * dim, len(vcol) * dim)
-            val_parts.append(child.to_numpy(zero_copy_only=False).reshape(len(vcol), dim))
-            if enc == "i8":
-                scol = src.column(2)
-                if scol.null_count:
-                    raise BadHeader("int8 rows need a non-null 'scale'")
-                scale_parts.append(scol.to_numpy())
-    except (pa.ArrowException, OSError, ValueError, IndexError) as e:
-        if isinstance(e, BadHeader):
-            raise
-        raise BadHeader(f"Arrow body does not decode: {e}") from None
+    for batch in _batches(body, raw, table_schema(dim, enc)):
+        try:
+            _split_rows(batch, dim, enc, ids_parts, val_parts, scale_parts, tomb_parts)
+        except (pa.ArrowException, ValueError, IndexError) as e:
+            if isinstance(e, BadBody):
+                raise
+            raise BadBody(f"Arrow body does not decode: {e}") from None
     ids = _cat(ids_parts, np.int64, (0,))
     vals = _cat(val_parts, _np_dtype(enc), (0, dim))
     tomb = _cat(tomb_parts, np.int64, (0,))
@@ -480,14 +557,53 @@ def _decode_table(  # noqa: PLR0912, PLR0915
         )
     if enc == "f32":
         out = vals
+        _finite(out, f"table {name}")
     elif enc == "f16":
-        out = vals.astype(np.float32)
+        out = vals.astype(np.float32)  # exact: Inf and NaN stay what they are
+        _finite(out, f"table {name}")
     else:
         scale = _cat(scale_parts, np.float32, (0,))
-        if not np.isfinite(scale).all() or (np.abs(scale) > 1e30).any():
-            raise BadHeader("int8 rows need finite scales (|scale| <= 1e30)")
-        out = vals.astype(np.float32) * scale[:, None]
+        if len(scale) and not (
+            np.isfinite(scale).all() and scale.min() >= 0 and scale.max() <= MAX_SCALE
+        ):
+            raise BadBody(f"table {name}: int8 scales must be finite and in [0, 2^100]")
+        if len(vals) and vals.min() == -128:
+            raise BadBody(f"table {name}: int8 value -128 is not allowed (range -127..127)")
+        out = vals.astype(np.float32) * scale[:, None]  # float32 x float32, rounded once
     return DecodedTable(name, dim, str(enc), ids, out, tomb)
+
+
+def _split_rows(  # noqa: PLR0917
+    batch: pa.RecordBatch,
+    dim: int,
+    enc: str,
+    ids_parts: list[Any],
+    val_parts: list[Any],
+    scale_parts: list[Any],
+    tomb_parts: list[Any],
+) -> None:
+    """Append one batch's upserts (ids, values, scales) and tombstones to the parts."""
+    idcol, vcol = batch.column(0), batch.column(1)
+    _no_nulls(idcol, "column 'id'")
+    nulls = vcol.null_count
+    if nulls:
+        dead = vcol.is_null()
+        dead_batch = batch.filter(dead) if nulls < len(batch) else batch
+        tomb_parts.append(dead_batch.column(0).to_numpy())
+        if enc == "i8" and dead_batch.column(2).null_count != len(dead_batch):
+            raise BadBody("int8 tombstone rows must have a null 'scale'")
+        if nulls == len(batch):
+            return
+        batch = batch.filter(pc.invert(dead))
+        idcol, vcol = batch.column(0), batch.column(1)
+    child = vcol.values.slice(vcol.offset * dim, len(vcol) * dim)
+    _no_nulls(child, "items of non-null 'value' rows")
+    ids_parts.append(idcol.to_numpy())
+    val_parts.append(child.to_numpy(zero_copy_only=False).reshape(len(vcol), dim))
+    if enc == "i8":
+        scol = batch.column(2)
+        _no_nulls(scol, "'scale' of int8 rows")
+        scale_parts.append(scol.to_numpy())
 
 
 def _np_dtype(enc: str) -> Any:
@@ -501,28 +617,33 @@ def _cat(parts: list[Any], dtype: Any, empty_shape: tuple[int, ...]) -> Any:
 
 
 def _decode_dense(header: dict[str, Any], body: memoryview, raw: int) -> DecodedDense:
-    count = _int(header, "tensors", 0, 1 << 20)
-    reader = _body(body, raw)
-    if not reader.schema.equals(DENSE_SCHEMA):
-        raise BadHeader(f"dense Arrow schema {reader.schema} is not the dense schema")
+    count = _int(header, "tensors", 0, MAX_TENSORS)
     out: dict[str, npt.NDArray[np.float32]] = {}
-    try:
-        for batch in reader:
-            batch.validate(full=True)
-            names = batch.column(0).to_pylist()
-            shapes = batch.column(1).to_pylist()
-            values = batch.column(2)
-            for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
+    for batch in _batches(body, raw, DENSE_SCHEMA):
+        try:
+            names, shapes, values = batch.column(0), batch.column(1), batch.column(2)
+            _no_nulls(names, "dense column 'name'")
+            _no_nulls(shapes, "dense column 'shape'")
+            _no_nulls(values, "dense column 'value'")
+            _no_nulls(shapes.values, "dense 'shape' items")
+            _no_nulls(values.values, "dense 'value' items")
+            for i, (name, shape) in enumerate(
+                zip(names.to_pylist(), shapes.to_pylist(), strict=True)
+            ):
                 flat = values[i].values.to_numpy(zero_copy_only=False)
-                if name is None or shape is None or int(np.prod(shape)) != len(flat):
-                    raise BadHeader(f"dense tensor {name!r}: shape {shape} != {len(flat)} values")
+                if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+                    raise BadBody(f"dense tensor {name!r}: shape {shape} (rank <= {MAX_RANK})")
+                if math.prod(shape) != len(flat):
+                    raise BadBody(f"dense tensor {name!r}: shape {shape} != {len(flat)} values")
                 if name in out:
-                    raise BadHeader(f"dense tensor {name!r} appears twice")
-                out[name] = flat.astype(np.float32, copy=False).reshape(shape)
-    except (pa.ArrowException, OSError, ValueError, IndexError) as e:
-        if isinstance(e, BadHeader):
-            raise
-        raise BadHeader(f"Arrow body does not decode: {e}") from None
+                    raise BadBody(f"dense tensor {name!r} appears twice")
+                tensor = flat.astype(np.float32, copy=False)
+                _finite(tensor, f"dense tensor {name!r}")
+                out[name] = tensor.reshape(shape)
+        except (pa.ArrowException, ValueError, IndexError) as e:
+            if isinstance(e, BadBody):
+                raise
+            raise BadBody(f"Arrow body does not decode: {e}") from None
     if len(out) != count:
         raise BadHeader(f"body has {len(out)} tensors, header says {count}")
     return DecodedDense(out)

@@ -13,6 +13,12 @@ guarantees that :meth:`ObjectStore.put` is atomic for readers: a ``get`` returns
 the previous object or the complete new one, never a part. That is what the
 "write payloads, then publish a pointer" pattern relies on.
 
+``get(key, max_bytes)`` never reads more than ``max_bytes`` (+1 to detect the excess):
+each backend checks the size the store declares before reading (``stat``,
+``Content-Length``) and stops reading past the limit, raising ``OversizedPayload``. The
+file store opens every path component with ``O_NOFOLLOW``: a symlink, FIFO, device or
+socket in the store is refused (``UnsafeObject``) without being read or blocking.
+
 Transient failures (connection errors, HTTP 5xx, throttling) are retried with
 exponential backoff; credentials come from the config (which may read the environment)
 and never appear in messages or logs.
@@ -21,8 +27,10 @@ and never appear in messages or logs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import stat
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -30,7 +38,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from exporter.errors import BadKey, ObjectNotFound, StoreError, StoreUnavailable
+from exporter.errors import (
+    BadKey,
+    ObjectNotFound,
+    OversizedPayload,
+    StoreError,
+    StoreUnavailable,
+    UnsafeObject,
+)
 
 if TYPE_CHECKING:
     from fluxrec.config import ObjectStoreConfig
@@ -39,6 +54,36 @@ __all__ = ["FileStore", "ObjectStore", "OssStore", "S3Store", "open_store"]
 
 _T = TypeVar("_T")
 _TMP_PREFIX = ".tmp-"
+_READ_CHUNK = 1 << 30
+
+
+def _too_big(url: str, key: str, size: int, max_bytes: int) -> OversizedPayload:
+    return OversizedPayload(f"{url}/{key}: {size} bytes or more > the limit of {max_bytes}")
+
+
+def _read_capped(read: Callable[[int], bytes], max_bytes: int | None) -> list[bytes]:
+    """Chunks from ``read(n)`` until EOF or until more than ``max_bytes`` were read."""
+    parts: list[bytes] = []
+    left = (1 << 62) if max_bytes is None else max_bytes + 1
+    while left > 0:
+        chunk = read(min(left, _READ_CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return parts
+
+
+def _read_or_fail(read: Callable[[int], bytes], max_bytes: int | None, what: str) -> list[bytes]:
+    """:func:`_read_capped`, with a connection that breaks mid-body as ``StoreUnavailable``."""
+    try:
+        return _read_capped(read, max_bytes)
+    except Exception as e:
+        raise StoreUnavailable(f"{what}: reading the body failed: {type(e).__name__}") from None
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _check_key(key: str) -> str:
@@ -95,8 +140,9 @@ class ObjectStore(ABC):
         self.put(key, b"".join(parts))
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """Read a whole object; raises :class:`ObjectNotFound`."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Read a whole object; raises :class:`ObjectNotFound`, and ``OversizedPayload``
+        (having read at most ``max_bytes`` + 1 bytes) when it is larger than ``max_bytes``."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
@@ -158,11 +204,60 @@ class FileStore(ObjectStore):
         finally:
             os.close(dir_fd)
 
-    def get(self, key: str) -> bytes:
+    def _open(self, key: str) -> int:
+        """A read fd for ``key``: each component opened with ``O_NOFOLLOW`` below the root
+        (which may itself be a link: it is configured), the file ``O_NONBLOCK``. A symlink
+        component raises ``UnsafeObject`` (Linux reports ENOTDIR or ELOOP for it)."""
+        parts = _check_key(key).split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
+                try:
+                    sub = os.open(part, flags, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                        raise UnsafeObject(
+                            f"{self.url}/{key}: {part!r} is a symbolic link; refused"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = sub
+            out, fd = fd, -1
+            return out
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        where = f"{self.url}/{key}"
+        try:
+            fd = self._open(key)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"{where} does not exist") from None
+        except OSError as e:
+            raise StoreError(f"{where}: {errno.errorcode.get(e.errno or 0, e)}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ObjectNotFound(f"{where} is a directory, not an object")
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeObject(f"{where} is not a regular file (FIFO, device, socket)")
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise _too_big(self.url, key, st.st_size, max_bytes)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            try:
+                parts = _read_capped(f.read, max_bytes)
+            except OSError as e:
+                raise StoreError(f"{where}: read failed: {type(e).__name__} {e.errno}") from None
+        if max_bytes is not None and sum(map(len, parts)) > max_bytes:
+            raise _too_big(self.url, key, max_bytes + 1, max_bytes)
+        return _joined(parts)
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
@@ -188,6 +283,13 @@ class FileStore(ObjectStore):
             except OSError:
                 break
             parent = parent.parent
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 class _EarlyWriteback:
@@ -285,10 +387,20 @@ class S3Store(ObjectStore):
             f"put {key}", lambda: self._client.put_object(Bucket=self.bucket, Key=k, Body=data)
         )
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         k = self.prefix + _check_key(key)
-        body = self._call(f"get {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=k))
-        return bytes(body["Body"].read())
+        resp = self._call(f"get {key}", lambda: self._client.get_object(Bucket=self.bucket, Key=k))
+        body = resp["Body"]
+        try:
+            size = int(resp.get("ContentLength") or 0)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_big(self.url, key, size, max_bytes)
+            parts = _read_or_fail(body.read, max_bytes, f"{self.url}: get {key}")
+        finally:
+            body.close()
+        if max_bytes is not None and sum(map(len, parts)) > max_bytes:
+            raise _too_big(self.url, key, max_bytes + 1, max_bytes)
+        return _joined([bytes(p) for p in parts])
 
     def list(self, prefix: str = "") -> list[str]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -368,9 +480,25 @@ class OssStore(ObjectStore):
         k = self.prefix + _check_key(key)
         self._call(f"put {key}", lambda: self._bucket.put_object(k, data))
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         k = self.prefix + _check_key(key)
-        return bytes(self._call(f"get {key}", lambda: self._bucket.get_object(k).read()))
+
+        def run() -> list[bytes]:
+            result = self._bucket.get_object(k)
+            try:
+                size = int(getattr(result, "content_length", None) or 0)
+                if max_bytes is not None and size > max_bytes:
+                    raise _too_big(self.url, key, size, max_bytes)
+                return _read_or_fail(
+                    lambda n: bytes(result.read(n)), max_bytes, f"{self.url}: get {key}"
+                )
+            finally:
+                result.resp.response.close()
+
+        parts = self._call(f"get {key}", run)
+        if max_bytes is not None and sum(map(len, parts)) > max_bytes:
+            raise _too_big(self.url, key, max_bytes + 1, max_bytes)
+        return _joined(parts)
 
     def list(self, prefix: str = "") -> list[str]:
         import oss2

@@ -25,11 +25,12 @@ Ids are signed 64-bit feature ids (hashed or raw) as the trainer's tables key th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Cut", "TableDelta"]
+__all__ = ["Cut", "PartsCut", "TableDelta"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,23 @@ class Cut:
     dense: dict[str, npt.NDArray[np.float32]]
     created_ms: int
     statistics: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PartsCut:
+    """A cut whose rows several trainer workers wrote already, each its own part of
+    version ``sequence`` (manifest format 2, ``exporter/FORMAT.md`` 4.5); what is left
+    is the manifest. ``cut`` carries the version's fields (step, samples, full,
+    watermark, the offsets of every worker, created_ms) without rows or tensors;
+    ``parts[k]`` lists the manifest entries of the objects part ``k`` wrote::
+
+        PartsCut(sequence=42, cut=Cut(step=1200, ..., tables={}, dense={}),
+                 parts=[[{"key": "versions/000000000042/part-0/table-item_id.fxd",
+                          "kind": "table", "name": "item_id", ...},
+                         {"key": "versions/000000000042/part-0/dense.fxd", ...}],
+                        [{"key": "versions/000000000042/part-1/table-item_id.fxd", ...}]])
+    """
+
+    sequence: int
+    cut: Cut
+    parts: list[list[dict[str, Any]]]

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["free_port", "unique_name", "write_test_config"]
+__all__ = [
+    "checkpoint_done",
+    "free_port",
+    "unique_name",
+    "wait_until",
+    "write_test_config",
+]
+
+#: Deadlines of tests that wait for a service, a job or a process: generous, because CI
+#: machines are loaded (a JVM may take a minute to start); a wait that succeeds returns
+#: as soon as its condition holds, so only a failing test pays the full deadline.
+SLOW_START_S = 300.0
 
 
 def free_port() -> int:
@@ -28,6 +41,34 @@ def free_port() -> int:
 def unique_name(prefix: str = "t") -> str:
     """A name no other test uses: ``prefix-1a2b3c4d5e``. Valid as topic and bucket name."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(
+    what: str,
+    cond: Callable[[], bool],
+    timeout_s: float = SLOW_START_S,
+    *,
+    every_s: float = 0.2,
+    alive: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll ``cond`` until it holds; return the seconds it took. Raises ``TimeoutError``
+    naming ``what`` after ``timeout_s``, or as soon as ``alive()`` returns a reason (e.g.
+    the process being waited for has exited, with its output)."""
+    start = time.monotonic()
+    while not cond():
+        dead = alive() if alive is not None else None
+        if dead:
+            raise TimeoutError(f"gave up waiting for {what}: {dead}")
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+    return time.monotonic() - start
+
+
+def checkpoint_done(checkpoints: Path, job_id: str) -> bool:
+    """Has Flink job ``job_id`` completed a checkpoint under ``checkpoints`` (the folder of
+    ``flink.checkpoint_dir``, by default ``stack.state_dir/flink/checkpoints``)?"""
+    return any((p / "_metadata").is_file() for p in (checkpoints / job_id).glob("chk-*"))
 
 
 def write_test_config(directory: Path, s3_server: bool = True, **sections: Any) -> Path:

@@ -2,7 +2,7 @@
 
 ``fluxrec replay`` (:mod:`replay.cli`) runs :func:`replay.run.run_replay`::
 
-    source (synthetic | obd | taobao | tencent)      replay/sources.py, SOURCES.md
+    source (synthetic | table | taobao)              replay/sources.py, SOURCES.md
       -> Impression / Action records, event-time order   replay/types.py
       -> limit, run id, time shift (now | none | live)    replay/stream.py
       -> JSON events keyed by request_id (+ faults)       replay/faults.py

@@ -5,7 +5,8 @@
     ReplayError (FluxrecError)                  root
     ├── BadReplayConfig (ConfigError)           a ``replay.*`` value is unusable: names the key
     ├── LogNotFound (FileNotFoundError)         the log folder or file of a real source is absent
-    ├── BadLogRow (ValueError)                  a row of a real log cannot be read: file, line, fix
+    ├── BadLog (ValueError)                     a log file cannot be used: file, line, column, fix
+    │   └── BadLogRow                           a row of a module source's log cannot be read
     └── ProduceError                            Kafka refused or could not be reached
 
 Every message is one line that says what went wrong and how to fix it.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from fluxrec.errors import ConfigError, FluxrecError
 
-__all__ = ["BadLogRow", "BadReplayConfig", "LogNotFound", "ProduceError", "ReplayError"]
+__all__ = ["BadLog", "BadLogRow", "BadReplayConfig", "LogNotFound", "ProduceError", "ReplayError"]
 
 
 class ReplayError(FluxrecError):
@@ -33,8 +34,13 @@ class LogNotFound(ReplayError, FileNotFoundError):
     """The log folder or file that a real source reads does not exist."""
 
 
-class BadLogRow(ReplayError, ValueError):
-    """A row of a real log has the wrong number of columns or an unreadable value."""
+class BadLog(ReplayError, ValueError):
+    """A log file cannot be used: empty, not of its format, a column missing, or no row
+    readable. The message starts with ``file`` or ``file:line``."""
+
+
+class BadLogRow(BadLog):
+    """A row of a module source's log (Taobao) has the wrong columns or an unreadable value."""
 
     def __init__(self, file: str, line: int, problem: str) -> None:
         self.file, self.line, self.problem = file, line, problem

@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from fluxrec.config import Config
+from replay.errors import BadReplayConfig
 from replay.produce import Pacer, ensure_topics, produce, write_lines
 from replay.settings import ReplayConfig, check
-from replay.sources import open_source
+from replay.sources import Source, action_types, open_source
 from replay.stream import Tally, replay_events
 from replay.types import Stream
 
-__all__ = ["ReplayReport", "run_replay"]
+__all__ = ["ReplayReport", "open_configured_source", "run_replay"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ReplayReport:
     oracle_auc: float | None = None
     topics: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -67,6 +69,8 @@ class ReplayReport:
         out.append(f"  {'injected faults':19}{counts(self.faults)}")
         if self.skipped:
             out.append(f"  {'log rows skipped':19}{counts(self.skipped)}")
+            for reason, where in sorted(self.notes.items()):
+                out.append(f"  {'':19}first {reason}: {where}")
         out.append(f"  {'event time':19}{at(self.first_ms)} .. {at(self.last_ms)}")
         if self.oracle_auc is not None:
             value = (
@@ -82,6 +86,29 @@ class ReplayReport:
         return out
 
 
+def open_configured_source(cfg: Config, rcfg: ReplayConfig | None = None) -> Source:
+    """The source of ``rcfg`` (default ``cfg.replay``), checked against the rest of ``cfg``:
+    its action types must be actions of ``join.labels``, its features those of
+    ``features:``. Raises :class:`BadReplayConfig` naming the key otherwise."""
+    rcfg = rcfg or cfg.replay
+    check(rcfg, str(cfg.source))
+    known = {lb.action for lb in cfg.join.labels}
+    for action in action_types(rcfg):
+        if rcfg.source == "synthetic" and action == rcfg.conversion_action:
+            continue  # the synthetic source sends conversions whatever the join trains
+        if known and action not in known:
+            key = "table.labels" if rcfg.source == "table" else f"{rcfg.source} actions"
+            raise BadReplayConfig(
+                f"replay.{key}",
+                str(cfg.source),
+                f"action type {action!r} is not an action of join.labels {sorted(known)}",
+                "add it to join.labels or map the column to one of them",
+            )
+    return open_source(
+        rcfg, [f.name for f in cfg.features.sparse], [f.name for f in cfg.features.dense]
+    )
+
+
 def run_replay(
     cfg: Config,
     rcfg: ReplayConfig | None = None,
@@ -94,13 +121,12 @@ def run_replay(
     JSON lines into ``dry_run``. ``topics`` default to ``kafka.topics.impressions/actions``;
     they are created when missing. ``now_ms`` (default: the wall clock) anchors the shift."""
     rcfg = rcfg or cfg.replay
-    check(rcfg, str(cfg.source))
+    source = open_configured_source(cfg, rcfg)
     if topics is None:
         topics = {
             Stream.IMPRESSION: cfg.kafka.topics.impressions,
             Stream.ACTION: cfg.kafka.topics.actions,
         }
-    source = open_source(rcfg)
     if dry_run is not None:
         target = "stdout (dry run)"
     else:
@@ -129,6 +155,7 @@ def run_replay(
         actions=dict(tally.actions),
         faults={str(k): v for k, v in tally.faults.items()},
         skipped=source.stats(),
+        notes=source.notes(),
         bytes=tally.bytes,
         elapsed_s=elapsed,
         first_ms=tally.first_ms,

@@ -3,13 +3,21 @@
 Example (``configs/local.yaml``; every key has a default)::
 
     replay:
-      source: synthetic          # synthetic | obd | taobao | tencent
-      path: null                 # folder or file of a real log (obd, taobao, tencent)
+      source: synthetic          # synthetic | table | taobao
+      path: null                 # folder or file of a real log (table, taobao)
       rate: 0                    # events/s to Kafka; 0 = as fast as possible
       time_shift: now            # now | none | live
       delays:
         click: {median_s: 15, sigma: 1.0}
       faults: {malformed: 0.0, duplicate: 0.0, orphan: 0.0}
+      table:                     # source table: any CSV / TSV / JSON lines / Parquet log
+        user: user_id            # a column, or a template of columns: "{a}-{b}"
+        item: video_id
+        time: time_ms
+        time_unit: ms            # s | ms | us | ns | iso | a strptime format ("%d%H%M%S")
+        labels:                  # each a 0/1 column (delay drawn) or a time column
+          - {column: is_click, action: click}
+          - {time_column: buy_time, action: conversion}
 
 :func:`check` rejects unusable values with a :class:`~replay.errors.BadReplayConfig` that
 names the key; the loader has already checked the types.
@@ -39,13 +47,17 @@ __all__ = [
     "ReplayConfig",
     "SourceName",
     "SyntheticConfig",
+    "TableConfig",
+    "TableFormat",
+    "TableLabel",
+    "TableLookup",
     "TaobaoConfig",
-    "TencentConfig",
     "TimeShift",
     "check",
 ]
 
-SourceName = Literal["synthetic", "obd", "taobao", "tencent"]
+SourceName = Literal["synthetic", "table", "taobao"]
+TableFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet"]
 TimeShift = Literal["now", "none", "live"]
 Compression = Literal["none", "lz4", "gzip"]
 
@@ -82,8 +94,8 @@ class ConversionDelay(DelayConfig):
 
 @dataclass(frozen=True)
 class DelaysConfig:
-    """Delays of the simulated actions: impression -> click (synthetic and obd),
-    click -> conversion (synthetic)."""
+    """Delays of the simulated actions: impression -> click (synthetic, and the 0/1 label
+    columns of a table), click -> conversion (synthetic)."""
 
     click: ClickDelay = field(default_factory=ClickDelay)
     conversion: ConversionDelay = field(default_factory=ConversionDelay)
@@ -147,11 +159,61 @@ class TaobaoConfig:
 
 
 @dataclass(frozen=True)
-class TencentConfig:
-    """Tencent pCVR: the month (``YYYY-MM``, UTC) the ``DD`` of ``DDHHMMSS`` times count in;
-    the log does not say."""
+class TableLabel:
+    """One label of a table log, as an action of type ``action`` (a ``join.labels`` action).
 
-    month: str = "2017-03"
+    ``column``: a 0/1 column (also ``true``/``false``); a 1 sends an action after a delay
+    drawn from ``delay`` (default ``replay.delays.click``), the log having no action time.
+    ``time_column``: the action's own time (same unit as ``time``); an empty cell means
+    no action. Both: a 1 sends an action at the time of ``time_column``.
+    """
+
+    action: str
+    column: str | None = None
+    time_column: str | None = None
+    delay: DelayConfig | None = None
+
+
+@dataclass(frozen=True)
+class TableLookup:
+    """A side table joined to every row by ``key`` (a column of both): its other columns
+    become columns of the row (the row's own win). ``path``: relative to the log's
+    folder, may name the log file as ``{file}`` (its name without extension)."""
+
+    path: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A log of rows described by its columns (``source: table``; replay/SOURCES.md).
+
+    Ids (``request_id``, ``user``, ``item``) and feature columns are a column name, or a
+    template of columns in braces (``"{group}-{item_id}"``), where ``{file}`` is the log
+    file's name without extension and ``{row}`` the row's index in its file (from 0).
+    ``request_id`` null: one request per row (``{file}-{row}``). The model's features are
+    the ``features:`` section of the config: each reads the column of its name, or the
+    column ``columns`` maps it to; ``user_id`` and ``item_id`` default to the impression's
+    user and item.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str = ""
+    time_unit: str = "ms"
+    time_prefix: str = ""
+    request_id: str | None = None
+    labels: list[TableLabel] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)
+    lookups: list[TableLookup] = field(default_factory=list)
+    file_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    format: TableFormat = "auto"
+    files: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+
+#: ``time_unit`` values besides strptime formats (which contain ``%``)
+TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 
 
 @dataclass(frozen=True)
@@ -175,7 +237,7 @@ class ReplayConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     taobao: TaobaoConfig = field(default_factory=TaobaoConfig)
-    tencent: TencentConfig = field(default_factory=TencentConfig)
+    table: TableConfig = field(default_factory=TableConfig)
 
 
 def check(cfg: ReplayConfig, file: str = "<config>") -> None:
@@ -193,10 +255,12 @@ def check(cfg: ReplayConfig, file: str = "<config>") -> None:
 def _check_run(cfg: ReplayConfig, bad: _Bad) -> None:
     for key, allowed in (
         ("source", SourceName),
+        ("table.format", TableFormat),
         ("time_shift", TimeShift),
         ("producer.compression", Compression),
     ):
-        value = cfg.producer.compression if key.startswith("producer") else getattr(cfg, key)
+        obj = cfg.producer if key.startswith("producer") else cfg.table if "." in key else cfg
+        value = getattr(obj, key.rpartition(".")[2])
         if value not in get_args(allowed):
             raise bad(key, f"got {value!r}", f"use one of {', '.join(get_args(allowed))}")
     if cfg.source != "synthetic" and cfg.path is None:
@@ -258,5 +322,36 @@ def _check_logs(cfg: ReplayConfig, bad: _Bad) -> None:
             )
         if not action:
             raise bad(f"taobao.actions.{behavior}", "empty action type", "e.g. click")
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", cfg.tencent.month):
-        raise bad("tencent.month", f"got {cfg.tencent.month!r}", "use YYYY-MM, e.g. 2017-03")
+    if cfg.source == "table":
+        _check_table(cfg.table, bad)
+
+
+def _check_table(t: TableConfig, bad: _Bad) -> None:
+    for key in ("user", "item", "time"):
+        if not getattr(t, key):
+            raise bad(f"table.{key}", "is empty", f"name the column of the {key} (see SOURCES.md)")
+    if t.time_unit not in TIME_UNITS and "%" not in t.time_unit:
+        raise bad(
+            "table.time_unit",
+            f"got {t.time_unit!r}",
+            f"use one of {', '.join(TIME_UNITS)} or a strptime format such as %Y-%m-%d %H:%M:%S",
+        )
+    if not t.labels:
+        raise bad("table.labels", "is empty", "map at least one column to an action type")
+    for k, lb in enumerate(t.labels):
+        if not lb.action:
+            raise bad(f"table.labels[{k}].action", "is empty", "name a join.labels action")
+        if not (lb.column or lb.time_column):
+            raise bad(
+                f"table.labels[{k}]",
+                "has neither column nor time_column",
+                "give a 0/1 column, a column of action times, or both",
+            )
+        d = lb.delay
+        if d is not None and not (math.isfinite(d.median_s) and d.median_s > 0 and d.sigma >= 0):
+            raise bad(f"table.labels[{k}].delay", f"got {d}", "use median_s > 0 and sigma >= 0")
+    for k, lk in enumerate(t.lookups):
+        if not (lk.path and lk.key):
+            raise bad(
+                f"table.lookups[{k}]", "needs path and key", "e.g. {path: ad.csv, key: ad_id}"
+            )

@@ -105,6 +105,9 @@ class SyntheticSource:
     def stats(self) -> dict[str, int]:
         return {}
 
+    def notes(self) -> dict[str, str]:
+        return {}
+
     def records(self) -> Iterator[Record]:
         """Every impression, click and conversion, in event-time order."""
         s = self.cfg.synthetic

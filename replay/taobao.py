@@ -27,10 +27,10 @@ cart/fav actions are orphans; widen ``join.labels`` windows to keep them.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 from replay.errors import BadLogRow, LogNotFound
-from replay.logfile import WholeLogSource
 from replay.settings import TAOBAO_BEHAVIORS, ReplayConfig
 from replay.types import Action, Impression, Record
 
@@ -47,13 +47,28 @@ def _log_file(path: Path) -> Path:
     return file
 
 
-class TaobaoSource(WholeLogSource):
-    """Page views as impressions, cart/fav/buy as actions, in event-time order."""
+class TaobaoSource:
+    """Page views as impressions, cart/fav/buy as actions, in event-time order (the log
+    is read once, on the first :meth:`records`)."""
 
     name = "taobao"
 
     def __init__(self, cfg: ReplayConfig, path: Path) -> None:
-        super().__init__(cfg, _log_file(path))
+        self.cfg = cfg
+        self.file = _log_file(path)
+        self._records: list[Record] | None = None
+        self._stats: dict[str, int] = {}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def notes(self) -> dict[str, str]:
+        return {}
+
+    def records(self) -> Iterator[Record]:
+        if self._records is None:
+            self._records = self._read()
+        return iter(self._records)
 
     def _rows(self) -> list[tuple[int, int, str, str, str, str]]:
         """``(timestamp, line, user, item, category, behaviour)`` by time, pv first at ties."""

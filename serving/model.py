@@ -6,8 +6,8 @@ for the same version (``Trainer.score``), without torch. The layout follows the 
 
 * Sparse fields are grouped as the trainer stores them: the hashed fields of one dim form
   one group, in the order their dim first appears in ``features.sparse``; each raw-id
-  field (``ids: raw``) is a group of its own, after those. Field ids are
-  ``trainer.hashing.stable_hash(field, value)`` (or the decimal value for raw ids).
+  field (``ids: raw``) is a group of its own, after those. Requests are featurized by
+  :class:`featurize.core.Featurizer`, the trainer's own featurizer (the same ids).
 * A field's vector is the mean of the rows of its values (a value without a row counts as
   zeros, a field without values is zeros): ``(B, F_g, D_g)`` per group.
 * Dense features are standardised with the exported running statistics:
@@ -31,22 +31,22 @@ trainer does. Dense tensor names are the trainer's ``state_dict`` keys (``wide.w
 Example (one impression, features as in ``sample_join/CONTRACTS.md`` 1.1)::
 
     spec = ModelSpec.from_config(cfg)
-    p = score(spec, view, [{"sparse": {"user_id": ["u-3"], "item_id": ["i-9"]},
-                            "dense": {"price": 12.5}}])      # array([0.031...])
+    x, _, _ = Featurizer(spec.features).request(
+        b'{"features": {"sparse": {"user_id": ["u-3"]}, "dense": {"price": 12.5}}}')
+    p = predict(spec, forward(spec, view, x))      # array([0.031...])
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from serving.errors import BadRequest, ModelMismatch
-from trainer.hashing import stable_hash
+from featurize.types import Features, FeatureSpec, SparseSpec
+from serving.errors import ModelMismatch
 
 if TYPE_CHECKING:
     from fluxrec.config import Config
@@ -57,17 +57,15 @@ __all__ = [
     "Inputs",
     "ModelSpec",
     "ParamView",
-    "featurize",
     "forward",
     "predict",
-    "score",
 ]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 ARCHS = ("deepfm", "wide_deep", "dlrm")
 _EPS = 1e-5  # DenseNorm.eps
-_RESERVED = (-(2**63), -(2**63) + 1)  # the trainer's table sentinels: never a raw id
+Inputs = Features  # a featurized request (featurize.types.Features)
 
 
 class ParamView(Protocol):
@@ -89,25 +87,6 @@ class FieldSpec:
     dim: int
     raw: bool = False
 
-    def ids(self, values: Sequence[Any]) -> list[int]:
-        out = []
-        for v in values:
-            if not isinstance(v, str):
-                raise BadRequest(f"features.sparse.{self.name}: value {v!r} is not a string")
-            if self.raw:
-                try:
-                    h = int(v)
-                except ValueError:
-                    raise BadRequest(
-                        f"features.sparse.{self.name}: {v!r} is not a decimal int64 (ids: raw)"
-                    ) from None
-                if not -(2**63) <= h < 2**63 or h in _RESERVED:
-                    raise BadRequest(f"features.sparse.{self.name}: raw id {v} is out of range")
-                out.append(h)
-            else:
-                out.append(stable_hash(self.name, v))
-        return out
-
 
 @dataclass(frozen=True)
 class GroupSpec:
@@ -126,10 +105,17 @@ class ModelSpec:
     dense: tuple[str, ...]
     inter_dim: int
     fnc: bool = False  # serve b / (1 - b): fake_negative samples trained with FNC
+    sparse: tuple[FieldSpec, ...] = ()  # the fields in config order (default: group order)
 
     @property
     def fields(self) -> list[FieldSpec]:
         return [f for g in self.groups for f in g.fields]
+
+    @property
+    def features(self) -> FeatureSpec:
+        """What the featurizer reads for this model."""
+        fields = self.sparse or tuple(self.fields)
+        return FeatureSpec(tuple(SparseSpec(f.name, f.raw) for f in fields), self.dense)
 
     @classmethod
     def build(
@@ -151,7 +137,7 @@ class ModelSpec:
             else:
                 by_dim.setdefault(f.dim, []).append(f)
         groups = tuple(GroupSpec(d, tuple(fs)) for d, fs in by_dim.items()) + tuple(raw)
-        return cls(arch, groups, tuple(dense), inter_dim, fnc)
+        return cls(arch, groups, tuple(dense), inter_dim, fnc, tuple(sparse))
 
     @classmethod
     def from_config(cls, cfg: Config) -> ModelSpec:
@@ -164,51 +150,6 @@ class ModelSpec:
         return cls.build(
             str(cfg.model.arch), sparse, [f.name for f in cfg.features.dense], dim, fnc
         )
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """A featurized request: per field ``(ids, sample of each id)``, and dense ``(B, N)``."""
-
-    n: int
-    sparse: dict[str, tuple[I64, I64]]
-    dense: F32
-
-
-def featurize(spec: ModelSpec, instances: Sequence[Any]) -> Inputs:
-    """Turn ``instances`` (each ``{"sparse": {name: [str, ...]}, "dense": {name: num}}``)
-    into :class:`Inputs`; raises :class:`BadRequest` naming the first bad value."""
-    fields = spec.fields
-    ids: dict[str, list[int]] = {f.name: [] for f in fields}
-    seg: dict[str, list[int]] = {f.name: [] for f in fields}
-    dense = np.zeros((len(instances), len(spec.dense)), dtype=np.float32)
-    for i, inst in enumerate(instances):
-        if not isinstance(inst, Mapping):
-            raise BadRequest(f"instance {i}: expected a features object, got {type(inst).__name__}")
-        sp = inst.get("sparse", {})
-        dn = inst.get("dense", {})
-        if not isinstance(sp, Mapping) or not isinstance(dn, Mapping):
-            raise BadRequest(f"instance {i}: 'sparse' and 'dense' must be objects")
-        for f in fields:
-            vals = sp.get(f.name, [])
-            if not isinstance(vals, list):
-                raise BadRequest(f"instance {i}: features.sparse.{f.name} must be a list")
-            got = f.ids(vals)
-            ids[f.name] += got
-            seg[f.name] += [i] * len(got)
-        for j, name in enumerate(spec.dense):
-            x = dn.get(name, 0.0)
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-                raise BadRequest(f"instance {i}: features.dense.{name} {x!r} is not a number")
-            dense[i, j] = x
-    return Inputs(
-        len(instances),
-        {
-            f.name: (np.array(ids[f.name], dtype=np.int64), np.array(seg[f.name], dtype=np.int64))
-            for f in fields
-        },
-        dense,
-    )
 
 
 def _tensor(dense: Mapping[str, F32], name: str, shape: tuple[int, ...] | None = None) -> F32:
@@ -253,8 +194,10 @@ def _mlp(dense: Mapping[str, F32], prefix: str, x: F32) -> F32:
     return x
 
 
-def _pool(view: ParamView, f: FieldSpec, ids: I64, seg: I64, n: int) -> F32:
+def _pool(view: ParamView, f: FieldSpec, x: Features) -> F32:
     """Mean of the rows of each sample's values: ``(n, dim)``."""
+    n = x.n
+    ids, offsets = x.sparse[f.name]
     if ids.size == 0:
         return np.zeros((n, f.dim), dtype=np.float32)
     rows = np.asarray(view.lookup(f.name, ids), dtype=np.float32)
@@ -262,22 +205,22 @@ def _pool(view: ParamView, f: FieldSpec, ids: I64, seg: I64, n: int) -> F32:
         raise ModelMismatch(
             f"table {f.name} has rows of shape {rows.shape[1:]}, dim {f.dim} expected"
         )
-    if ids.size == n and np.array_equal(seg, np.arange(n)):
+    seg = x.segment(f.name)
+    if seg is None:
         return rows  # exactly one value per sample
     out = np.zeros((n, f.dim), dtype=np.float32)
     np.add.at(out, seg, rows)
-    counts = np.bincount(seg, minlength=n).astype(np.float32)
+    counts = np.diff(offsets).astype(np.float32)
     out /= np.maximum(counts, 1.0)[:, None]
     return out
 
 
-def forward(spec: ModelSpec, view: ParamView, x: Inputs) -> npt.NDArray[np.float64]:
+def forward(spec: ModelSpec, view: ParamView, x: Features) -> npt.NDArray[np.float64]:
     """Logits ``(B,)`` of ``x`` under the parameters of ``view``."""
     dense = view.dense
     n = x.n
     embs = [
-        np.stack([_pool(view, f, *x.sparse[f.name], n) for f in g.fields], axis=1)
-        for g in spec.groups
+        np.stack([_pool(view, f, x) for f in g.fields], axis=1) for g in spec.groups
     ]  # each (n, F_g, D_g)
     n_dense = len(spec.dense)
     mean = _tensor(dense, "norm.mean", (n_dense,))
@@ -332,11 +275,3 @@ def predict(spec: ModelSpec, logit: npt.NDArray[np.float64]) -> npt.NDArray[np.f
         p: npt.NDArray[np.float64] = np.minimum(b / np.maximum(1.0 - b, 1e-6), 1.0 - 1e-6)
         return p
     return b
-
-
-def score(spec: ModelSpec, view: ParamView, instances: Sequence[Any]) -> npt.NDArray[np.float64]:
-    """Served click probabilities of ``instances`` (module doc)."""
-    x = featurize(spec, instances)
-    if x.n == 0:
-        return np.zeros(0, dtype=np.float64)
-    return predict(spec, forward(spec, view, x))

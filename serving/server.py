@@ -17,10 +17,17 @@ Endpoints (JSON in and out, except ``/metrics``)::
     GET  /metrics   Prometheus text: version, lag, applied versions, apply delay, freshness,
                     requests and latency
 
-Errors: 400 (a request that does not follow the shape above, with the reason), 404, 413
+Errors: 400 (a request that does not follow the shape above, naming the field), 404, 413
 (body over ``max_body_bytes``), 503 (no version yet), 500 (the version does not fit the
-configured model). A score is computed on one consistent version: the rows and dense
-tensors are read under the lock the consumer applies versions under.
+configured model). A feature name the model does not know is ignored (scored without it)
+and counted (``unknown_features_total``; JSON null means absent).
+
+A request is scored as one batch: the body is featurized by the trainer's featurizer
+(:class:`featurize.core.Featurizer`: Arrow reads the JSON, ids hashed per distinct
+value), every field's rows are read with one lookup for all candidates, and the model
+runs one forward pass; the rows and dense tensors are read under the lock the consumer
+applies versions under, so a score sees one consistent version. Each response is one
+write on a socket with ``TCP_NODELAY`` (:mod:`fluxrec.httpd`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -41,9 +48,12 @@ import numpy as np
 import numpy.typing as npt
 
 from exporter.format import DecodedDense, DecodedTable
-from exporter.sdk import DeltaConsumer, InMemoryTables, InPlaceTables
+from exporter.sdk import Backend, DeltaConsumer, InMemoryTables, InPlaceTables
+from featurize.core import Featurizer
+from featurize.errors import BadInput
+from fluxrec.httpd import NoDelayHTTPServer, respond
 from serving.errors import BadRequest, ModelMismatch, NotReady, ServingError
-from serving.model import F32, I64, Inputs, ModelSpec, featurize, forward, predict
+from serving.model import F32, I64, Inputs, ModelSpec, forward, predict
 
 if TYPE_CHECKING:
     from fluxrec.config import Config
@@ -53,6 +63,7 @@ __all__ = [
     "ScoringService",
     "ServingTables",
     "make_server",
+    "one_blas_thread",
     "serve",
     "warm_up",
 ]
@@ -145,6 +156,7 @@ class ServingTables:
         self.on_apply = on_apply
         self.manifest: dict[str, Any] | None = None
         self.applied_ms: int | None = None
+        self._staged: list[dict[str, Any]] | None = None  # a staging backend's versions
 
     def apply(
         self, manifest: dict[str, Any], tables: list[DecodedTable], dense: DecodedDense | None
@@ -154,8 +166,27 @@ class ServingTables:
             self.manifest = {k: manifest.get(k) for k in _MANIFEST_FIELDS}
             self.applied_ms = _now_ms()
             info, at = self.manifest, self.applied_ms
+        if self._staged is not None:
+            self._staged.append(info)
         if self.on_apply is not None:
             self.on_apply(info, at)
+
+    def staging(self) -> ServingTables:
+        """An empty backend of the same kind (a rebuild goes there, see ``swap``)."""
+        staged = ServingTables(self.backend)
+        staged._staged = []
+        return staged
+
+    def swap(self, staged: Backend) -> None:
+        """Take over a rebuilt backend's tables at once (requests see old or new)."""
+        if not isinstance(staged, ServingTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        with self._lock:
+            self._inner, self.manifest = staged._inner, staged.manifest
+            self.applied_ms = at = _now_ms()
+        if self.on_apply is not None:
+            for info in staged._staged or []:  # each version the rebuild applied
+                self.on_apply(info, at)
 
     @property
     def version(self) -> int | None:
@@ -184,6 +215,7 @@ class ServingTables:
         with self._lock:
             if self.manifest is None:
                 raise NotReady("no parameter version applied yet: is the trainer exporting?")
+            # one lookup per table for every candidate
             rows = {f.name: self._rows(f.name, x.sparse[f.name][0], f.dim) for f in spec.fields}
             return self.manifest, _Prefetched(rows, self._dense())
 
@@ -197,6 +229,7 @@ class ServingTables:
 @dataclass
 class _Stats:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)  # "sparse.NAME" -> occurrences
     scored: int = 0
     applied: int = 0
     latency: Histogram = field(
@@ -231,6 +264,9 @@ class ScoringService:
         self.max_instances = max_instances
         self.stats = _Stats()
         self.started_ms = _now_ms()
+        # shared by the request threads: its hash cache is a dict of ints (a race at
+        # worst hashes a value twice)
+        self.featurizer = Featurizer(spec.features)
         tables.on_apply = self._applied
 
     def _applied(self, manifest: dict[str, Any], applied_ms: int) -> None:
@@ -247,13 +283,7 @@ class ScoringService:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, instances: Sequence[Any]) -> tuple[int, npt.NDArray[np.float64]]:
-        """``(version, p_click)`` of ``instances`` (features objects)."""
-        if len(instances) > self.max_instances:
-            raise BadRequest(
-                f"{len(instances)} instances in one request: at most {self.max_instances}"
-            )
-        x = featurize(self.spec, instances)
+    def _score(self, x: Inputs) -> tuple[int, npt.NDArray[np.float64]]:
         manifest, view = self.tables.read(self.spec, x)
         if x.n == 0:
             return int(manifest["sequence"]), np.zeros(0)
@@ -262,32 +292,34 @@ class ScoringService:
             self.stats.scored += x.n
         return int(manifest["sequence"]), p
 
-    def handle_score(self, body: Any) -> dict[str, Any]:
-        """The JSON answer to one ``POST /score`` body (module doc)."""
-        if not isinstance(body, Mapping):
-            raise BadRequest("the body must be a JSON object (see GET / for the shapes)")
-        keys = [k for k in ("impressions", "instances", "features") if k in body]
-        if len(keys) != 1:
-            raise BadRequest(
-                "give exactly one of 'impressions' (a list of impression events), "
-                "'instances' (a list of features objects) or 'features' (one features object)"
-            )
-        key = keys[0]
-        if key == "features":
-            version, p = self.score([body["features"]])
+    def _featurize(self, body: bytes) -> tuple[Inputs, bool]:
+        """The featurized body and whether it was one ``features`` object; unknown
+        feature names are counted."""
+        try:
+            x, single, unknown = self.featurizer.request(body, self.max_instances)
+        except BadInput as e:
+            raise BadRequest(str(e)) from None
+        if unknown:
+            with self.stats.lock:
+                self.stats.unknown.update(unknown)
+        return x, single
+
+    def score_body(self, body: bytes) -> dict[str, Any]:
+        """The JSON answer to one raw ``POST /score`` body (module doc)."""
+        x, single = self._featurize(body)
+        version, p = self._score(x)
+        if single:
             return {"version": version, "p_click": float(p[0])}
-        items = body[key]
-        if not isinstance(items, list):
-            raise BadRequest(f"'{key}' must be a list")
-        if key == "impressions":
-            feats = []
-            for i, imp in enumerate(items):
-                if not isinstance(imp, Mapping) or not isinstance(imp.get("features"), Mapping):
-                    raise BadRequest(f"impressions[{i}] has no 'features' object")
-                feats.append(imp["features"])
-            items = feats
-        version, p = self.score(items)
-        return {"version": version, "p_click": [round(float(v), 9) for v in p]}
+        return {"version": version, "p_click": np.round(p, 9).tolist()}
+
+    def handle_score(self, body: Any) -> dict[str, Any]:
+        """:meth:`score_body` of a decoded body (for callers in Python)."""
+        return self.score_body(json.dumps(body).encode())
+
+    def score(self, instances: Sequence[Any]) -> tuple[int, npt.NDArray[np.float64]]:
+        """``(version, p_click)`` of ``instances`` (features objects)."""
+        x, _ = self._featurize(json.dumps({"instances": list(instances)}).encode())
+        return self._score(x)
 
     # ------------------------------------------------------------------ reporting
 
@@ -312,6 +344,9 @@ class ScoringService:
              -1 if m is None else m["sequence"]),
             ("applied_versions_total", "counter", "versions applied by this process", st.applied),
             ("scored_total", "counter", "instances scored", st.scored),
+            ("unknown_features_total", "counter",
+             "feature values of names the model does not know (scored without them)",
+             sum(st.unknown.values())),
             ("table_bytes", "gauge", "bytes held by the serving tables", self.tables.nbytes()),
             ("uptime_seconds", "gauge", "seconds since the server started",
              (now - self.started_ms) / 1000),
@@ -389,18 +424,14 @@ _INDEX = {
 
 def make_server(
     service: ScoringService, host: str, port: int, max_body_bytes: int = 16 << 20
-) -> ThreadingHTTPServer:
+) -> NoDelayHTTPServer:
     """A threaded HTTP server for ``service`` (not started: call ``serve_forever``)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a client may send many requests
 
         def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            respond(self, code, body, ctype)
             path = self.path.split("?")[0]
             known = path if path in ("/score", "/healthz", "/version", "/metrics", "/") else "other"
             with service.stats.lock:
@@ -436,11 +467,7 @@ def make_server(
                 return
             t0 = time.perf_counter()
             try:
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as e:
-                    raise BadRequest(f"the body is not JSON: {e}") from None
-                answer = service.handle_score(body)
+                answer = service.score_body(raw)
             except BadRequest as e:
                 self._json(400, {"error": str(e)})
                 return
@@ -457,9 +484,7 @@ def make_server(
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    srv = ThreadingHTTPServer((host, port), Handler)
-    srv.daemon_threads = True
-    return srv
+    return NoDelayHTTPServer((host, port), Handler)
 
 
 def open_apply_log(path: Path | None) -> IO[str] | None:
@@ -468,6 +493,19 @@ def open_apply_log(path: Path | None) -> IO[str] | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("a", buffering=1)
+
+
+def one_blas_thread() -> None:
+    """Run numpy's BLAS on one thread per call (``threadpoolctl``).
+
+    A request's matrices are small (100 candidates x a few hundred columns): split over
+    BLAS threads they wait on each other, and on a loaded 2-core machine a 0.1 ms
+    product took 4 ms (``make bench-serve``). Parallelism comes from the request
+    threads instead.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def warm_up() -> None:
@@ -503,6 +541,7 @@ def serve(
 
     spec = ModelSpec.from_config(cfg)
     stop = stop or threading.Event()
+    one_blas_thread()
     warm_up()
     log_file = open_apply_log(apply_log)
     tables = ServingTables(backend)

@@ -19,7 +19,7 @@ import yaml
 from demo.analysis import freshness, label_final_ms, load_run
 from demo.report import write_report
 from demo.runner import Child
-from demo.settings import DemoError, DemoOptions, detect_source, parse_set, run_config
+from demo.settings import DemoError, DemoOptions, detect_log, parse_set, run_config
 from fluxrec.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,16 +76,16 @@ def test_overrides_and_sources(tmp_path: Path) -> None:
         parse_set(["batch_size"])
     path = _run_config(tmp_path, overrides={"flink.checkpoint_interval_ms": 777})
     assert load_config(path).flink.checkpoint_interval_ms == 777
-    for name, src in (
-        ("obd", "obd"),
-        ("taobao_userbehavior", "taobao"),
-        ("tencent_pcvr", "tencent"),
+    for name, sample in (
+        ("obd", "obd.yaml"),
+        ("taobao_userbehavior", "taobao.yaml"),
+        ("tencent_pcvr", "tencent.yaml"),
     ):
         (tmp_path / name).mkdir()
-        assert detect_source(tmp_path / name) == src
+        assert detect_log(tmp_path / name) == REPO / "configs" / sample
     (tmp_path / "mystery").mkdir()
-    with pytest.raises(DemoError, match="--source"):
-        detect_source(tmp_path / "mystery")
+    with pytest.raises(DemoError, match="describe it in your config"):
+        detect_log(tmp_path / "mystery")
 
 
 def test_when_a_label_is_final() -> None:
@@ -202,3 +202,21 @@ def test_a_child_is_stopped_with_its_process_group(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(c.pid, 0)
     assert subprocess.run(["true"], check=False).returncode == 0
+
+
+def test_a_public_log_brings_its_sample_config_and_labels(tmp_path: Path) -> None:
+    """`--data shared/data/NAME` with a config that replays the synthetic stream: the run
+    replays the log as its sample config describes it, one join label per action type."""
+    for name, source, label, sparse in (
+        ("obd", "table", "click", 10),
+        ("tencent_pcvr", "table", "conversion", 19),
+        ("taobao_userbehavior", "taobao", "click", 3),
+    ):
+        data = tmp_path / "data" / name
+        data.mkdir(parents=True)
+        cfg = load_config(_run_config(tmp_path / name, data=data))
+        assert cfg.replay.source == source and cfg.replay.path == data.resolve()
+        assert cfg.trainer.label == label == cfg.join.labels[0].action
+        assert len(cfg.features.sparse) == sparse
+    taobao = load_config(tmp_path / "taobao_userbehavior" / "run" / "config.yaml")
+    assert [lb.action for lb in taobao.join.labels] == ["click", "conversion"]

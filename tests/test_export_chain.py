@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,13 @@ from exporter.errors import (
     OversizedHeader,
     Truncated,
 )
-from exporter.exporter import Exporter, list_versions
+from exporter.exporter import Exporter, cut_stats, list_versions, merge_stats, write_objects
 from exporter.format import Limits, decode_object, encode_table
-from exporter.manifest import manifest_key, table_key
-from exporter.sdk import DeltaConsumer
+from exporter.manifest import manifest_key, manifest_objects, table_key
+from exporter.sdk import DeltaConsumer, InPlaceTables
 from exporter.settings import ExporterConfig
 from exporter.store import FileStore, ObjectStore, open_store
-from exporter.types import Cut, TableDelta
+from exporter.types import Cut, PartsCut, TableDelta
 
 DIM = 4
 
@@ -71,14 +72,34 @@ class Trainer:
             created_ms=1_700_000_000_000 + self.step,
         )
 
-    def publish(self, ex: Exporter, n: int = 50) -> dict[str, object]:
-        """Train a step, then publish the cut the exporter asks for; its manifest."""
+    def publish(self, ex: Exporter, n: int = 50, parts: int = 1) -> dict[str, object]:
+        """Train a step, then publish the cut the exporter asks for; its manifest. With
+        ``parts`` > 1 as the trainer's workers do (``trainer/publish.py``): the rows split
+        by owner (id % parts), the dense tensors in part 0, gated on the parts' merged
+        statistics, each part written under its own keys, then one manifest (format 2)."""
         self.train(n)
-        return ex.publish(self.cut(ex.wants_full))
+        cut = self.cut(ex.wants_full)
+        if parts == 1:
+            return ex.publish(cut)
+        split = [_part(cut, k, parts) for k in range(parts)]
+        meta = _part(cut, -1, parts)
+        seq = ex.admit(meta, merge_stats([cut_stats(p) for p in split]))
+        entries = [write_objects(ex.store, seq, p, ex.cfg.encoding, k) for k, p in enumerate(split)]
+        return ex.publish_parts(PartsCut(seq, meta, entries))
 
     def table(self) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(self.rows)
         return np.array(keys, np.int64), np.array([self.rows[k] for k in keys]).reshape(-1, DIM)
+
+
+def _part(cut: Cut, k: int, parts: int) -> Cut:
+    """Part ``k`` of ``cut`` (the rows with id % parts == k; part 0 has the dense tensors);
+    k = -1: the version's fields only."""
+    tables = {}
+    for name, d in cut.tables.items():
+        mine, gone = d.ids % parts == k, d.tombstones % parts == k
+        tables[name] = TableDelta(name, d.dim, d.ids[mine], d.values[mine], d.tombstones[gone])
+    return replace(cut, tables=tables if k >= 0 else {}, dense=cut.dense if k == 0 else {})
 
 
 def _assert_same(c: DeltaConsumer, t: Trainer) -> None:
@@ -113,6 +134,48 @@ def test_random_chain_equals_trainer_tables(store: ObjectStore) -> None:
     assert ex.stats.snapshots == 3  # versions 0, 5, 10
     assert list_versions(store)[0] == 5  # retention: two chains kept, 0..4 pruned
     assert c.lag_ms(1_700_000_000_013 + 1000) == 1000
+
+
+@pytest.mark.parametrize("backend", ["memory", "inplace"])
+def test_a_chain_of_two_part_versions_equals_the_trainer_tables(
+    store: ObjectStore, backend: str
+) -> None:
+    t, ex = Trainer(11), _exporter(store)
+    c = DeltaConsumer(store, InPlaceTables() if backend == "inplace" else None)
+    docs = []
+    for _ in range(6):
+        doc = t.publish(ex, parts=2)
+        docs.append(doc)
+        assert doc["format"] == 2 and len(doc["parts"]) == 2
+        assert c.sync() == 1
+        if backend == "memory":
+            _assert_same(c, t)
+    ids, vals = t.table()
+    if isinstance(c.backend, InPlaceTables):
+        got_ids, got_vals = c.backend.rows("item_id")
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_array_equal(got_vals, vals)
+    late = DeltaConsumer(store)  # bootstraps from a two-part snapshot + two-part deltas
+    late.sync()
+    assert late.version == 5
+    _assert_same(late, t)
+    assert any(o.get("tombstones") for d in docs for o in manifest_objects(d))  # deletes too
+
+
+def test_a_two_part_version_with_a_part_missing_is_not_applied_at_all(
+    store: ObjectStore,
+) -> None:
+    t, ex = Trainer(12), _exporter(store)
+    c = DeltaConsumer(store)
+    t.publish(ex, parts=2)
+    assert c.sync() == 1
+    before = (c.state.tables["item_id"].ids.copy(), c.state.tables["item_id"].values.copy())
+    doc = t.publish(ex, parts=2)
+    store.delete(doc["parts"][1]["objects"][0]["key"])  # part 1's rows of version 1
+    assert c.sync() == 0 and c.version == 0  # the whole version refused, not part 0 of it
+    assert c.stats.reasons == {"MissingPayload": 1}
+    np.testing.assert_array_equal(c.state.tables["item_id"].ids, before[0])
+    np.testing.assert_array_equal(c.state.tables["item_id"].values, before[1])
 
 
 def test_gap_recovers_from_snapshot(store: ObjectStore) -> None:
@@ -382,6 +445,7 @@ def test_sdk_public_surface_is_pinned() -> None:
     import exporter.sdk
 
     assert sorted(exporter.sdk.__all__) == [
+        "Backend",
         "ConsumerStats",
         "DeltaConsumer",
         "ExporterError",
@@ -418,11 +482,11 @@ class _ReadHookStore(FileStore):
 
     key, hook = "", None
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         if key == self.key and self.hook is not None:
             hook, self.hook = self.hook, None
             hook()
-        return super().get(key)
+        return super().get(key, max_bytes)
 
 
 def test_chain_pruned_while_a_consumer_reads_it(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from exporter.errors import ObjectNotFound, StoreError, StoreUnavailable
+from exporter.errors import ObjectNotFound, OversizedPayload, StoreError, StoreUnavailable
 from exporter.exporter import Exporter
 from exporter.sdk import DeltaConsumer
 from exporter.settings import ExporterConfig
@@ -169,6 +169,9 @@ def test_oss_store_requests_are_signed_and_path_style(oss: tuple[FakeOss, OssSto
     store.put("a/1.bin", b"one")
     store.put("b/2.bin", b"two")
     assert store.get("a/1.bin") == b"one"
+    assert store.get("a/1.bin", max_bytes=3) == b"one"
+    with pytest.raises(OversizedPayload):  # Content-Length checked before the body is read
+        store.get("a/1.bin", max_bytes=2)
     assert srv.objects == {"some/prefix/a/1.bin": b"one", "some/prefix/b/2.bin": b"two"}
     assert store.list("a/") == ["a/1.bin"]
     assert store.list() == ["a/1.bin", "b/2.bin"]

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from fluxrec.config import Config, load_config
-from fluxrec.testing import free_port
+from fluxrec.testing import SLOW_START_S, checkpoint_done, free_port, wait_until
 from fluxrec.topics import read_topic
 from pipelines.join_job import JoinTopics
 from sample_join.reference import run_reference
@@ -72,12 +73,37 @@ def _events_and_reference(cfg: Config, t0: int) -> tuple[Any, Any]:
     return events, run_reference(events, cfg.join, now_ms=int(time.time() * 1000))
 
 
-def _sample_ids(cfg: Config, expected: int) -> list[str]:
-    # generous: a job started in a subprocess on a loaded machine takes a while to commit
+def _sample_ids(cfg: Config, expected: int, timeout_s: float = 120.0) -> list[str]:
     got = read_topic(
-        cfg.kafka.bootstrap, cfg.kafka.topics.samples, expected=expected, timeout_s=240
+        cfg.kafka.bootstrap, cfg.kafka.topics.samples, expected=expected, timeout_s=timeout_s
     )
     return sorted(json.loads(v)["sample_id"] for _, v in got)
+
+
+class _Lines(threading.Thread):
+    """Collects a process's stdout lines as they come (so the test can wait on them)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.lines: list[str] = []
+        self.start()
+
+    def run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def exited(self) -> str | None:
+        """Why waiting is pointless: the process exited (with its stderr's end)."""
+        if self.proc.poll() is None:
+            return None
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        return f"the process exited with {self.proc.returncode}: {err[-2000:]}"
 
 
 def _children(pid: int) -> set[int]:
@@ -106,19 +132,30 @@ def test_run_reconcile_and_ctrl_c(
         stderr=subprocess.PIPE,
         text=True,
     )
+    out = _Lines(proc)
     try:
+        # on a loaded machine the JVM and the job take long to start: wait for the job to
+        # run and to complete its first checkpoint (samples become visible at checkpoints),
+        # then give every later wait ten times what that took (at least two minutes)
+        started = wait_until("the job to run", lambda: "running in" in out.text, alive=out.exited)
+        job_id = out.text.split("job ", 1)[1].split()[0]
+        ckdir = cfg.stack.state_dir / "flink" / "checkpoints"
+        started += wait_until(
+            "the job's first checkpoint", lambda: checkpoint_done(ckdir, job_id), alive=out.exited
+        )
+        wait_s = max(120.0, 10 * started)
         # fake_negative: every impression's sample and every correction comes at once
         n = sum(not s.correction for s in ref.samples)
-        assert len(_sample_ids(cfg, n)) >= n
+        assert len(_sample_ids(cfg, n, wait_s)) >= n
         kids = _children(proc.pid)
         assert kids, "the PyFlink gateway JVM runs as a child"
         # move the watermark past everything, so that orphans and bots are decided too
         _flush(cfg.kafka.bootstrap, JoinTopics.from_config(cfg), t0 + 600_000)
-        got = _sample_ids(cfg, len(ref.samples) + 4)
+        got = _sample_ids(cfg, len(ref.samples) + 4, wait_s)
         assert [i for i in got if not i.startswith("flush")] == sorted(
             s.sample_id for s in ref.samples
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + wait_s
         while True:  # the metrics topic is flushed every 500 ms; poll until it reconciles
             rec = subprocess.run(
                 [FLUXREC, "join", "reconcile", "--config", str(path), "--idle-s", "1"],
@@ -131,17 +168,21 @@ def test_run_reconcile_and_ctrl_c(
         assert rec.returncode == 0, rec.stdout + rec.stderr
         assert "all balanced" in rec.stdout
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        proc.wait(timeout=wait_s)
+        out.join(timeout=30)
+        err = proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "running in a local MiniCluster" in out and "cancelled" in err
-    deadline = time.monotonic() + 30
-    while {k for k in kids if Path(f"/proc/{k}").exists()} and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not {k for k in kids if Path(f"/proc/{k}").exists()}, "a child outlived Ctrl-C"
+    assert "running in a local MiniCluster" in out.text and "cancelled" in err
+    wait_until(
+        "the JVM to exit after Ctrl-C",
+        lambda: not {k for k in kids if Path(f"/proc/{k}").exists()},
+        timeout_s=wait_s,
+        every_s=0.5,
+    )
     assert "Traceback" not in err
 
 
@@ -174,7 +215,7 @@ def flink_cluster(
         stack.down()
 
 
-def _wait_finished(jobmanager: str, job_id: str, timeout_s: float = 180) -> str:
+def _wait_finished(jobmanager: str, job_id: str, timeout_s: float = SLOW_START_S) -> str:
     host, port = jobmanager.split(":")
     deadline, state = time.monotonic() + timeout_s, "?"
     while time.monotonic() < deadline:

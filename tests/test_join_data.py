@@ -18,14 +18,13 @@ import pytest
 
 from fluxrec.config import Config
 from fluxrec.topics import read_topic
-from replay.settings import ReplayConfig
-from replay.sources import open_source
 from replay.stream import replay_events
 from replay.types import Stream
 from sample_join.reconcile import totals, windows
 from sample_join.reference import RawEvent, run_reference
 from sample_join.settings import JoinConfig
 from sample_join.testing import produce_events
+from tests.test_replay_sources import sample_source
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow, pytest.mark.data]
 
@@ -42,8 +41,8 @@ def test_obd_and_taobao_replays_equal_the_reference(
         ("obd", shared_data / "obd" / "bts_men.csv", 0),
         ("taobao", shared_data / "taobao_userbehavior", 20_000),
     ):
-        rc = replace(ReplayConfig(), source=source, path=path, limit=limit, run_id=source)  # type: ignore[arg-type]
-        streams.append(replay_events(open_source(rc), rc, now))
+        src, rc = sample_source(source, path, limit=limit, run_id=source, time_shift="now")
+        streams.append(replay_events(src, rc, now))
     merged = heapq.merge(*streams, key=lambda e: e.event_time_ms)  # both end at `now`
     events = [
         RawEvent("impression" if e.stream is Stream.IMPRESSION else "action", e.payload)

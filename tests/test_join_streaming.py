@@ -19,6 +19,7 @@ import pytest
 from kafka import KafkaProducer
 
 from fluxrec.config import Config
+from fluxrec.testing import checkpoint_done, wait_until
 from fluxrec.topics import read_topic
 from sample_join.reference import RawEvent, run_reference
 from sample_join.testing import Act, Request, build_stream, produce_events
@@ -67,8 +68,13 @@ def running(stack_config: Config, new_topic: Callable[..., str]) -> Iterator[Cal
     def start(cfg: Config, topics: Any, restore_from: str | None = None) -> Any:
         t_env = create_table_env(cfg, checkpoint_interval_ms=500, restore_from=restore_from)
         result = join_job(t_env, cfg, topics)
-        started.append(result.get_job_client())
-        return started[-1]
+        client = result.get_job_client()
+        started.append(client)
+        # running: every task is up once a checkpoint completes (however loaded the machine)
+        ckdir = cfg.stack.state_dir / "flink" / "checkpoints"
+        job = str(client.get_job_id())
+        wait_until(f"job {job}'s first checkpoint", lambda: checkpoint_done(ckdir, job))
+        return client
 
     yield start
     for client in started:
@@ -138,14 +144,18 @@ def test_cancel_and_restore_from_a_checkpoint_loses_and_repeats_nothing(
     running(cfg, topics, restore_from=str(chk))
     _flush(bs, topics, end)
     ref = run_reference(events, jc, now_ms=int(time.time() * 1000))
-    got = read_topic(bs, topics.samples, expected=len(ref.samples) + PARTITIONS, idle_s=5)
+    got = read_topic(
+        bs, topics.samples, expected=len(ref.samples) + PARTITIONS, idle_s=5, timeout_s=180
+    )
     ids = Counter(json.loads(v)["sample_id"] for _, v in got)
     flush = {i for i in ids if i.startswith("flush")}
     assert len(flush) == PARTITIONS  # their negatives; their clicks wait in the bot count
     for i in flush:
         del ids[i]
     assert ids == Counter(s.sample_id for s in ref.samples)  # each exactly once
-    dead = read_topic(bs, topics.dead_letters, expected=len(ref.dead_letters), idle_s=3)
+    dead = read_topic(
+        bs, topics.dead_letters, expected=len(ref.dead_letters), idle_s=3, timeout_s=180
+    )
     assert Counter(json.loads(v)["payload"] for _, v in dead) == Counter(
         d.payload for d in ref.dead_letters
     )

@@ -62,17 +62,15 @@ def test_bad_values_exit_1_naming_the_key(
 ) -> None:
     assert main(["replay", "--config", str(LOCAL), "--dry-run", "--orphans", "2"]) == 1
     assert "replay.faults.orphan: got 2.0 (use a fraction in [0, 1])" in capsys.readouterr().err
-    assert main(["replay", "--config", str(LOCAL), "--dry-run", "--source", "obd"]) == 1
-    assert "replay.path: required for source obd" in capsys.readouterr().err
+    assert main(["replay", "--config", str(LOCAL), "--dry-run", "--source", "table"]) == 1
+    assert "replay.path: required for source table" in capsys.readouterr().err
     monkeypatch.setenv("FLUXREC_REPLAY_SOURCE", "kafka")  # env values skip argparse's choices
     assert main(["replay", "--config", str(LOCAL), "--dry-run"]) == 1
     assert "replay.source: got 'kafka'" in capsys.readouterr().err
     monkeypatch.delenv("FLUXREC_REPLAY_SOURCE")
     path = "/nonexistent/obd"
-    assert (
-        main(["replay", "--config", str(LOCAL), "--dry-run", "--source", "obd", "--path", path])
-        == 1
-    )
+    obd = str(REPO / "configs" / "obd.yaml")
+    assert main(["replay", "--config", obd, "--dry-run", "--path", path]) == 1
     assert "/nonexistent/obd: no such file or folder" in capsys.readouterr().err
 
 
@@ -102,7 +100,8 @@ def test_local_yaml_documents_every_replay_key_at_its_default() -> None:
         out: set[str] = set()
         for k, v in d.items():
             key = f"{prefix}.{k}"
-            out |= flat(v, key) if isinstance(v, dict) and k != "actions" else {key}
+            mapping = k in ("actions", "columns", "file_columns")  # dict-valued keys
+            out |= flat(v, key) if isinstance(v, dict) and not mapping else {key}
         return out
 
     assert flat(doc, "replay") == {k for k, _, _ in iter_keys() if k.startswith("replay.")}

@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from replay.errors import BadLogRow, BadReplayConfig, LogNotFound
+from fluxrec.config import Config, load_config
+from replay.errors import BadLog, BadLogRow, BadReplayConfig, LogNotFound
 from replay.faults import UNKNOWN_ACTION, inject, spoil
-from replay.obd import ObdSource
 from replay.oracle import auc
 from replay.settings import (
     ClickDelay,
@@ -27,11 +27,11 @@ from replay.settings import (
     TaobaoConfig,
     check,
 )
-from replay.sources import open_source
+from replay.sources import Source, open_source
 from replay.stream import Tally, replay_events
 from replay.synthetic import SyntheticSource
+from replay.table import parse_time_ms
 from replay.taobao import TaobaoSource
-from replay.tencent import TencentSource, ddhhmmss_ms
 from replay.types import Action, Event, Fault, Impression, Record, Stream, to_event
 from sample_join.reference import RawEvent, run_reference, validate
 from sample_join.settings import JoinConfig
@@ -39,6 +39,15 @@ from sample_join.settings import JoinConfig
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "sample_join" / "schemas"
 NOW = 1_800_000_000_000
+
+
+def sample_source(name: str, path: Path, **replay: Any) -> tuple[Source, ReplayConfig]:
+    """The source of ``configs/NAME.yaml`` reading ``path``, with ``replay`` keys replaced
+    (``time_shift`` none by default), and its replay config."""
+    cfg: Config = load_config(REPO / "configs" / f"{name}.yaml")
+    rc = replace(cfg.replay, path=path, **{"time_shift": "none", **replay})
+    sparse = [f.name for f in cfg.features.sparse]
+    return open_source(rc, sparse, [f.name for f in cfg.features.dense]), rc
 
 
 def small(**synthetic: Any) -> ReplayConfig:
@@ -59,15 +68,16 @@ def schema_validators() -> dict[str, jsonschema.Draft202012Validator]:
     return out
 
 
-def assert_conforms(events: list[Event]) -> None:
+def assert_conforms(events: list[Event], join: JoinConfig | None = None) -> None:
     """Every clean event validates against the v1 schema and passes the join's checks."""
     validators = schema_validators()
+    join = join or JoinConfig()
     for ev in events:
         obj = json.loads(ev.payload)
         validators[ev.stream].validate(obj)
         assert ev.key == obj["request_id"]
         assert ev.event_time_ms == obj["event_time_ms"]
-        rec, reason = validate(raw(ev), JoinConfig())
+        rec, reason = validate(raw(ev), join)
         assert reason is None and rec is not None
 
 
@@ -204,12 +214,12 @@ def write_obd(d: Path) -> Path:
 
 
 def test_obd_tiny_file_gives_exact_records(tmp_path: Path) -> None:
+    """configs/obd.yaml: the table source with templates, a side table and file columns."""
     write_obd(tmp_path)
-    cfg = replace(small(), source="obd", delays=DelaysConfig(click=ClickDelay(20.0, 0.0)))
-    recs = list(ObdSource(cfg, tmp_path).records())
+    src, _ = sample_source("obd", tmp_path, delays=DelaysConfig(click=ClickDelay(20.0, 0.0)))
+    recs = list(src.records())
     t0, t1 = 1_574_553_663_979, 1_574_553_705_406
-    u0 = recs[0].user_id
-    assert u0.startswith("obd-") and u0 != recs[1].user_id
+    u0, u1 = "abcd", "abce"  # the user profile: the four user features
     assert recs == [
         Impression(
             "obd-bts_men-0",
@@ -234,11 +244,10 @@ def test_obd_tiny_file_gives_exact_records(tmp_path: Path) -> None:
             recs[1],
             request_id="obd-bts_men-1",
             item_id="men-0",
+            user_id=u1,
             event_time_ms=t1,
         ),
-        Action(
-            "obd-bts_men-1", "men-0", recs[1].user_id, "click", t1 + 20_000
-        ),  # sigma 0: the median delay
+        Action("obd-bts_men-1", "men-0", u1, "click", t1 + 20_000),  # sigma 0: the median delay
     ]
     assert isinstance(recs[1], Impression)
     assert recs[1].dense == {"item_feature_0": -0.5, "affinity": 0.25}
@@ -246,15 +255,17 @@ def test_obd_tiny_file_gives_exact_records(tmp_path: Path) -> None:
 
 
 def test_obd_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
-    with pytest.raises(LogNotFound, match="no OBD campaign file"):
-        ObdSource(small(), tmp_path)
+    with pytest.raises(LogNotFound, match="no log file matches"):
+        sample_source("obd", tmp_path)
     f = write_obd(tmp_path)
     f.write_text(f.read_text() + "2,yesterday,0,1,0,0.05,a,b,c,e,0.0,0.0\n")
-    with pytest.raises(BadLogRow, match=r"bts_men\.csv:4: bad value"):
-        list(ObdSource(small(), tmp_path).records())
+    src, _ = sample_source("obd", tmp_path)
+    assert sum(isinstance(r, Impression) for r in src.records()) == 2  # the bad row is skipped
+    assert src.stats() == {"bad_time": 1}
+    assert src.notes()["bad_time"].startswith(f"{f}:4: column 'timestamp': 'yesterday'")
     (tmp_path / "bts_men.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(BadLogRow, match=r"bts_men\.csv:1: not an OBD file"):
-        list(ObdSource(small(), tmp_path).records())
+    with pytest.raises(BadLog, match=r"bts_men\.csv:1: no column 'user_feature_0' \(replay\.table"):
+        list(sample_source("obd", tmp_path)[0].records())
 
 
 def test_taobao_tiny_log_gives_exact_records(tmp_path: Path) -> None:
@@ -290,6 +301,7 @@ def test_taobao_tiny_log_gives_exact_records(tmp_path: Path) -> None:
 
 
 def test_tencent_tiny_log_with_side_tables_gives_exact_records(tmp_path: Path) -> None:
+    """configs/tencent.yaml: DDHHMMSS times, a label with its time column, side tables."""
     (tmp_path / "train_small.csv").write_text(
         "instanceID,label,clickTime,conversionTime,creativeID,userID,positionID,"
         "connectionType,telecomsOperator\n"
@@ -300,14 +312,14 @@ def test_tencent_tiny_log_with_side_tables_gives_exact_records(tmp_path: Path) -
     (tmp_path / "ad.csv").write_text(
         "creativeID,adID,camgaignID,advertiserID,appID,appPlatform\n4565,1,2,3,4,1\n"
     )
+    (tmp_path / "position.csv").write_text("positionID,sitesetID,positionType\n")
     (tmp_path / "user.csv").write_text(
         "userID,age,gender,education,marriageStatus,haveBaby,hometown,residence\n"
         "1561246,25,2,2,3,1,301,302\n"
     )
-    cfg = replace(small(), source="tencent")
-    src = TencentSource(cfg, tmp_path)
+    src, _ = sample_source("tencent", tmp_path)
     recs = list(src.records())
-    base = {"connection_type": ("2",), "telecoms_operator": ("1",), "position_id": ("2150",)}
+    base = {"position_id": ("2150",), "connection_type": ("2",), "telecoms_operator": ("1",)}
     user = {
         "age": ("25",),
         "gender": ("2",),
@@ -324,7 +336,8 @@ def test_tencent_tiny_log_with_side_tables_gives_exact_records(tmp_path: Path) -
         "app_id": ("4",),
         "app_platform": ("1",),
     }
-    t7 = ddhhmmss_ms("22174355", "2017-03")
+    month = ("%Y-%m-%d%H%M%S", "2017-03-")
+    t7 = parse_time_ms("22174355", *month)
     assert t7 == 1_490_204_635_000  # 2017-03-22T17:43:55Z
     assert recs == [
         Impression(
@@ -355,14 +368,14 @@ def test_tencent_tiny_log_with_side_tables_gives_exact_records(tmp_path: Path) -
                 **ad,
             },
         ),
-        Action("tc-7", "4565", "2497012", "conversion", ddhhmmss_ms("23103048", "2017-03")),
+        Action("tc-7", "4565", "2497012", "conversion", parse_time_ms("23103048.0", *month)),
     ]
-    assert src.stats() == {"conversions_before_click": 1}
+    assert src.stats() == {"action_before_impression": 1}
     assert_conforms([to_event(r) for r in recs])
-    with pytest.raises(ValueError, match="not a DDHHMMSS"):
-        ddhhmmss_ms("22256000", "2017-03")
-    with pytest.raises(ValueError, match="not in 2017-02"):
-        ddhhmmss_ms("30000000", "2017-02")
+    with pytest.raises(ValueError, match="not a time in"):
+        parse_time_ms("22256000", *month)
+    with pytest.raises(ValueError, match="not a time in"):
+        parse_time_ms("30000000", "%Y-%m-%d%H%M%S", "2017-02-")
 
 
 # --------------------------------------------------------------------------- the replay stream
@@ -453,7 +466,8 @@ def test_no_faults_means_the_events_pass_through_unchanged() -> None:
 
 def test_check_names_the_key_of_an_unusable_value() -> None:
     cases: list[tuple[ReplayConfig, str]] = [
-        (ReplayConfig(source="obd"), "replay.path"),
+        (ReplayConfig(source="table"), "replay.path"),
+        (ReplayConfig(source="table", path=Path("x")), "replay.table.time"),
         (ReplayConfig(rate=-1), "replay.rate"),
         (ReplayConfig(faults=FaultsConfig(duplicate=1.5)), "replay.faults.duplicate"),
         (ReplayConfig(delays=DelaysConfig(click=ClickDelay(0.0))), "replay.delays.click.median_s"),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from exporter.errors import OversizedPayload
 from exporter.exporter import Exporter
 from exporter.sdk import DeltaConsumer, InMemoryTables, RedisTables
 from exporter.settings import ExporterConfig
@@ -18,7 +19,7 @@ from fluxrec.testing import unique_name
 from tests.test_export_chain import Trainer, _assert_same
 
 
-def _wait(cond, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(cond, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -37,6 +38,11 @@ class RecordingTables(InMemoryTables):
     def apply(self, manifest: dict[str, Any], tables: Any, dense: Any) -> None:
         super().apply(manifest, tables, dense)
         self.applied.append(manifest["sequence"])
+
+    def staging(self) -> RecordingTables:  # a rebuild's versions are noted as well
+        staged = RecordingTables()
+        staged.applied = self.applied
+        return staged
 
 
 @pytest.mark.redis
@@ -117,3 +123,8 @@ def test_chain_through_real_s3(stack_config: Config) -> None:
     late.sync()
     _assert_same(late, t)
     assert ex.stats.pruned_versions > 0
+    key = f"versions/{ex.sequence:012d}/manifest.json"
+    size = len(store.get(key))
+    assert len(store.get(key, max_bytes=size)) == size
+    with pytest.raises(OversizedPayload):  # ContentLength checked before the body is read
+        store.get(key, max_bytes=size - 1)

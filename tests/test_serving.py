@@ -8,6 +8,7 @@ import http.client
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -227,11 +228,92 @@ def test_http_endpoints(http_service: tuple[int, ScoringService, Trainer, Any]) 
     )
 
 
+def test_bad_and_oversize_bodies_and_unknown_features_over_http(
+    http_service: tuple[int, ScoringService, Trainer, Any],
+) -> None:
+    port, service, t, (_, consumer, rng) = http_service
+    consumer.sync()
+    feats = _samples(2, rng)
+    code, err, _ = _call(port, "POST", "/score", {"instances": [{"dense": {"age": "old"}}]})
+    assert code == 400 and "instances[0].dense.age" in err["error"]
+    f = feats[0]["features"]
+    f["sparse"]["colour"] = ["red"]  # unknown to the model: scored without it, counted
+    code, one, _ = _call(port, "POST", "/score", {"features": f})
+    assert code == 200 and abs(one["p_click"] - t.score(t.featurize(feats))[0]) < 1e-5
+    assert service.stats.unknown == {"sparse.colour": 1}
+    assert "fluxrec_server_unknown_features_total 1" in _call(port, "GET", "/metrics")[1]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:  # only the headers: the server answers 413 without reading 17 MiB
+        conn.putrequest("POST", "/score")
+        conn.putheader("Content-Length", str(17 << 20))
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 413 and "bytes >" in json.loads(resp.read())["error"]
+    finally:
+        conn.close()
+
+
+class _Writes:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, b: bytes) -> int:
+        self.writes.append(b)
+        return len(b)
+
+
+def test_responses_are_one_write_on_sockets_without_nagle(tmp_path: Path) -> None:
+    """http.server wrote headers and body apart: with Nagle on, the body waited for the
+    client's delayed ACK (~40 ms a response). Both daemons' servers set TCP_NODELAY on
+    every accepted socket and write each response at once."""
+    from http.server import BaseHTTPRequestHandler
+
+    from fluxrec.httpd import NoDelayHTTPServer, respond
+    from trainer.http import serve_metrics
+
+    service = ScoringService(_spec("deepfm"), ServingTables())
+    servers = [make_server(service, "127.0.0.1", 0), serve_metrics("127.0.0.1", 0, str)]
+    try:
+        for srv in servers:
+            assert isinstance(srv, NoDelayHTTPServer)
+        srv = make_server(service, "127.0.0.1", 0)  # not serving: the test accepts
+        client = socket.create_connection(srv.server_address[:2], timeout=10)
+        conn, _ = srv.get_request()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        conn.close()
+        client.close()
+        srv.server_close()
+    finally:
+        servers[1].shutdown()
+        for s in servers:
+            s.server_close()
+    h = BaseHTTPRequestHandler.__new__(BaseHTTPRequestHandler)
+    h.wfile, h.request_version, h.close_connection = _Writes(), "HTTP/1.1", False  # type: ignore[assignment]
+    h.protocol_version, h.requestline, h.command, h.path = "HTTP/1.1", "GET / HTTP/1.1", "GET", "/"
+    h.client_address = ("127.0.0.1", 1)
+    respond(h, 200, b'{"ok": 1}')
+    (written,) = h.wfile.writes  # type: ignore[attr-defined]
+    head, body = written.split(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 9" in head
+    assert body == b'{"ok": 1}'
+
+
 def test_the_server_imports_neither_torch_nor_pyflink() -> None:
     code = (
-        "import sys, serving.server, serving.model, serving.cli, fluxrec.cli\n"
+        "import sys, serving.server, serving.model\n"
+        "assert 'trainer' not in sys.modules\n"  # the featurizer is featurize's, not trainer's
+        "import serving.cli, fluxrec.cli\n"
         "fluxrec.cli.build_parser()\n"
         "bad = [m for m in ('torch', 'pyflink') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+    # featurize sits below the trainer and the server: it imports the ground floor only
+    code = (
+        "import sys, featurize.core, featurize.reference\n"
+        "above = ('torch', 'pyflink', 'trainer', 'serving', 'exporter', 'sample_join',\n"
+        "         'pipelines', 'replay', 'demo')\n"
+        "bad = [m for m in sys.modules if m.partition('.')[0] in above]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
@@ -247,7 +329,7 @@ sys.exit(main(sys.argv[1:]))
 )
 
 
-def _wait(cond: Any, timeout_s: float = 60.0, proc: Any = None) -> None:
+def _wait(cond: Any, timeout_s: float = 180.0, proc: Any = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
@@ -311,7 +393,7 @@ def test_serve_process_follows_versions_announced_on_redis(
         cut = t.take_cut(False)
         assert cut is not None
         ex.publish(cut)  # announced on Redis; the server polls only every 30 s
-        _wait(lambda: _health(port) == 1, timeout_s=20, proc=proc)
+        _wait(lambda: _health(port) == 1, timeout_s=120, proc=proc)
         _, after, _ = _call(port, "POST", "/score", {"impressions": probe})
         assert after["version"] == 1
         assert after["p_click"] != before["p_click"]

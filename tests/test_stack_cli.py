@@ -172,3 +172,15 @@ def test_help_shows_defaults_and_env_fallbacks() -> None:
     out = " ".join(fluxrec("smoke", "--help").stdout.split())  # argparse wraps lines
     assert "[env FLUXREC_SMOKE_EVENTS]" in out and "(default: 5000)" in out
     assert "FLUXREC_CONFIG" in out
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """The storage tool reads an id that starts with ``-`` as an option (1 in 64 random ids)."""
+    import base64
+
+    from fluxrec.stack.services import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)

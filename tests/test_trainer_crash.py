@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from exporter.sdk import DeltaConsumer, open_store
+from featurize.hashing import stable_hash
 from fluxrec.testing import free_port
-from trainer.hashing import stable_hash
 from trainer.synthetic import synthetic_samples
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
@@ -36,9 +36,58 @@ N = 4000
 EVERY = 1000  # checkpoint every this many samples
 
 
+def _newest(ck: Path) -> Path | None:
+    """The newest complete checkpoint (its meta.json is written last)."""
+    found = sorted(d for d in ck.glob("ckpt-*") if (d / "meta.json").is_file())
+    return found[-1] if found else None
+
+
 def _newest_meta(ck: Path) -> dict[str, Any] | None:
-    found = sorted(ck.glob("ckpt-*"))
-    return json.loads((found[-1] / "meta.json").read_text()) if found else None
+    path = _newest(ck)
+    return json.loads((path / "meta.json").read_text()) if path else None
+
+
+def _assert_exactly_once(
+    ck: Path, topic: str, samples: list[dict[str, Any]], n_skipped: int
+) -> dict[str, Any]:
+    """The newest checkpoint trained every sample once: count and XOR of the sample ids
+    (a sample trained twice or never would change the XOR); returns its meta."""
+    meta = _newest_meta(ck)
+    assert meta is not None
+    want = 0
+    for s in samples:
+        want ^= stable_hash("sample_id", s["sample_id"])
+    assert (meta["samples"], meta["skipped"]) == (N, n_skipped)
+    assert meta["id_xor"] == want
+    assert sum(meta["offsets"][topic].values()) >= N + n_skipped + 1  # + control records
+    return meta
+
+
+def _assert_served_is_checkpointed(objects: str, ck: Path, topic: str) -> None:
+    """A server reading the published versions holds exactly the newest checkpoint's
+    tables (the union of every worker's part) and dense parameters."""
+    path, meta = _newest(ck), _newest_meta(ck)
+    assert path is not None and meta is not None
+    last = _manifests(objects)[-1]
+    assert last["samples"] == meta["samples"]
+    assert last["kafka_offsets"][topic] == meta["offsets"][topic]
+    consumer = DeltaConsumer(open_store(objects))
+    assert consumer.sync() >= 1 and consumer.version == last["sequence"]
+    state = consumer.state
+    parts = [np.load(path / p / "tensors.npz", allow_pickle=False) for p in meta["parts"]]
+    for tname, fields in meta["tables"].items():
+        ids, fld, weight = (
+            np.concatenate([z[f"table/{tname}/{k}"] for z in parts])
+            for k in ("ids", "field", "weight")
+        )
+        for k, field in enumerate(fields):
+            mine = fld == k
+            served = state.tables[field]
+            assert np.array_equal(served.ids, np.sort(ids[mine]))  # no stale, no missing
+            order = np.argsort(ids[mine])
+            assert np.array_equal(served.values, weight[mine][order])
+    for name, value in state.dense.items():
+        assert np.array_equal(value, parts[0][f"model/{name}"]), name
 
 
 def _trained(port: int) -> int | None:
@@ -95,16 +144,12 @@ def _produce(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], int]:
     return samples, skipped
 
 
-def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
-    bootstrap: str, new_topic: Callable[..., str], stack_config_path: Path, tmp_path: Path
-) -> None:
-    topic = new_topic(partitions=2)
-    samples, n_skipped = _produce(bootstrap, topic)
-    port = free_port()
-    objects = f"file://{tmp_path / 'objects'}"
+def _config(stack_config_path: Path, tmp_path: Path, topic: str, port: int) -> Path:
+    """The trainer's config: a small DeepFM, checkpoints every EVERY samples, /metrics on
+    ``port`` (worker r on port + r), the exporter every 0.3 s into tmp_path/objects."""
     doc = yaml.safe_load(stack_config_path.read_text())
     doc["kafka"].setdefault("topics", {})["samples"] = topic
-    doc["object_store"]["url"] = objects
+    doc["object_store"]["url"] = f"file://{tmp_path / 'objects'}"
     doc["model"] = {"arch": "deepfm", "embedding_dim": 8, "mlp": [16]}
     doc["features"] = {
         "sparse": [{"name": "user_id"}, {"name": "item_id", "dim": 4}, {"name": "category"}],
@@ -123,6 +168,17 @@ def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
     doc["exporter"] = {"interval_s": 0.3, "snapshot_every": 5}
     cfg = tmp_path / "fluxrec.yaml"
     cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
+    bootstrap: str, new_topic: Callable[..., str], stack_config_path: Path, tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    samples, n_skipped = _produce(bootstrap, topic)
+    port = free_port()
+    objects = f"file://{tmp_path / 'objects'}"
+    cfg = _config(stack_config_path, tmp_path, topic, port)
     ck = tmp_path / "ck"
     cmd = [sys.executable, "-m", "fluxrec.cli", "train", "--config", str(cfg)]
     env = {
@@ -182,34 +238,10 @@ def test_kill_9_sigterm_and_restart_train_every_sample_exactly_once(
         [*cmd, "--until-caught-up"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    meta = _newest_meta(ck)
-    assert meta is not None
-    want = 0
-    for s in samples:
-        want ^= stable_hash("sample_id", s["sample_id"])
-    assert (meta["samples"], meta["skipped"]) == (N, n_skipped)
-    assert meta["id_xor"] == want  # a sample trained twice or never would change the XOR
-    assert sum(meta["offsets"][topic].values()) >= N + n_skipped + 1  # + control records
+    _assert_exactly_once(ck, topic, samples, n_skipped)
     assert (ck / "metrics.jsonl").read_text().count('"auc"') >= 1
 
     # what servers see is exactly the trainer's final state
-    last = _manifests(objects)[-1]
-    assert last["samples"] == N and last["kafka_offsets"][topic] == meta["offsets"][topic]
-    consumer = DeltaConsumer(open_store(objects))
-    assert consumer.sync() >= 1 and consumer.version == last["sequence"]
-    state = consumer.state
-    z = np.load(sorted(ck.glob("ckpt-*"))[-1] / "tensors.npz", allow_pickle=False)
-    tables = meta["tables"]
-    for tname, fields in tables.items():
-        ids, fld = z[f"table/{tname}/ids"], z[f"table/{tname}/field"]
-        weight = z[f"table/{tname}/weight"]
-        for k, field in enumerate(fields):
-            mine = fld == k
-            served = state.tables[field]
-            assert np.array_equal(served.ids, np.sort(ids[mine]))  # no stale, no missing
-            order = np.argsort(ids[mine])
-            assert np.array_equal(served.values, weight[mine][order])
+    _assert_served_is_checkpointed(objects, ck, topic)
     deltas = [v for v in _manifests(objects) if v["kind"] == "delta"]
     assert any(o["tombstones"] for v in deltas for o in v["objects"] if o["kind"] == "table")
-    for name, value in state.dense.items():
-        assert np.array_equal(value, z[f"model/{name}"]), name

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from exporter.types import Cut, TableDelta
+from featurize.hashing import stable_hash, stable_hash_many
 from trainer.errors import TableError
-from trainer.hashing import stable_hash, stable_hash_many
 from trainer.sparse import FusedLookup, take_cut
 from trainer.tables import DynamicTable, IdMap, TableParams
 

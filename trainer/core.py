@@ -1,9 +1,10 @@
 """The trainer's in-process core: samples -> batch -> prequential score -> update -> cut.
 
 :class:`Trainer` owns the dynamic tables, the dense model and its optimizer. The daemon
-feeds it decoded Sample records (``sample_join/CONTRACTS.md``, section 2); the exporter
-calls :meth:`Trainer.take_cut` from another thread. Every public method holds one lock,
-so a cut always falls between two training steps::
+feeds it the raw Kafka values of Sample records (``sample_join/CONTRACTS.md``, section 2)
+through its featurizer (:mod:`featurize`, ``Trainer.featurizer``) and takes the
+exporter's cuts (:meth:`Trainer.take_cut`) between steps. Every public method holds one
+lock, so a cut, from whatever thread, always falls between two training steps::
 
     t = Trainer.from_config(cfg)
     t.train_samples([{"v": 1, "sample_id": "r-1|i-9|0", "features": {...},
@@ -21,12 +22,22 @@ A batch in tensor form (:class:`Batch`), for B samples and fields ``user_id``, `
 Fields are stored in groups: all hashed fields of one dim share one
 :class:`~trainer.tables.DynamicTable` (one dedup, probe and update per batch for all of
 them), each raw-id field has its own. Cuts and checkpoints still name every field.
+
+A trainer is one worker of a job of ``comm.world`` workers (:mod:`trainer.distributed`;
+one worker by default): its tables hold the rows it owns (:mod:`trainer.sharded`), the
+dense model is replicated, and ``train_batch``, ``score`` and ``take_cut`` are collective:
+every worker calls them at the same point, a worker without data with an empty batch.
+A step of N workers is the step of one worker on the union of their batches: the batch
+statistics (sample count, positives, dense-feature moments) are combined first, the
+dense gradients averaged, the row gradients summed by their owners and divided by N.
+``step``, ``samples`` and ``watermark_ms`` are the job's (equal on every worker);
+``offsets``, ``skipped`` and ``id_xor`` are this worker's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,22 +51,23 @@ import torch
 import torch.nn.functional as F
 
 from exporter.types import Cut
+from featurize.core import Featurizer
+from featurize.types import FeatureSpec, Samples
+from trainer.distributed import Comm
 from trainer.errors import TrainerError
-from trainer.hashing import stable_hash
 from trainer.losses import fnw_weights, predict, stream_prob
 from trainer.metrics import PrequentialMetrics
 from trainer.model import CTRModel
-from trainer.sparse import FusedLookup, Jagged, take_cut
+from trainer.sharded import ShardedLookup
+from trainer.sparse import Jagged, take_cut
 from trainer.tables import DynamicTable, TableParams
 
 if TYPE_CHECKING:
     from fluxrec.config import Config
 
-__all__ = ["BadSample", "Batch", "Featurizer", "SparseField", "Trainer", "featurize"]
+__all__ = ["BadSample", "Batch", "SparseField", "Trainer", "featurize", "to_batch"]
 
 log = logging.getLogger(__name__)
-
-_RESERVED = (np.iinfo(np.int64).min, np.iinfo(np.int64).min + 1)
 
 
 class BadSample(TrainerError, ValueError):
@@ -92,135 +104,35 @@ class Batch:
         return int(self.label.shape[0])
 
 
-class Featurizer:
-    """Decodes Sample records into a :class:`Batch` for fixed fields and one label.
+def to_batch(s: Samples) -> Batch:
+    """The trainer's :class:`Batch` of featurized samples (:mod:`featurize`)."""
+    f = s.features
+    return Batch(
+        {name: (ids, f.segment(name)) for name, (ids, _) in f.sparse.items()},
+        torch.from_numpy(f.dense),
+        torch.from_numpy(s.label),
+        s.event_ms,
+        s.fake,
+        s.id_xor,
+        s.skipped,
+    )
 
-    Hashed values go through :func:`trainer.hashing.stable_hash` (the field name is part
-    of the hash), with a cache of at most ``cache_size`` values; raw values must be
-    decimal int64 strings. A missing sparse field is an empty list, a missing dense
-    value 0. A correction record (``correction: true``) of another label than ``label``
-    is skipped (counted in ``Batch.skipped``): the contract sets only its own label.
-    """
 
-    def __init__(
-        self,
-        sparse: Sequence[SparseField | str],
-        dense: Sequence[str],
-        label: str = "click",
-        cache_size: int = 1_000_000,
-    ) -> None:
-        self.fields = [f if isinstance(f, SparseField) else SparseField(f, 1) for f in sparse]
-        self.dense = list(dense)
-        self.label = label
-        self.cache_size = cache_size
-        self._cache: dict[str, dict[str, int]] = {f.name: {} for f in self.fields}
-        self._cached = 0
+def _encode(records: Sequence[Any]) -> list[bytes]:
+    """Decoded records as the JSON the samples topic carries."""
+    return [json.dumps(r, separators=(",", ":")).encode() for r in records]
 
-    def _miss(self, f: SparseField, value: Any) -> int:
-        """The id of a value not in the cache (then cached)."""
-        if not isinstance(value, str):
-            raise TypeError(f"features.sparse.{f.name} value {value!r} is not a string")
-        if f.raw:
-            h = int(value)
-            if not -(2**63) <= h < 2**63 or h in _RESERVED:
-                raise ValueError(f"features.sparse.{f.name}: raw id {value} is out of range")
-        else:
-            h = stable_hash(f.name, value)
-        if self._cached >= self.cache_size:
-            for c in self._cache.values():
-                c.clear()
-            self._cached = 0
-        self._cache[f.name][value] = h
-        self._cached += 1
-        return h
 
-    def _header(self, s: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
-        """(sample_id, label, event time, fake negative) of a record; None for a
-        correction of another label. Raises KeyError/TypeError/ValueError."""
-        if s["v"] != 1:
-            raise ValueError(f"v {s['v']!r}: this trainer reads version 1")
-        sid, y, t, strategy = (
-            s["sample_id"],
-            s["labels"][self.label],
-            s["event_time_ms"],
-            s["strategy"],
-        )
-        if not isinstance(sid, str):
-            raise TypeError(f"sample_id {sid!r} is not a string")
-        if y not in (0, 1) or isinstance(y, bool):
-            raise ValueError(f"labels.{self.label} {y!r}: need 0 or 1")
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise ValueError(f"event_time_ms {t!r}: need an integer")
-        if strategy not in ("window", "fake_negative"):
-            raise ValueError(f"strategy {strategy!r}: use window or fake_negative")
-        correction = s.get("correction", False)
-        if correction is not True and correction is not False:
-            raise ValueError(f"correction {correction!r}: need true or false")
-        if correction and y != 1:
-            return None
-        return sid, y, t, strategy == "fake_negative"
-
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
-        """Decode ``samples``; raises :class:`BadSample` naming the first bad record."""
-        ids: list[list[int]] = [[] for _ in self.fields]
-        seg: list[list[int]] = [[] for _ in self.fields]
-        single = [True] * len(self.fields)
-        fields = [(j, f, self._cache[f.name]) for j, f in enumerate(self.fields)]
-        b = len(samples)
-        dense_v = np.zeros((b, len(self.dense)), dtype=np.float32)
-        label = np.zeros(b, dtype=np.float32)
-        ev = np.zeros(b, dtype=np.int64)
-        fake = np.zeros(b, dtype=bool)
-        id_xor, i = 0, 0
-        for k, s in enumerate(samples):
-            try:
-                head = self._header(s)
-                if head is None:  # a correction of another label
-                    continue
-                feats = s["features"]
-                sp, dn = feats.get("sparse", {}), feats.get("dense", {})
-                for j, f, cache in fields:
-                    vals = sp.get(f.name, ())
-                    if type(vals) is not list and (
-                        isinstance(vals, str) or not isinstance(vals, Sequence)
-                    ):
-                        raise TypeError(f"features.sparse.{f.name} {vals!r} is not a list")
-                    if len(vals) != 1:
-                        single[j] = False
-                    for v in vals:
-                        h = cache.get(v)
-                        ids[j].append(self._miss(f, v) if h is None else h)
-                        seg[j].append(i)
-                for j, name in enumerate(self.dense):
-                    x = dn.get(name, 0.0)
-                    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, int)):
-                        raise TypeError(f"features.dense.{name} {x!r} is not a number")
-                    if not math.isfinite(x):  # Python's json reads NaN and Infinity
-                        raise ValueError(f"features.dense.{name} {x!r} is not finite")
-                    dense_v[i, j] = x
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                sid = s.get("sample_id") if isinstance(s, Mapping) else None
-                where = sid if isinstance(sid, str) else f"#{k}"
-                raise BadSample(
-                    f"sample {where}: {type(e).__name__}: {e}; "
-                    "see sample_join/CONTRACTS.md section 2"
-                ) from e
-            sid, label[i], ev[i], fake[i] = head
-            id_xor ^= stable_hash("sample_id", sid)
-            i += 1
-        out: dict[str, Jagged] = {}
-        for j, f in enumerate(self.fields):
-            a = np.array(ids[j], dtype=np.int64)
-            out[f.name] = (a, None if single[j] else np.array(seg[j], dtype=np.int64))
-        return Batch(
-            out,
-            torch.from_numpy(dense_v[:i]),
-            torch.from_numpy(label[:i]),
-            ev[:i],
-            fake[:i],
-            id_xor,
-            b - i,
-        )
+def _raise_bad(s: Samples, records: Sequence[Any]) -> None:
+    if not s.bad:
+        return
+    b = s.bad[0]
+    rec = records[b.index]
+    sid = rec.get("sample_id") if isinstance(rec, Mapping) else None
+    where = sid if isinstance(sid, str) else f"#{b.index}"
+    raise BadSample(
+        f"sample {where}: {b.reason}: {b.detail}; see sample_join/CONTRACTS.md section 2"
+    )
 
 
 def featurize(
@@ -229,8 +141,26 @@ def featurize(
     dense: Sequence[str],
     label: str = "click",
 ) -> Batch:
-    """One-off :class:`Featurizer` call (no cache kept between calls)."""
-    return Featurizer(sparse, dense, label)(samples)
+    """Decoded Sample records -> :class:`Batch` with a one-off :class:`Featurizer`;
+    raises :class:`BadSample` naming the first bad record."""
+    fz = Featurizer(FeatureSpec.of(sparse, dense, label))
+    s = fz.samples(_encode(samples))
+    _raise_bad(s, samples)
+    return to_batch(s)
+
+
+@dataclass(frozen=True)
+class _StepStats:
+    """A step's statistics over every worker (:meth:`Trainer._agree`)."""
+
+    n: int  # samples of the step, all workers
+    sizes: list[int]  # samples of each worker
+    pos: float  # positives among them
+    watermark: int  # the job's watermark after the step
+    local_watermark: int  # this worker's
+    mean: torch.Tensor  # dense features: mean and biased variance over the step (float64)
+    var: torch.Tensor
+    recv: npt.NDArray[np.int64]  # (world, tables): ids each worker sends this one
 
 
 @dataclass(frozen=True)
@@ -297,7 +227,15 @@ class Trainer:
         seed: int = 0,
         pipeline: bool = False,
         nominal_batch: int | None = None,
+        comm: Comm | None = None,
     ) -> None:
+        self.comm = comm or Comm.local()
+        self.device = self.comm.device
+        if pipeline and self.comm.world > 1:
+            raise TrainerError(
+                f"trainer.pipeline runs with one worker only ({self.comm.world} here: the "
+                "update thread's exchange would interleave with the next step's): set it false"
+            )
         fields = [f if isinstance(f, SparseField) else SparseField(*f) for f in sparse]
         names = [f.name for f in fields]
         if not fields or len(set(names)) != len(names) or any(f.dim <= 0 for f in fields):
@@ -317,12 +255,15 @@ class Trainer:
         layout[:0] = [
             (fs[0] if len(fs) == 1 else f"shared_d{d}", d, fs) for d, fs in by_dim.items()
         ]
+        rank_seed = seed + 7919 * self.comm.rank  # owners draw their own rows' values
         self.groups = [
-            _Group(DynamicTable(tn, TableParams(**{**base.__dict__, "dim": d}), seed + i, fs), fs)
+            _Group(
+                DynamicTable(tn, TableParams(**{**base.__dict__, "dim": d}), rank_seed + i, fs), fs
+            )
             for i, (tn, d, fs) in enumerate(layout)
         ]
         self.tables = {g.table.name: g.table for g in self.groups}
-        self.featurizer = Featurizer(fields, dense, label, cache_size=hash_cache)
+        self.featurizer = Featurizer(FeatureSpec.of(fields, dense, label), cache_size=hash_cache)
         self.sparse_fields = fields
         self.dense_names = list(dense)
         with torch.random.fork_rng(devices=[]):
@@ -333,7 +274,7 @@ class Trainer:
                 len(dense),
                 list(mlp),
                 inter_dim or fields[0].dim,
-            )
+            ).to(self.device)
         self.opt = torch.optim.Adagrad(self.model.parameters(), lr=dense_lr)
         self.delayed_loss = delayed_loss
         self.evict_every = evict_every
@@ -341,21 +282,26 @@ class Trainer:
         self.pipeline = pipeline
         self.nominal_batch = nominal_batch
         self.lock = _StepLock(self._sync)
-        self._pending: Future[None] | None = None
+        self._pending: Future[bool] | None = None
         self._failed: BaseException | None = None
         self._worker: ThreadPoolExecutor | None = None
         self.step = 0
         self.samples = 0
         self.skipped = 0  # corrections of other labels, never trained
         self.nonfinite = 0  # batches with non-finite predictions: not trained, not scored
-        self.watermark_ms = 0
+        self.watermark_ms = 0  # the job's: the least of the workers' (that trained)
+        self.local_watermark_ms = 0  # the largest event time this worker trained
         self.offsets: dict[str, dict[int, int]] = {}
         self.id_xor = 0  # XOR of stable_hash("sample_id", id) over every trained sample
         self._cut_step = -1  # step of the last cut (-1: none yet)
+        self._cut_offsets: dict[str, dict[int, int]] = {}  # offsets of the last cut
 
     @classmethod
-    def from_config(cls, cfg: Config, metrics_jsonl: Path | None = None) -> Trainer:
-        """A trainer for ``cfg.features``, ``cfg.model`` and ``cfg.trainer``."""
+    def from_config(
+        cls, cfg: Config, metrics_jsonl: Path | None = None, comm: Comm | None = None
+    ) -> Trainer:
+        """A trainer for ``cfg.features``, ``cfg.model`` and ``cfg.trainer`` (one worker of
+        ``comm``'s job)."""
         tc, dim = cfg.trainer, cfg.model.embedding_dim
         labels = [lb.name for lb in cfg.join.labels]
         if labels and tc.label not in labels:
@@ -384,44 +330,143 @@ class Trainer:
             hash_cache=tc.hash_cache,
             pipeline=tc.pipeline,
             nominal_batch=tc.batch_size,
+            comm=comm,
         )
 
     # ------------------------------------------------------------------ training
 
     def featurize(self, samples: Sequence[Mapping[str, Any]]) -> Batch:
-        """Decode Sample records for this trainer's fields and label."""
-        return self.featurizer(samples)
+        """Decoded Sample records -> :class:`Batch` for this trainer's fields and label;
+        raises :class:`BadSample` naming the first bad record. (The daemon featurizes
+        the raw values instead: ``trainer.featurizer.samples(values)``.)"""
+        s = self.featurizer.samples(_encode(samples))
+        _raise_bad(s, samples)
+        return to_batch(s)
 
-    def _lookups(
-        self, batch: Batch, train: bool, out: list[FusedLookup] | None = None
-    ) -> list[FusedLookup]:
-        """The id half of every group's lookup (see :meth:`FusedLookup.finish`),
-        appended to ``out`` one by one (a caller that sees an error finishes those)."""
-        out = [] if out is None else out
-        for g in self.groups:
-            out.append(
-                FusedLookup(
-                    g.table,
-                    [batch.sparse[f] for f in g.fields],
-                    len(batch),
-                    now=self.watermark_ms,
-                    train=train,
-                    defer=True,
-                )
-            )
-        return out
-
-    def _forward(
-        self, batch: Batch, train: bool, lks: list[FusedLookup] | None = None
-    ) -> tuple[torch.Tensor, list[FusedLookup]]:
-        lks = self._lookups(batch, train) if lks is None else lks
-        for lk in lks:
-            lk.finish()
-        return self.model([lk.pooled() for lk in lks], batch.dense), lks
+    def _lookup(self, batch: Batch, train: bool) -> ShardedLookup:
+        """Every table's lookup of ``batch``, before any exchange (:class:`ShardedLookup`)."""
+        return ShardedLookup(
+            self.comm,
+            [g.table for g in self.groups],
+            [[batch.sparse[f] for f in g.fields] for g in self.groups],
+            len(batch),
+            now=self.watermark_ms,
+            train=train,
+            device=self.device,
+        )
 
     def _delayed(self, batch: Batch) -> torch.Tensor | None:
         """Mask of the fake-negative samples (None when the batch has none)."""
-        return torch.from_numpy(batch.fake) if batch.fake.any() else None
+        return torch.from_numpy(batch.fake).to(self.device) if batch.fake.any() else None
+
+    def _agree(self, batch: Batch, counts: npt.NDArray[np.int64]) -> _StepStats:
+        """The step's statistics over every worker (one ``all_gather``): sample count,
+        positives, watermark, dense moments (merged as in Chan et al.: stable for any
+        offset of the features), and how many ids of each table every worker sends every
+        owner (``counts``, ``(world, tables)``: :attr:`ShardedLookup.counts`)."""
+        n = len(batch)
+        local_wm = self.local_watermark_ms
+        x = batch.dense.double()
+        mean = x.mean(0) if n else torch.zeros(x.shape[1], dtype=torch.float64)
+        m2 = (x - mean).square_().sum(0)
+        if n:
+            local_wm = max(local_wm, int(batch.event_ms.max()))
+        head = torch.tensor([n, float(batch.label.sum()), local_wm], dtype=torch.float64)
+        ids = torch.from_numpy(counts.reshape(-1)).double()
+        rows = self.comm.all_gather(torch.cat([head, mean, m2, ids]))  # (world, 3 + 2D + w G)
+        sizes = rows[:, 0]
+        total = int(sizes.sum())
+        d = x.shape[1]
+        g_mean = (sizes[:, None] * rows[:, 3 : 3 + d]).sum(0) / max(total, 1)
+        dev = (rows[:, 3 : 3 + d] - g_mean).square_()
+        g_var = (rows[:, 3 + d : 3 + 2 * d] + sizes[:, None] * dev).sum(0) / max(total, 1)
+        wms = rows[:, 2][rows[:, 2] > 0]  # workers that never trained do not hold it back
+        wm = max(self.watermark_ms, int(wms.min())) if wms.numel() else self.watermark_ms
+        w, g = counts.shape
+        sent = rows[:, 3 + 2 * d :].reshape(w, w, g)  # [sender, owner, table]
+        recv = sent[:, self.comm.rank, :].long().numpy()
+        return _StepStats(
+            total,
+            [int(k) for k in sizes.tolist()],
+            float(rows[:, 1].sum()),
+            wm,
+            local_wm,
+            g_mean,
+            g_var,
+            recv,
+        )
+
+    def _scores(
+        self, batch: Batch, logit: torch.Tensor, sizes: list[int]
+    ) -> Callable[[bool], None]:
+        """Prequential scores (before the update) for the metrics of rank 0, which sees
+        every worker's: the ``all_gather`` starts here and runs while the step goes on;
+        the returned function waits for it and adds the scores when the step trains."""
+        fake = self._delayed(batch)
+        with torch.no_grad():
+            seen = stream_prob("logloss", logit)
+            if fake is not None:
+                seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
+        if self.comm.world == 1:
+
+            def add(ok: bool) -> None:
+                if ok:
+                    pred = seen.double().cpu().numpy()
+                    self.metrics.add(pred, batch.label.double().numpy(), batch.event_ms)
+
+            return add
+        n, top = len(batch), max(sizes)
+        row = torch.zeros(3 * top, dtype=torch.float64)  # pred, label, event time
+        row[:n] = seen.double().cpu()
+        row[top : top + n] = batch.label.double()
+        row[2 * top : 2 * top + n] = torch.from_numpy(batch.event_ms).double()
+        gathered = self.comm.all_gather_start(row)
+
+        def finish(ok: bool) -> None:
+            rows = gathered()  # every worker waits: the collective completes everywhere
+            if ok and self.comm.rank == 0:
+                cols = [rows[r].view(3, top)[:, : sizes[r]] for r in range(self.comm.world)]
+                pred, label, ev = (torch.cat([c[i] for c in cols]).numpy() for i in range(3))
+                self.metrics.add(pred, label, ev.astype(np.int64))
+
+        return finish
+
+    def _loss(
+        self, batch: Batch, logit: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss: (sum, sum / nominal batch)."""
+        fake = self._delayed(batch)
+        w = None
+        if fake is not None and self.delayed_loss == "fnw":
+            w = torch.where(fake, fnw_weights(logit, label), 1.0)
+        # every sample weighs 1 / nominal_batch however the stream cuts the batches
+        total = F.binary_cross_entropy_with_logits(logit, label, weight=w, reduction="sum")
+        return total, total / (self.nominal_batch or max(len(batch), 1))
+
+    def _average_dense_grads(self, finite: bool) -> Callable[[], bool]:
+        """Start averaging the dense gradients over the workers (one ``all_reduce``, which
+        runs while the row gradients go to their owners), with one more element: 1 from a
+        worker whose predictions were not ``finite``. The returned function waits, and
+        returns False when a worker's were not (then nothing is written back: no update
+        anywhere), else writes the averages back so the replicas take the same step."""
+        if self.comm.world == 1:
+            return lambda: finite
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flag = torch.tensor([0.0 if finite else 1.0], device=grads[0].device)
+        summed = self.comm.all_reduce_start_(torch.cat([*(g.reshape(-1) for g in grads), flag]))
+
+        def finish() -> bool:
+            total = summed()
+            if float(total[-1]) > 0:
+                return False
+            flat = total[:-1].div_(self.comm.world)
+            at = 0
+            for g in grads:
+                g.copy_(flat[at : at + g.numel()].view_as(g))
+                at += g.numel()
+            return True
+
+        return finish
 
     def _sync(self) -> None:
         """Wait for the background half of the previous step; re-raise its failure
@@ -437,35 +482,56 @@ class Trainer:
                 f"trainer: the update of step {self.step} failed: {self._failed!r}"
             ) from self._failed
 
-    def _update(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
-        """The second half of a step: backward, dense optimizer, row-wise Adagrad."""
+    def _update(self, loss: torch.Tensor, lk: ShardedLookup, finite: bool) -> bool:
+        """The second half of a step: backward, then (when every worker's predictions
+        were ``finite``, which the dense all_reduce tells) row-wise Adagrad and the dense
+        optimizer; False when the step trained nothing."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        averaged = self._average_dense_grads(finite)
+        lk.send_grads()
+        if not averaged():
+            return False
+        lk.apply_grads()
         self.opt.step()
-        for lk in lks:
-            lk.step()
+        return True
 
-    def _launch(self, loss: torch.Tensor, lks: list[FusedLookup]) -> None:
-        """Run the step's second half: on the worker thread (pipeline), or here when
-        it is off or this step evicts (eviction rewrites the id maps and rows)."""
-        evict = self.evict_every and self.step % self.evict_every == 0
+    def _launch(self, loss: torch.Tensor, lk: ShardedLookup, finite: bool) -> bool:
+        """Run the step's second half: on the worker thread (pipeline: one worker, whose
+        ``finite`` is the job's), or here when it is off or this step evicts (eviction
+        rewrites the id maps and rows); whether the step trains."""
+        evict = self.evict_every and (self.step + 1) % self.evict_every == 0
         if self.pipeline and not evict:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="fluxrec-update")
-            self._pending = self._worker.submit(self._update, loss, lks)
-            return
-        self._update(loss, lks)
-        if evict:
+            self._pending = self._worker.submit(self._update, loss, lk, finite)
+            return finite
+        ok = self._update(loss, lk, finite)
+        if ok and evict:
             for t in self.tables.values():
                 t.evict(self.watermark_ms)
+        return ok
 
     def train_batch(
         self, batch: Batch, offsets: Mapping[str, Mapping[int, int]] | None = None
     ) -> float:
-        """Score ``batch`` (prequential), then train on it; returns the loss.
+        """Score ``batch`` (prequential), then train on it; returns the loss (this
+        worker's samples' mean).
 
         ``offsets`` (topic -> partition -> next offset) are recorded atomically with the
         step, also when every record of the batch was skipped.
+
+        Collective: every worker of the job calls it for the same step, one without data
+        with an empty batch; the step trains the union of the workers' batches (nothing,
+        on every worker, when all are empty). Its collectives, in order: the step's
+        statistics with the id counts (``all_gather``), ids to owners and vectors back
+        (two ``all_to_all``), then, overlapped: the prequential scores to rank 0
+        (``all_gather``, started after the forward pass, waited for at the end), the
+        dense gradients summed with each worker's finite flag (``all_reduce``, started
+        after backward) while the row gradients go to their owners (``all_to_all``).
+        Four of them block: the statistics, the two lookups, the row gradients. The
+        updates wait for the flags: when a worker's predictions were not finite no
+        worker updates anything.
 
         With ``pipeline`` (``trainer.pipeline``) the step's
         second half (backward pass, optimizer
@@ -479,59 +545,57 @@ class Trainer:
             self.skipped += batch.skipped
             for topic, parts in (offsets or {}).items():
                 self.offsets.setdefault(topic, {}).update(parts)
-            if len(batch) == 0:
+            lk = self._lookup(batch, True)
+            stats = self._agree(batch, lk.counts)
+            if stats.n == 0:  # on every worker: nothing to train anywhere
                 return 0.0
             # the id half of the lookups overlaps the previous step's update; the
-            # admitted rows are written after it (finish) whatever happens
-            lks: list[FusedLookup] = []
+            # admitted rows are written after it (commit) whatever happens
             try:
                 if self._failed is None:
-                    self._lookups(batch, True, lks)
+                    lk.exchange(stats.recv)
             finally:
                 try:
                     self._sync()
                 finally:  # admitted rows get their values, whatever failed
-                    for lk in lks:
-                        lk.finish()
+                    lk.commit()
+            lk.gather()
             self.model.train()
             if self.step == 0:  # a fresh model: start from the first batch's positive rate
-                n = len(batch)  # smoothed: a first batch without positives is no proof of 0
-                self.model.init_bias((float(batch.label.sum()) + 0.5) / (n + 1.0))
+                # smoothed: a first batch without positives is no proof of 0
+                self.model.init_bias((stats.pos + 0.5) / (stats.n + 1.0))
             norm = self.model.norm
-            saved = (norm.mean.clone(), norm.var.clone(), norm.seen, self.watermark_ms)
-            self.watermark_ms = max(self.watermark_ms, int(batch.event_ms.max()))
-            logit, lks = self._forward(batch, train=True, lks=lks)
-            if not bool(torch.isfinite(logit).all()):
+            saved = (norm.mean.clone(), norm.var.clone(), norm.seen)
+            marks = (self.watermark_ms, self.local_watermark_ms)
+            if stats.n > 1 and stats.mean.numel():
+                norm.observe(stats.mean, stats.var)
+            self.watermark_ms, self.local_watermark_ms = stats.watermark, stats.local_watermark
+            dense, label = batch.dense.to(self.device), batch.label.to(self.device)
+            logit = self.model(lk.pooled(), dense)
+            finite = bool(torch.isfinite(logit).all())
+            scored = self._scores(batch, logit, stats.sizes)
+            total, loss = self._loss(batch, logit, label)
+            # one worker knows at once whether its step is finite (then no backward pass);
+            # a job learns it in the dense all_reduce, before any worker updates anything
+            alone = self.comm.world == 1
+            ok = self._launch(loss, lk, finite) if finite or not alone else False
+            scored(ok)
+            if not ok:
                 # never let one batch turn every parameter into NaN: no update at all
                 norm.mean.copy_(saved[0])
                 norm.var.copy_(saved[1])
-                norm.seen, self.watermark_ms = saved[2], saved[3]
+                norm.seen = saved[2]
+                self.watermark_ms, self.local_watermark_ms = marks
                 self.nonfinite += 1
                 log.warning(
                     "trainer: step %d: non-finite predictions, batch not trained", self.step
                 )
                 return float("nan")
-            fake = self._delayed(batch)
-            with torch.no_grad():  # prequential: scored before the update
-                seen = stream_prob("logloss", logit)
-                if fake is not None:
-                    seen = torch.where(fake, stream_prob(self.delayed_loss, logit), seen)
-            self.metrics.add(seen.double().numpy(), batch.label.double().numpy(), batch.event_ms)
-            w = None
-            if fake is not None and self.delayed_loss == "fnw":
-                w = torch.where(fake, fnw_weights(logit, batch.label), 1.0)
-            # every sample weighs 1 / nominal_batch however the stream cuts the batches
-            total = F.binary_cross_entropy_with_logits(
-                logit, batch.label, weight=w, reduction="sum"
-            )
-            loss = total / (self.nominal_batch or len(batch))
             self.step += 1
-            self.samples += len(batch)
+            self.samples += stats.n
             self.id_xor ^= batch.id_xor
-            value = float(total.detach()) / len(batch)
-            self._launch(loss, lks)
             self.metrics.advance(self.watermark_ms - self.metrics.window_ms)
-            return value
+            return float(total.detach()) / max(len(batch), 1)
 
     def train_samples(
         self,
@@ -542,15 +606,17 @@ class Trainer:
         return self.train_batch(self.featurize(samples), offsets)
 
     def score(self, batch: Batch) -> npt.NDArray[np.float64]:
-        """Served click probabilities, without training or admitting ids."""
+        """Served click probabilities, without training or admitting ids (collective)."""
         with self.lock, torch.no_grad():
             self.model.eval()
-            logit, _ = self._forward(batch, train=False)
+            lk = self._lookup(batch, train=False).exchange()
+            lk.finish()
+            logit = self.model(lk.pooled(), batch.dense.to(self.device))
             p = predict("logloss", logit)
             fake = self._delayed(batch)
             if fake is not None:
                 p = torch.where(fake, predict(self.delayed_loss, logit), p)
-            return p.double().numpy()
+            return p.double().cpu().numpy()
 
     # ------------------------------------------------------------------ export
 
@@ -573,18 +639,28 @@ class Trainer:
         Thread-safe; the cut falls between two steps. ``full=True`` asks for a snapshot
         of every live row. The cut is full anyway when it is the first one, the first
         after a restore, or change tracking overflowed. Returns None before the first
-        step, and when nothing changed (no step since the previous cut) and no full cut
-        is due.
+        step, and when nothing changed (no step and no offset moved since the previous
+        cut: a batch of bad values only moves the offsets) and no full cut is due.
+
+        Collective: the cut is full when any worker asks for it or overflowed, and taken
+        when any worker's offsets moved (one ``all_gather`` decides both, so every worker
+        cuts or none does). Each worker's cut is its part: the rows it owns, its
+        partitions' offsets, and on rank 0 the dense tensors (replicated, so one part
+        carries them); with one worker the part is the whole cut. One version of all the
+        parts: :class:`trainer.publish.Publisher`.
         """
         with self.lock:
-            due = full or any(t.overflow for t in self.tables.values())
-            if self.step == 0 or (not due and self.step == self._cut_step):
+            mine = full or any(t.overflow for t in self.tables.values())
+            moved = self.offsets != self._cut_offsets  # past values that trained nothing
+            due, moved = self.comm.any_of(mine, moved)
+            if self.step == 0 or (not due and self.step == self._cut_step and not moved):
                 return None  # an untrained model is not worth serving
             self._cut_step = self.step
+            self._cut_offsets = {t: dict(p) for t, p in self.offsets.items()}
             return take_cut(
                 self.tables,
-                self._dense_state(),
-                full=full,
+                self._dense_state() if self.comm.rank == 0 else {},
+                full=due,
                 step=self.step,
                 samples=self.samples,
                 watermark_ms=self.watermark_ms,

@@ -49,10 +49,12 @@ def build_mlp(sizes: list[int]) -> nn.Sequential:
 class DenseNorm(nn.Module):
     """Running standardisation of dense features: ``(x - mean) / sqrt(var + eps)``.
 
-    ``mean`` and ``var`` are buffers (exported with the dense parameters) updated in
-    training mode, never by gradients: the average of the batch statistics over the
-    first ``1/momentum`` batches, then an exponential moving average with ``momentum``.
-    ``seen`` (batches so far) is checkpointed by the trainer, not exported.
+    ``mean`` and ``var`` are buffers (exported with the dense parameters), never moved by
+    gradients: :meth:`observe` folds in each training batch's statistics (the trainer
+    passes those of the whole step, over every worker), the average of the batch
+    statistics over the first ``1/momentum`` batches, then an exponential moving average
+    with ``momentum``. ``seen`` (batches so far) is checkpointed by the trainer, not
+    exported.
     """
 
     mean: torch.Tensor
@@ -64,13 +66,15 @@ class DenseNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("var", torch.ones(n))
 
+    def observe(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Fold in one training batch's per-feature mean and (biased) variance."""
+        self.seen += 1
+        w = max(self.momentum, 1.0 / self.seen)
+        with torch.no_grad():
+            self.mean.lerp_(mean.to(self.mean), w)
+            self.var.lerp_(var.to(self.var), w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] > 1 and x.shape[1] > 0:
-            self.seen += 1
-            w = max(self.momentum, 1.0 / self.seen)
-            with torch.no_grad():
-                self.mean.lerp_(x.mean(0), w)
-                self.var.lerp_(x.var(0, unbiased=False), w)
         return (x - self.mean) / (self.var + self.eps).sqrt()
 
 
@@ -166,7 +170,7 @@ class CTRModel(nn.Module):
         h: torch.Tensor
         logit: torch.Tensor
         h, logit = _DeepInput.apply(
-            x.reshape(x.shape[0], -1),
+            x.flatten(1),  # (B, W); B may be 0 on a worker without data
             d,
             self.first.weight,
             self.first.bias,
@@ -212,14 +216,14 @@ class _DeepInput(torch.autograd.Function):
         fm_fields: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.addmm(b1, e, w1.t())
-        y = torch.addmv(b, e, w.view(-1))
+        y = torch.addmv(b.expand(e.shape[0]), e, w.view(-1))  # B may be 0
         dense = wd1 is not None and wd is not None and d.shape[1] > 0
         if dense:
             h.addmm_(d, wd1.t())  # type: ignore[union-attr]
             y.addmv_(d, wd.view(-1))  # type: ignore[union-attr]
         s = None
         if fm_fields:
-            s = e.view(e.shape[0], fm_fields, -1).sum(1)
+            s = e.view(e.shape[0], fm_fields, e.shape[1] // fm_fields).sum(1)
             # |sum_i v_i|^2 - sum_i |v_i|^2, as one-pass norms (no (B, W) temporary)
             sq = torch.linalg.vector_norm(e, dim=1).square_()
             y.add_(torch.linalg.vector_norm(s, dim=1).square_().sub_(sq), alpha=0.5)
@@ -235,7 +239,7 @@ class _DeepInput(torch.autograd.Function):
         if need[0]:
             g_e = g_h.mm(w1)
             if ctx.fm_fields:  # FM: (sum_j v_j - v_i) g_y; wide: w g_y; in place
-                v = e.view(e.shape[0], ctx.fm_fields, -1)
+                v = e.view(e.shape[0], ctx.fm_fields, e.shape[1] // ctx.fm_fields)
                 g = g_e.view_as(v)
                 gy = g_y.view(-1, 1, 1)
                 g.add_((s * g_y.unsqueeze(1)).unsqueeze(1))

@@ -33,6 +33,7 @@ class TrainerConfig:
     delayed_loss: Literal["fnw", "fnc"] = "fnw"
     hash_cache: int = 1_000_000  # feature value -> id hashes kept (reset when full)
     pipeline: bool = False  # backward + updates on a worker thread (Trainer.train_batch)
+    prefetch: bool = True  # featurize the next batch while one trains (one worker only)
     metrics_window_ms: int = 60_000
     checkpoint_dir: Path | None = None  # None: stack.state_dir / "trainer"
     checkpoint_every_s: float = 60.0
@@ -41,3 +42,8 @@ class TrainerConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     export: bool = True  # run the exporter (exporter.*) in the trainer process
+    broker_timeout_s: float = 60.0  # no broker answering this long ends the job (one line)
+    # workers (fluxrec train --workers N, or torchrun): trainer/distributed.py
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: cuda where every worker has one
+    init_timeout_s: float = 120.0  # to form the process group (every worker started)
+    collective_timeout_s: float = 600.0  # a worker silent this long ends the job

@@ -9,10 +9,18 @@
 from exporter.errors import ExporterError
 from exporter.format import Limits
 from exporter.sdk._consumer import ConsumerStats, DeltaConsumer
-from exporter.sdk._tables import InMemoryTables, InPlaceTables, RedisTables, Table, TableSet
+from exporter.sdk._tables import (
+    Backend,
+    InMemoryTables,
+    InPlaceTables,
+    RedisTables,
+    Table,
+    TableSet,
+)
 from exporter.store import open_store
 
 __all__ = [
+    "Backend",
     "ConsumerStats",
     "DeltaConsumer",
     "ExporterError",

@@ -1,11 +1,21 @@
-"""``DeltaConsumer``: follows published versions into a serving backend."""
+"""``DeltaConsumer``: follows published versions into a serving backend.
+
+The served version only moves forward. Following applies N+1, N+2, ... to the live
+backend (each version fetched and verified whole first). Every rebuild from a snapshot
+(bootstrap, a gap, :meth:`DeltaConsumer.rollback`) is applied into a *staging* backend
+and swapped in only when its whole chain applied, so a reader never sees a version older
+than the one served before, nor a half-built one. ``LATEST.json`` is a hint: one that
+names a version below ours is ignored and counted (``stats.stale_latest``); only
+:meth:`DeltaConsumer.rollback`, called by an operator, moves to an older version, and it
+is counted (``stats.rollbacks``) and logged.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.errors import (
@@ -18,8 +28,19 @@ from exporter.errors import (
     Truncated,
     VersionNotFound,
 )
-from exporter.format import DecodedDense, DecodedTable, Limits, decode_object
-from exporter.manifest import LATEST_KEY, manifest_key, parse_latest, parse_manifest
+from exporter.format import DecodedDense, DecodedTable, Limits
+from exporter.manifest import (
+    LATEST_KEY,
+    MAX_LATEST_BYTES,
+    MAX_MANIFEST_BYTES,
+    check_entry_size,
+    decode_entry,
+    manifest_key,
+    manifest_objects,
+    merge_tables,
+    parse_latest,
+    parse_manifest,
+)
 from exporter.sdk._tables import Backend, InMemoryTables, TableSet
 from exporter.store import ObjectStore
 
@@ -29,28 +50,22 @@ log = logging.getLogger(__name__)
 _DEFAULT_LIMITS = Limits()
 _SLICE_S = 0.1  # the follower thread checks for stop() this often
 
+Version = tuple[dict[str, Any], list[DecodedTable], DecodedDense | None]
+
 
 @dataclass
 class ConsumerStats:
     applied: int = 0
-    rejected: int = 0  # versions refused (format/chain errors); the last good one is served
+    rejected: int = 0  # failed syncs/rollbacks (typed errors); the last good version is served
+    reasons: dict[str, int] = field(default_factory=dict)  # rejections by error class
     gaps_recovered: int = 0
+    rebuilds: int = 0  # chains applied in staging and swapped in
+    rollbacks: int = 0  # explicit rollback() calls that moved to an older version
+    stale_latest: int = 0  # LATEST.json named a version below ours: ignored
     notifications: int = 0
     polls: int = 0
     redis_down: int = 0
     last_error: str = ""
-
-
-def _check_entry(seq: int, obj: dict[str, Any], dec: DecodedTable | DecodedDense) -> None:
-    """The decoded object is the one its manifest entry describes."""
-    if isinstance(dec, DecodedTable):
-        got = {"kind": "table", "name": dec.name, "dim": dec.dim, "encoding": dec.encoding}
-        got |= {"rows": len(dec.ids), "tombstones": len(dec.tombstones)}
-    else:
-        got = {"kind": "dense"}
-    want = {k: obj.get(k) for k in got}
-    if got != want:
-        raise BadManifest(f"version {seq}: {obj['key']} holds {got}, its manifest says {want}")
 
 
 class DeltaConsumer:
@@ -84,7 +99,7 @@ class DeltaConsumer:
         self.version: int | None = None
         self.watermark_ms: int | None = None
         self.pinned: int | None = None
-        self._rebuild = False  # the next sync rebuilds from a snapshot (after a rollback)
+        self._stale_logged: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,102 +119,139 @@ class DeltaConsumer:
             return None
         return (int(time.time() * 1000) if now_ms is None else now_ms) - self.watermark_ms
 
-    def load_version(
-        self, seq: int
-    ) -> tuple[dict[str, Any], list[DecodedTable], DecodedDense | None]:
-        """Fetch and fully verify one version (manifest + every object) without applying it."""
+    def _manifest(self, seq: int) -> dict[str, Any]:
         try:
-            raw = self.store.get(manifest_key(seq))
+            raw = self.store.get(manifest_key(seq), MAX_MANIFEST_BYTES)
         except ObjectNotFound:
             raise VersionNotFound(f"version {seq}: no manifest in {self.store.url}") from None
-        doc = parse_manifest(raw, self.hmac_key, expected_seq=seq)
+        except OversizedPayload:
+            raise BadManifest(f"version {seq}: manifest larger than {MAX_MANIFEST_BYTES}") from None
+        return parse_manifest(raw, self.hmac_key, expected_seq=seq)
+
+    def load_version(self, seq: int) -> Version:
+        """Fetch and fully verify one version (manifest + every object) without applying it."""
+        doc = self._manifest(seq)
         tables: list[DecodedTable] = []
         dense: DecodedDense | None = None
-        for obj in doc["objects"]:
-            if obj["bytes"] > self.limits.max_object_bytes:
-                raise OversizedPayload(
-                    f"version {seq}: {obj['key']} has {obj['bytes']} bytes > limit "
-                    f"{self.limits.max_object_bytes} (DeltaConsumer(limits=...))"
-                )
+        for obj in manifest_objects(doc):
+            check_entry_size(seq, obj, self.limits)
             try:
-                data = self.store.get(obj["key"])
+                data = self.store.get(obj["key"], obj["bytes"])
             except ObjectNotFound:
                 if not self.store.exists(manifest_key(seq)):
                     raise VersionNotFound(f"version {seq}: pruned while being read") from None
                 raise MissingPayload(f"version {seq}: {obj['key']} is missing") from None
-            if len(data) != obj["bytes"]:
+            except OversizedPayload:
                 raise Truncated(
-                    f"version {seq}: {obj['key']} has {len(data)} bytes, manifest says "
-                    f"{obj['bytes']}"
-                )
-            dec = decode_object(data, obj["sha256"], self.limits)
+                    f"version {seq}: {obj['key']} has more than the {obj['bytes']} bytes "
+                    "its manifest says"
+                ) from None
+            dec = decode_entry(seq, obj, data, self.limits)
             del data
-            _check_entry(seq, obj, dec)
             if isinstance(dec, DecodedTable):
                 tables.append(dec)
             else:
                 dense = dec
-        return doc, tables, dense
+        return doc, merge_tables(tables), dense  # a table in several parts: one table
 
-    def _apply(self, doc: dict[str, Any], tables: list[DecodedTable], dense: Any) -> None:
-        self.backend.apply(doc, tables, dense)
-        self.version, self.watermark_ms = doc["sequence"], doc["watermark_ms"]
-        self.stats.applied += 1
-
-    def _chain_to(self, target: int) -> None:
-        """Apply the snapshot under ``target``, then each delta after it up to ``target``.
-
-        One version is held in memory at a time, and each is verified before it is applied,
-        so a bad delta leaves the last good version of the chain being served.
-        """
+    def _latest(self) -> int | None:
+        """The sequence ``LATEST.json`` names (signed when a key is configured), or None."""
         try:
-            raw = self.store.get(manifest_key(target))
+            raw = self.store.get(LATEST_KEY, MAX_LATEST_BYTES)
         except ObjectNotFound:
-            raise VersionNotFound(f"version {target}: no manifest in {self.store.url}") from None
-        base = parse_manifest(raw, self.hmac_key, expected_seq=target)["base_snapshot"]
-        for seq in range(base, target + 1):
-            self._apply(*self.load_version(seq))
+            return None
+        except OversizedPayload:
+            raise BadManifest(f"LATEST.json larger than {MAX_LATEST_BYTES} bytes") from None
+        return parse_latest(raw, self.hmac_key)[0]
 
-    def _rebuild_to_latest(self, attempts: int = 3) -> None:
-        """Rebuild from the newest snapshot chain; if the writer prunes the chain while we
-        read it, start again from the newer ``LATEST.json``."""
+    def _applied(self, doc: dict[str, Any], count: int) -> None:
+        self.version, self.watermark_ms = int(doc["sequence"]), int(doc["watermark_ms"])
+        self.stats.applied += count
+
+    def _build(self, target: int) -> tuple[Backend, dict[str, Any], int]:
+        """Apply the snapshot under ``target`` and each delta after it up to ``target``
+        into a fresh staging backend; ``(staging, target's manifest, versions applied)``.
+        One version is held in memory at a time, each verified before it is applied."""
+        base = int(self._manifest(target)["base_snapshot"])
+        staging = self.backend.staging()
+        doc: dict[str, Any] = {}
+        for seq in range(base, target + 1):
+            doc, tables, dense = self.load_version(seq)
+            if (seq == base) != (doc["kind"] == "snapshot") or doc["base_snapshot"] != base:
+                raise BadSequence(
+                    f"version {seq}: {doc['kind']} on base {doc['base_snapshot']} breaks the "
+                    f"chain {base}..{target}"
+                )
+            staging.apply(doc, tables, dense)
+        return staging, doc, target - base + 1
+
+    def _rebuild(self, target: int | None, attempts: int = 3) -> None:
+        """Build the chain of ``target`` (None: of LATEST.json) in staging and swap it in.
+        If the writer prunes the chain while we read it, start again from the newer
+        ``LATEST.json``. The live backend is untouched unless the whole chain applied."""
         for attempt in range(attempts):
-            latest, _base = parse_latest(self.store.get(LATEST_KEY))
-            try:
-                self._chain_to(latest)
+            goal = self._latest() if target is None else target
+            if goal is None:
                 return
+            if target is None and self.version is not None and goal <= self.version:
+                return  # nothing newer to rebuild to: never move back
+            try:
+                staging, doc, count = self._build(goal)
             except VersionNotFound:
-                if attempt == attempts - 1:
+                if target is not None or attempt == attempts - 1:
                     raise
+                continue
+            self.backend.swap(staging)
+            self.stats.rebuilds += 1
+            self._applied(doc, count)
+            return
 
     # ------------------------------------------------------------------ following
 
     def sync(self) -> int:
         """Apply every version newer than ours; returns how many were applied.
 
-        Errors are counted (``stats.rejected``, ``stats.last_error``) and the last good
-        version keeps being served; the next sync tries again.
+        Every failure is counted (``stats.rejected``, ``stats.reasons`` by error class,
+        ``stats.last_error``) and the last good version keeps being served; the next sync
+        tries again. Failures are ``ExporterError`` subclasses; anything else would be a
+        bug in this SDK: it is counted and logged with its traceback, never raised.
         """
         with self._lock:
             before = self.stats.applied
             try:
                 self._sync()
-            except ExporterError as e:
-                self.stats.rejected += 1
-                self.stats.last_error = f"{type(e).__name__}: {e}"
-                log.warning("delta consumer: kept version %s: %s", self.version, e)
+            except Exception as e:
+                self._reject(e)
             return self.stats.applied - before
+
+    def _reject(self, e: Exception) -> None:
+        name = type(e).__name__
+        self.stats.rejected += 1
+        self.stats.reasons[name] = self.stats.reasons.get(name, 0) + 1
+        self.stats.last_error = f"{name}: {e}"
+        if isinstance(e, ExporterError):
+            log.warning("delta consumer: kept version %s: %s: %s", self.version, name, e)
+        else:
+            log.error("delta consumer: kept version %s: unexpected error", self.version, exc_info=e)
 
     def _sync(self) -> None:
         if self.pinned is not None:
             return
-        try:
-            latest, _base = parse_latest(self.store.get(LATEST_KEY))
-        except ObjectNotFound:
+        if self.version is None:
+            self._rebuild(None)
             return
-        if self.version is None or latest < self.version or self._rebuild:
-            self._rebuild_to_latest()
-            self._rebuild = False
+        latest = self._latest()
+        if latest is None:
+            return
+        if latest < self.version:
+            self.stats.stale_latest += 1
+            if self._stale_logged != latest:
+                self._stale_logged = latest
+                log.warning(
+                    "delta consumer: LATEST.json names version %d, below ours (%d): ignored",
+                    latest,
+                    self.version,
+                )
             return
         seq = self.version + 1
         while seq <= latest:
@@ -207,28 +259,36 @@ class DeltaConsumer:
                 doc, tables, dense = self.load_version(seq)
             except VersionNotFound:
                 self.stats.gaps_recovered += 1  # pruned or never written: back to a snapshot
-                self._rebuild_to_latest()
+                self._rebuild(None)
                 return
             if doc["kind"] == "delta" and doc["parent"] != self.version:
                 raise BadSequence(
                     f"version {seq}: parent {doc['parent']} != current version {self.version}"
                 )
-            self._apply(doc, tables, dense)
+            self.backend.apply(doc, tables, dense)
+            self._applied(doc, 1)
             seq += 1
 
     def rollback(self, seq: int) -> None:
-        """Serve version ``seq`` (rebuilt from its snapshot) and stop following until
-        :meth:`resume`. Raises if that version cannot be rebuilt."""
+        """Serve version ``seq`` (rebuilt from its snapshot in staging) and stop following
+        until :meth:`resume`. The only way to an older version: counted and logged. If it
+        cannot be rebuilt, the version served before stays, and the error is counted and
+        raised."""
         with self._lock:
-            self._chain_to(seq)
+            before = self.version
+            try:
+                self._rebuild(seq)
+            except Exception as e:
+                self._reject(e)
+                raise
             self.pinned = seq
+            self.stats.rollbacks += 1
+            log.warning("delta consumer: rolled back from version %s to %d", before, seq)
 
     def resume(self) -> int:
-        """Follow new versions again: rebuild from the newest snapshot chain (until that
-        succeeds the rolled-back version keeps being served)."""
+        """Follow new versions again, forward from the rolled-back version."""
         with self._lock:
             self.pinned = None
-            self._rebuild = True
         return self.sync()
 
     # ------------------------------------------------------------------ background

@@ -105,12 +105,20 @@ class TableSet:
 
 
 class Backend(Protocol):
+    """What :class:`~exporter.sdk.DeltaConsumer` writes to. ``apply`` applies one version
+    atomically for readers; rebuilds go through ``staging()`` (an empty backend of the
+    same kind that nobody reads) and ``swap(staged)`` (take over its state at once)."""
+
     def apply(
         self,
         manifest: dict[str, Any],
         tables: list[DecodedTable],
         dense: DecodedDense | None,
     ) -> None: ...
+
+    def staging(self) -> Backend: ...
+
+    def swap(self, staged: Backend) -> None: ...
 
 
 class InMemoryTables:
@@ -137,6 +145,14 @@ class InMemoryTables:
         if dense:
             dn = {**dn, **dense.tensors}  # a dense object replaces the tensors it names
         self.state = TableSet(manifest["sequence"], manifest["watermark_ms"], base, dn)
+
+    def staging(self) -> InMemoryTables:
+        return InMemoryTables()
+
+    def swap(self, staged: Backend) -> None:
+        if not isinstance(staged, InMemoryTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        self.state = staged.state  # one reference: readers see the old or the new version
 
     def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
         state = self.state
@@ -177,6 +193,15 @@ class InPlaceTables:
                 self.dense = {**self.dense, **dense.tensors}
             self.version = int(manifest["sequence"])
 
+    def staging(self) -> InPlaceTables:
+        return InPlaceTables()
+
+    def swap(self, staged: Backend) -> None:
+        if not isinstance(staged, InPlaceTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        with self._lock:
+            self._tables, self.dense, self.version = staged._tables, staged.dense, staged.version
+
     def lookup(self, table: str, ids: npt.ArrayLike, default: float = 0.0) -> Any:
         with self._lock:
             return self._tables[table].lookup(ids, default)
@@ -199,11 +224,42 @@ class RedisTables:
     into ``...:t:{table}:next`` keys first, then RENAMEd over the live keys in one MULTI.
     """
 
-    def __init__(self, redis_url: str, prefix: str = "fluxrec") -> None:
+    def __init__(self, redis_url: str, prefix: str = "fluxrec", client: Any = None) -> None:
         import redis
 
-        self.r = redis.Redis.from_url(redis_url)
+        self.redis_url = redis_url
+        self.r = client if client is not None else redis.Redis.from_url(redis_url)
         self.prefix = prefix
+
+    def staging(self) -> RedisTables:
+        """Keys under ``{prefix}:staging`` (emptied first), swapped in by :meth:`swap`."""
+        staged = RedisTables(self.redis_url, f"{self.prefix}:staging", self.r)
+        for k in list(self.r.scan_iter(f"{staged.prefix}:*")):
+            self.r.delete(k)
+        return staged
+
+    def swap(self, staged: Backend) -> None:
+        """RENAME every staged key over its live key and delete live keys the staged
+        version does not have, in one MULTI/EXEC."""
+        if not isinstance(staged, RedisTables):
+            raise TypeError(f"cannot swap in {type(staged).__name__}")
+        moves = {}
+        for pattern in (":t:*", ":dense:*", ":version"):
+            for k in self.r.scan_iter(staged.prefix + pattern):
+                key = k.decode()
+                if not key.endswith(":next"):
+                    moves[key] = self.prefix + key[len(staged.prefix) :]
+        live = {
+            k.decode()
+            for pattern in (":t:*", ":dense:*")
+            for k in self.r.scan_iter(self.prefix + pattern)
+        }
+        pipe = self.r.pipeline(transaction=True)
+        for k in live - set(moves.values()):
+            pipe.delete(k)
+        for src, dst in moves.items():
+            pipe.rename(src, dst)
+        pipe.execute()
 
     def _key(self, table: str) -> str:
         return f"{self.prefix}:t:{table}"

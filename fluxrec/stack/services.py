@@ -88,6 +88,19 @@ def _java_cmd(heap_mb: int, service: str, state: Path) -> list[str]:
     ]
 
 
+def _cluster_id() -> str:
+    """A random Kafka cluster id: 22 URL-safe base64 characters of a UUID.
+
+    One in 64 such ids starts with ``-``, which the storage tool's argument parser reads as
+    an option (``argument --cluster-id/-t: expected one argument``); Kafka's own generator
+    skips those, and so does this one.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 class KafkaService(Service):
     """Apache Kafka 4 in KRaft mode: one node that is both broker and controller."""
 
@@ -166,7 +179,7 @@ class KafkaService(Service):
         (self.dir / "log4j2.properties").write_text(_KAFKA_LOG4J2)
         if self._check_state():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         self.data.mkdir(parents=True, exist_ok=True)
         r = subprocess.run(
             [
@@ -175,8 +188,7 @@ class KafkaService(Service):
                 f"{jars}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.dir / "server.properties"),
             ],

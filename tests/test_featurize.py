@@ -1,0 +1,262 @@
+"""The vectorised featurizer equals the per-record reference on every field type; bad
+records are counted, never drop their batch; request bodies are checked naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featurize import reference as ref
+from featurize.core import Featurizer
+from featurize.errors import BadInput
+from featurize.hashing import stable_hash
+from featurize.types import FeatureSpec, Samples, SparseSpec
+
+SPEC = FeatureSpec(
+    (SparseSpec("user_id"), SparseSpec("tags"), SparseSpec("slot", raw=True)),
+    ("price", "age"),
+)
+
+_text = st.text(max_size=12)  # any unicode but lone surrogates (not encodable as UTF-8)
+_raw = st.one_of(
+    st.integers(-(2**63) + 2, 2**63 - 1).map(str),
+    st.sampled_from(["x", "+5", " 5", "", str(2**63), str(-(2**63)), "1.5", "007"]),
+)
+_number = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(10**40), 10**40),  # beyond int64 and float32
+    st.sampled_from([-3.4e38, 3.5e38, -1e-45, 0.0, -0.0]),
+)
+
+
+@st.composite
+def features(draw: st.DrawFn) -> dict[str, Any]:
+    sparse: dict[str, Any] = {}
+    for name, values in (("user_id", _text), ("tags", _text), ("slot", _raw)):
+        kind = draw(st.sampled_from(["absent", "null", "list", "list", "list"]))
+        if kind == "null":
+            sparse[name] = None
+        elif kind == "list":
+            sparse[name] = draw(st.lists(values, max_size=4))
+    sparse |= draw(st.dictionaries(st.sampled_from(["other", "ünï"]), st.lists(_text), max_size=1))
+    dense: dict[str, Any] = {}
+    for name in ("price", "age"):
+        kind = draw(st.sampled_from(["absent", "null", "num", "num", "num"]))
+        if kind == "null":
+            dense[name] = None
+        elif kind == "num":
+            dense[name] = draw(_number)
+    out: dict[str, Any] = {}
+    if draw(st.booleans()) or sparse:
+        out["sparse"] = sparse
+    if draw(st.booleans()) or dense:
+        out["dense"] = dense
+    return out
+
+
+_BREAK = [
+    ("v", 2),
+    ("v", "1"),
+    ("labels", {"click": 2}),
+    ("labels", {"conversion": 1}),
+    ("strategy", "later"),
+    ("event_time_ms", "1"),
+    ("event_time_ms", 1.5),
+    ("sample_id", None),
+    ("features", None),
+    ("correction", "yes"),
+    ("features", {"sparse": {"user_id": "u-1"}}),
+    ("features", {"sparse": {"tags": [7]}}),
+    ("features", {"sparse": {"tags": ["a", None]}}),
+    ("features", {"dense": {"price": "12"}}),
+    ("features", {"dense": {"price": True}}),
+]
+
+
+@st.composite
+def sample_values(draw: st.DrawFn) -> tuple[bytes, Any]:
+    """One Kafka value and what Python's json makes of it (None: not JSON)."""
+    k = draw(st.integers(0, 10**6))
+    rec: dict[str, Any] = {
+        "v": 1,
+        "sample_id": f"r-{k}|i-{draw(_text)}|0",
+        "event_time_ms": draw(st.integers(0, 2**63 - 1)),
+        "features": draw(features()),
+        "labels": {"click": draw(st.integers(0, 1)), "conversion": 0},
+        "strategy": draw(st.sampled_from(["window", "fake_negative"])),
+        "request_id": "r",
+    }
+    if draw(st.booleans()):
+        rec["correction"] = draw(st.booleans())
+    if draw(st.integers(0, 9)) == 0:
+        key, value = draw(st.sampled_from(_BREAK))
+        rec[key] = value
+    if draw(st.integers(0, 19)) == 0:
+        raw = draw(st.sampled_from([b"", b"  ", b"not json", b"[1]", b"{}{}", b"\xff\xfe"]))
+        return raw, None
+    indent = draw(st.sampled_from([None, 1]))  # pretty-printed values span lines
+    text = json.dumps(rec, ensure_ascii=draw(st.booleans()), indent=indent)
+    return text.encode(), rec
+
+
+def _check(spec: FeatureSpec, values: list[bytes], docs: list[Any], got: Samples) -> None:
+    want = ref.samples(spec, [d if d is not None else [] for d in docs])
+    bad = {b.index for b in got.bad}
+    assert bad == {i for i, w in enumerate(want) if isinstance(w, BadInput)}
+    assert got.skipped == sum(w is None for w in want)
+    good = [w for w in want if isinstance(w, ref.RefSample)]
+    assert got.index.tolist() == [i for i, w in enumerate(want) if isinstance(w, ref.RefSample)]
+    assert len(got) == len(good)
+    for f in spec.sparse:
+        ids, offsets = got.features.sparse[f.name]
+        assert offsets.tolist() == np.cumsum([0] + [len(g.ids[f.name]) for g in good]).tolist()
+        assert ids.tolist() == [i for g in good for i in g.ids[f.name]]
+    dense = np.array([g.dense for g in good], dtype=np.float32).reshape(len(good), 2)
+    np.testing.assert_array_equal(got.features.dense, dense)
+    assert got.label.tolist() == [g.label for g in good]
+    assert got.event_ms.tolist() == [g.event_ms for g in good]
+    assert got.fake.tolist() == [g.fake for g in good]
+    xor = 0
+    for g in good:
+        xor ^= stable_hash("sample_id", g.sample_id)
+    assert got.id_xor == xor
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(sample_values(), max_size=24))
+def test_vectorised_samples_equal_the_reference(batch: list[tuple[bytes, Any]]) -> None:
+    values = [v for v, _ in batch]
+    docs = [json.loads(v) if d is not None else None for v, d in batch]
+    fz = Featurizer(SPEC, cache_size=8)  # a small cache: hits, misses and resets
+    _check(SPEC, values, docs, fz.samples(values))
+    _check(SPEC, values, docs, fz.samples(values))  # again, from the cache
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(features(), max_size=12))
+def test_request_features_equal_the_reference(instances: list[dict[str, Any]]) -> None:
+    fz = Featurizer(SPEC)
+    body = json.dumps({"instances": instances}).encode()
+    try:
+        want = [ref.features(SPEC, x, f"instances[{i}]") for i, x in enumerate(instances)]
+    except BadInput as e:
+        with pytest.raises(BadInput) as got:
+            fz.request(body)
+        assert got.value.field == e.field  # the same field is named
+        return
+    x, single, unknown = fz.request(body)
+    assert not single and x.n == len(instances)
+    for f in SPEC.sparse:
+        ids, offsets = x.sparse[f.name]
+        assert ids.tolist() == [i for w in want for i in w[0][f.name]]
+        assert np.diff(offsets).tolist() == [len(w[0][f.name]) for w in want]
+    dense = np.array([w[1] for w in want], dtype=np.float32).reshape(len(want), 2)
+    np.testing.assert_array_equal(x.dense, dense)
+    names = [n for x_ in instances for n, v in x_.get("sparse", {}).items() if v is not None]
+    assert sum(unknown.values()) == sum(n in ("other", "ünï") for n in names)
+
+
+def _sample(sid: str, **kw: Any) -> bytes:
+    rec = {
+        "v": 1,
+        "sample_id": sid,
+        "event_time_ms": 1_700_000_000_000,
+        "features": {"sparse": {"user_id": ["u-1"], "tags": ["a", "b"]}, "dense": {"age": 3}},
+        "labels": {"click": 1},
+        "strategy": "window",
+    }
+    return json.dumps(rec | kw).encode()
+
+
+def test_bad_values_are_reported_by_reason_and_never_drop_their_batch() -> None:
+    fz = Featurizer(SPEC)
+    values = [
+        _sample("r-0"),
+        b"not json",
+        _sample("r-2", v=2),
+        b"",
+        _sample("r-4", labels={"click": 3}),
+        _sample("r-5", event_time_ms="soon"),
+        _sample("r-6", features={"dense": {"price": 1e39}}),
+        b'{"v":1}{"v":1}',
+        _sample("r-8"),
+    ]
+    s = fz.samples(values)
+    assert s.index.tolist() == [0, 8]
+    assert [(b.index, b.reason) for b in s.bad] == [
+        (1, "malformed_json"),
+        (2, "unsupported_version"),
+        (3, "malformed_json"),
+        (4, "bad_value"),
+        (5, "bad_type"),
+        (6, "bad_value"),
+        (7, "malformed_json"),
+    ]
+    assert "event_time_ms" in s.bad[4].detail and "price" in s.bad[5].detail
+    all_bad = fz.samples([b"x", b"{}"])
+    assert len(all_bad) == 0 and len(all_bad.bad) == 2
+
+
+def test_pretty_printed_and_raw_id_values() -> None:
+    spec = FeatureSpec((SparseSpec("slot", raw=True),), ())
+    fz = Featurizer(spec)
+    rec = json.loads(_sample("r-1"))
+    rec["features"]["sparse"]["slot"] = ["-12", "9223372036854775807"]
+    s = fz.samples([json.dumps(rec, indent=2).encode()])
+    assert s.features.sparse["slot"][0].tolist() == [-12, 2**63 - 1]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "match"),
+    [
+        (b"{not json", "", "not JSON"),
+        (b"[]", "", "JSON object"),
+        (b'{"instances": {"a": 1}}', "instances", "must be a list"),
+        (b'{"instances": [{"sparse": {"user_id": "u"}}]}', "instances[0].sparse.user_id", "list"),
+        (b'{"instances": [{}, {"sparse": {"tags": [3]}}]}', "instances[1].sparse.tags", "string"),
+        (b'{"instances": [{"sparse": {"slot": ["x"]}}]}', "instances[0].sparse.slot", "int64"),
+        (b'{"features": {"dense": {"age": "1"}}}', "features.dense.age", "not a number"),
+        (b'{"features": {"dense": {"age": NaN}}}', "features.dense.age", "finite"),
+        (b'{"instances": [{"dense": {"age": 1e39}}]}', "instances[0].dense.age", "finite"),
+        (b'{"impressions": [{"request_id": "r"}]}', "impressions[0]", "no 'features'"),
+        (b'{"instances": [null]}', "instances[0]", "features object"),
+        (b'{"instances": [], "features": {}}', "", "exactly one of"),
+    ],
+)
+def test_bad_requests_name_the_field(body: bytes, field: str, match: str) -> None:
+    with pytest.raises(BadInput, match=match) as e:
+        Featurizer(SPEC).request(body)
+    assert e.value.field == field
+
+
+def test_requests_of_every_shape_and_unknown_features() -> None:
+    fz = Featurizer(SPEC)
+    f = {"sparse": {"user_id": ["u-1"], "colour": ["red"]}, "dense": {"age": 2, "x": 1}}
+    one, single, unknown = fz.request(json.dumps({"features": f}).encode())
+    assert single and one.n == 1 and unknown == {"sparse.colour": 1, "dense.x": 1}
+    many, single, _ = fz.request(json.dumps({"instances": [f, f]}).encode())
+    imps, _, _ = fz.request(json.dumps({"impressions": [{"features": f, "v": 1}] * 2}).encode())
+    assert not single and many.n == imps.n == 2
+    assert many.sparse["user_id"][0].tolist() == [stable_hash("user_id", "u-1")] * 2
+    np.testing.assert_array_equal(many.dense, imps.dense)
+    # an unknown feature whose type varies between instances is still only ignored
+    mixed = {"instances": [{"sparse": {"colour": ["red"]}}, {"sparse": {"colour": 3}}]}
+    x, _, unknown = fz.request(json.dumps(mixed).encode())
+    assert x.n == 2 and unknown == {"sparse.colour": 2}
+    with pytest.raises(BadInput, match="at most 1"):
+        fz.request(json.dumps({"instances": [f, f]}).encode(), max_instances=1)
+
+
+def test_the_hash_is_the_pinned_blake2b() -> None:
+    assert stable_hash("item_id", "i-9") == int.from_bytes(
+        __import__("hashlib").blake2b(b"item_id\x1fi-9", digest_size=8).digest(),
+        "little",
+        signed=True,
+    )
+    assert math.isfinite(float(stable_hash("é", "😀")))
