@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from fluxrec.config import Config
 from fluxrec.topics import read_topic
-from sample_join.reference import RawEvent, ReferenceOutput, run_reference
+from sample_join.reference import RawEvent, ReferenceOutput, Stream, run_reference
 from sample_join.settings import JoinConfig, LabelSpec
 from sample_join.testing import Act, Request, build_stream, produce_events, schema_validator
 
@@ -212,3 +212,33 @@ def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: 
     # the metrics: summed where the join emits them, then once per (window, code)
     assert graph.count("LocalGroupAggregate(") == graph.count("GlobalGroupAggregate(") == 1
     assert graph.count("TableSourceScan(") == 2
+
+
+def test_pathological_payloads_reach_the_dead_letters_with_the_reference_reason(
+    stack_config: Config, new_topic: Callable[..., str]
+) -> None:
+    """Payloads that make a JSON parser deep or slow, and bytes that are not UTF-8, go through
+    the real job: each becomes the reference's dead letter (reason, and the original bytes
+    back from its payload), and a large valid one its sample. (The 10 MB strings of
+    ``tests/test_join_parse.py`` exceed Kafka's default record size; 600 kB here.)"""
+    t0 = int(time.time() * 1000) - 3_600_000
+    big = "x" * 600_000
+    imp = {"v": 1, "request_id": "r1", "item_id": "i", "user_id": "u", "event_time_ms": t0}
+    click = imp | {"action": "click", "event_time_ms": t0 + 100}
+    not_utf8 = json.dumps(imp | {"request_id": "r2"}).encode().replace(b'"r2"', b'"r\xff\xc0"')
+    raw: list[tuple[Stream, bytes]] = [
+        ("impression", json.dumps(imp | {"features": {"s": big}}).encode()),
+        ("action", json.dumps(click).encode()),
+        ("impression", b"[" * 100_000),
+        ("action", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        ("impression", not_utf8),
+        ("action", json.dumps(click).encode().replace(b'"click"', b'"click\xed\xa0\x80"')),
+        ("impression", b'{"v":1,"request_id":"' + big.encode()),  # unterminated
+    ]
+    events = [RawEvent(s, b.decode("utf-8", "surrogateescape")) for s, b in raw]
+    cfg = replace(stack_config, join=JOIN)
+    ref = run_reference(events, JOIN, now_ms=int(time.time() * 1000))
+    assert [d.reason for d in ref.dead_letters] == ["malformed_json"] * 5
+    assert len(ref.samples) == 1
+    topics = _run_job(cfg, new_topic, events)
+    _check_against_reference(cfg, topics, ref)

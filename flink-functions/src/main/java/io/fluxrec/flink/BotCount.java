@@ -68,10 +68,7 @@ public class BotCount extends ProcessTableFunction<RowData> {
                             value = SET_SEMANTIC_TABLE,
                             type =
                                     @DataTypeHint(
-                                            value =
-                                                    "ROW<payload STRING, request_id STRING,"
-                                                            + " item_id STRING, user_id STRING,"
-                                                            + " label INT, t BIGINT>",
+                                            value = JoinSpec.ACTION_ROW,
                                             bridgedTo = RowData.class))
                     RowData row) {
         long t = row.getLong(5);

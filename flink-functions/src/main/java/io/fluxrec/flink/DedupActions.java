@@ -63,10 +63,7 @@ public class DedupActions extends ProcessTableFunction<RowData> {
                             value = SET_SEMANTIC_TABLE,
                             type =
                                     @DataTypeHint(
-                                            value =
-                                                    "ROW<payload STRING, request_id STRING,"
-                                                            + " item_id STRING, user_id STRING,"
-                                                            + " label INT, t BIGINT>",
+                                            value = JoinSpec.ACTION_ROW,
                                             bridgedTo = RowData.class))
                     RowData acts) {
         int label = acts.getInt(4);

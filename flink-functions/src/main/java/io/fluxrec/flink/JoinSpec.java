@@ -82,6 +82,14 @@ public final class JoinSpec {
         return cached;
     }
 
+    /**
+     * The rows of valid, parsed actions that the action functions ({@link DedupActions},
+     * {@link BotCount}) take as their table argument; {@code label} indexes the labels.
+     */
+    public static final String ACTION_ROW =
+            "ROW<payload STRING, request_id STRING, item_id STRING, user_id STRING,"
+                    + " label INT, t BIGINT>";
+
     /** The job parameter that carries the spec (base64 of its JSON), set by the job. */
     public static final String JOB_PARAMETER = "fluxrec.join.spec";
 

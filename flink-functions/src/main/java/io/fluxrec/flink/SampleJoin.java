@@ -280,44 +280,28 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     private void emitSample(Pair pair) {
         pair.emitted = true;
-        int n = spec.names.length;
-        sink.reset();
-        sink.ascii("{\"v\":1,\"sample_id\":");
-        JsonOut.string(sink, pair.id);
-        sink.ascii(",\"labels\":{");
-        for (int l = 0; l < n; l++) {
-            if (l > 0) {
-                sink.write((byte) ',');
-            }
-            JsonOut.string(sink, spec.nameBytes[l]);
-            boolean on = pair.labelTimes != null && pair.labelTimes[l] != NONE;
-            sink.ascii(on ? ":1" : ":0");
-        }
-        sink.ascii("},\"label_time_ms\":{");
-        for (int l = 0; l < n; l++) {
-            if (l > 0) {
-                sink.write((byte) ',');
-            }
-            JsonOut.string(sink, spec.nameBytes[l]);
-            sink.write((byte) ':');
-            if (pair.labelTimes != null && pair.labelTimes[l] != NONE) {
-                sink.decimal(pair.labelTimes[l]);
-            } else {
-                sink.ascii("null");
-            }
-        }
-        sink.ascii("},\"strategy\":");
-        sink.write((byte) '"').ascii(spec.strategy).ascii("\",\"correction\":false,");
-        sink.write(pair.body).write((byte) '}');
+        writeSample(pair.id, pair.labelTimes, false, pair.body);
         emit(SAMPLE, pair.id, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
     }
 
     private void emitCorrection(Pair pair, int label, long t) {
-        int n = spec.names.length;
         byte[] name = spec.nameBytes[label];
         byte[] id = Arrays.copyOf(pair.id, pair.id.length + 1 + name.length);
         id[pair.id.length] = '|';
         System.arraycopy(name, 0, id, pair.id.length + 1, name.length);
+        long[] times = new long[spec.names.length];
+        Arrays.fill(times, NONE);
+        times[label] = t;
+        writeSample(id, times, true, pair.body);
+        emit(SAMPLE, id, sink.toArray(), t, Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
+    }
+
+    /**
+     * A sample record into {@link #sink}: label {@code l} is 1 at {@code times[l]}, 0 where
+     * that is {@link #NONE} (or {@code times} is null); {@code body} holds its other fields.
+     */
+    private void writeSample(byte[] id, long[] times, boolean correction, byte[] body) {
+        int n = spec.names.length;
         sink.reset();
         sink.ascii("{\"v\":1,\"sample_id\":");
         JsonOut.string(sink, id);
@@ -327,7 +311,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 sink.write((byte) ',');
             }
             JsonOut.string(sink, spec.nameBytes[l]);
-            sink.ascii(l == label ? ":1" : ":0");
+            sink.ascii(times != null && times[l] != NONE ? ":1" : ":0");
         }
         sink.ascii("},\"label_time_ms\":{");
         for (int l = 0; l < n; l++) {
@@ -336,16 +320,16 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             }
             JsonOut.string(sink, spec.nameBytes[l]);
             sink.write((byte) ':');
-            if (l == label) {
-                sink.decimal(t);
+            if (times != null && times[l] != NONE) {
+                sink.decimal(times[l]);
             } else {
                 sink.ascii("null");
             }
         }
         sink.ascii("},\"strategy\":");
-        sink.write((byte) '"').ascii(spec.strategy).ascii("\",\"correction\":true,");
-        sink.write(pair.body).write((byte) '}');
-        emit(SAMPLE, id, sink.toArray(), t, Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
+        sink.write((byte) '"').ascii(spec.strategy);
+        sink.ascii(correction ? "\",\"correction\":true," : "\",\"correction\":false,");
+        sink.write(body).write((byte) '}');
     }
 
     /** {@code request_id|item_id|0} (CONTRACTS.md section 2), decoded. */
