@@ -19,8 +19,9 @@ event is the same difference of the job JVM's CPU time (user + system, all its t
 three are measured ``--repeats`` times, interleaved, and the medians reported. Everything
 runs on a private stack (Kafka, Redis) started for the benchmark and stopped after it.
 
-``--profile DIR`` also records a JFR profile of one large Kafka run (``DIR/kafka.jfr``) and
-prints where its CPU samples fall (see ``bench/jvm_profile.py``).
+``--profile DIR`` also records JFR profiles of one small and one large Kafka run
+(``DIR/kafka-small.jfr``, ``DIR/kafka-large.jfr``) and prints where the CPU of an extra event
+goes, part by part (their difference; see ``bench/jvm_profile.py``).
 
 The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_events_per_s``,
 ``anchor_events_per_s``, ``vs_anchor`` (kafka / anchor), ``cpu_us_per_event`` (kafka) and
@@ -285,7 +286,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=200_000, help="impressions of the small runs")
     ap.add_argument("--large", type=int, default=1_000_000, help="impressions of the large runs")
     ap.add_argument("--repeats", type=int, default=3, help="measurements (medians reported)")
-    ap.add_argument("--profile", type=Path, default=None, help="JFR of a large Kafka run here")
+    ap.add_argument("--profile", type=Path, default=None, help="JFR of a small and a large run")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fluxrec-bench-join-") as tmp:
         cfg = load_config(write_test_config(Path(tmp), s3_server=False))
