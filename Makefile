@@ -74,4 +74,4 @@ bench-pipeline: deps
 
 clean:
 	-@test -x $(BIN)/fluxrec && $(BIN)/fluxrec stack down
-	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache sdk-java/target
+	rm -rf $(VENV) .fluxrec .pytest_cache .mypy_cache .ruff_cache sdk-java/target flink-functions/target

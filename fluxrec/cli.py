@@ -95,7 +95,13 @@ def _load(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_setup(ns: argparse.Namespace) -> int:
-    from fluxrec.stack.setup import ensure_debian_packages, find_java, resolve_all
+    from fluxrec.stack.setup import (
+        FUNCTIONS_DIR,
+        build_functions,
+        ensure_debian_packages,
+        find_java,
+        resolve_all,
+    )
 
     cfg = _load(ns)
     if not ns.no_apt:
@@ -106,6 +112,9 @@ def _cmd_setup(ns: argparse.Namespace) -> int:
     for name, changed in resolve_all(cfg.stack.jars_dir, force=ns.force).items():
         where = cfg.stack.jars_dir / name
         print(f"{name:8} jars {'resolved into' if changed else 'up to date in'} {where}")
+    if FUNCTIONS_DIR.is_dir():  # a checkout of the repository: build the join's functions
+        built = build_functions(force=ns.force)
+        print(f"functions jar {'built in' if built else 'up to date in'} {FUNCTIONS_DIR}/target")
     return 0
 
 
@@ -190,15 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         subs,
         "setup",
         _cmd_setup,
-        "install what the stack needs: Debian packages (redis-server, maven, a JRE) "
-        "and the Kafka, Flink-connector and s3proxy jars from Maven Central",
+        "install what the stack needs: Debian packages (redis-server, maven, a JDK), "
+        "the Kafka, Flink-connector and s3proxy jars from Maven Central, and the sample "
+        "join's Java functions (built from flink-functions/ in a checkout)",
     )
     _arg(
         p,
         "--force",
         env="FLUXREC_SETUP_FORCE",
         action="store_true",
-        help="resolve the jars again even when up to date",
+        help="resolve the jars (and build the functions) again even when up to date",
     )
     _arg(
         p,

@@ -1,8 +1,10 @@
 """Build PyFlink table environments from the deployment config.
 
 The Kafka SQL connector jar is found in ``stack.jars_dir`` (``fluxrec setup`` resolves it
-from Maven Central) and passed through ``pipeline.jars``. Without ``flink.jobmanager`` the
-job runs in a local MiniCluster inside this process's JVM gateway.
+from Maven Central), the sample join's functions jar in ``flink-functions/target`` (``fluxrec
+setup`` builds it); both go through ``pipeline.jars``, so a job submitted to a cluster ships
+them. Without ``flink.jobmanager`` the job runs in a local MiniCluster inside this process's
+JVM gateway.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fluxrec.config import Config
 from fluxrec.errors import ConfigError
-from fluxrec.stack.setup import connector_jar
+from fluxrec.stack.setup import connector_jar, functions_jar
 
 if TYPE_CHECKING:
     from pyflink.table import TableEnvironment
@@ -34,13 +36,20 @@ def create_table_env(
     Checkpoints are retained when a job is cancelled, so a later run can restore them.
     """
     try:
+        from pyflink.common import Configuration
         from pyflink.table import EnvironmentSettings, TableEnvironment
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("the Flink jobs need pyflink: pip install 'fluxrec[flink]'") from e
 
-    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    # set where the job's execution config is made (the table config does not reach it):
+    # chained operators hand records on without copying them (no function keeps one)
+    runtime = Configuration()
+    runtime.set_string("pipeline.object-reuse", "true")
+    settings = EnvironmentSettings.new_instance().in_streaming_mode()
+    t_env = TableEnvironment.create(settings.with_configuration(runtime).build())
     conf = t_env.get_config()
-    conf.set("pipeline.jars", connector_jar(cfg.stack.jars_dir).as_uri())
+    jars = [connector_jar(cfg.stack.jars_dir), functions_jar()]
+    conf.set("pipeline.jars", ";".join(j.as_uri() for j in jars))
     conf.set("parallelism.default", str(parallelism or cfg.flink.parallelism))
     conf.set("python.executable", sys.executable)
     conf.set("table.exec.resource.default-parallelism", str(parallelism or cfg.flink.parallelism))

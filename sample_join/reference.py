@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,11 +34,13 @@ from sample_join.settings import JoinConfig, LabelSpec, check_join_config
 
 __all__ = [
     "DEAD_LETTER_REASONS",
+    "MAX_DEPTH",
     "Counts",
     "DeadLetter",
     "RawEvent",
     "ReferenceOutput",
     "Sample",
+    "decode",
     "run_reference",
     "validate",
 ]
@@ -62,7 +65,9 @@ DEAD_LETTER_REASONS = (
 
 @dataclass(frozen=True)
 class RawEvent:
-    """One record as read from Kafka: which stream and the undecoded payload."""
+    """One record as read from Kafka: which stream and the payload, the Kafka value as text
+    (``value.decode("utf-8", "surrogateescape")``: bytes that are not UTF-8 survive as lone
+    surrogates, and such a payload is ``malformed_json``)."""
 
     stream: Stream
     payload: str
@@ -177,17 +182,52 @@ _ACTION_FIELDS: dict[str, type] = {
 }
 
 
+#: Containers nested deeper than this make a payload ``malformed_json`` (CONTRACTS.md 1).
+MAX_DEPTH = 128
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(payload: str) -> bool:
+    """Whether the payload, read as JSON, opens more than :data:`MAX_DEPTH` containers at
+    once (exact for valid JSON; for anything else the answer does not matter, it is
+    malformed either way)."""
+    if payload.count("[") + payload.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for b in _BRACKET.findall(_STRING.sub("", payload)):
+        depth += 1 if b in "[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def decode(payload: str) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None when it is not one (``malformed_json``):
+    not valid UTF-8 (a ``str`` decoded with ``surrogateescape`` then holds lone surrogates),
+    not JSON as Python's ``json`` reads it, nested deeper than :data:`MAX_DEPTH`, or not an
+    object."""
+    try:
+        payload.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if _too_deep(payload):
+        return None
+    try:
+        rec = json.loads(payload)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def validate(event: RawEvent, cfg: JoinConfig) -> tuple[dict[str, Any] | None, str | None]:
     """Decode and check one event's content; return (record, None) or (None, reason).
 
     Covers the reasons up to ``unknown_action``; the time checks need the run's clock and
     watermark (:func:`run_reference`).
     """
-    try:
-        rec = json.loads(event.payload)
-    except ValueError:
-        return None, "malformed_json"
-    if not isinstance(rec, dict):
+    rec = decode(event.payload)
+    if rec is None:
         return None, "malformed_json"
     reason = _field_problem(rec, event.stream)
     actions = {s.action for s in cfg.labels}
@@ -220,11 +260,8 @@ def _field_problem(rec: dict[str, Any], stream: Stream) -> str | None:
 
 def _event_time(payload: str) -> int | None:
     """``event_time_ms`` when the payload is a JSON object with an integer there."""
-    try:
-        rec = json.loads(payload)
-    except ValueError:
-        return None
-    t = rec.get("event_time_ms") if isinstance(rec, dict) else None
+    rec = decode(payload)
+    t = rec.get("event_time_ms") if rec is not None else None
     return t if _is_int(t) else None
 
 
@@ -287,7 +324,8 @@ class _Run:
         if self._future(t):
             self.reject(ev, "future_event", "validate", t)
             return
-        key = (ev.stream, rec["request_id"], rec["item_id"], rec.get("action", ""))
+        action = rec["action"] if ev.stream == "action" else ""
+        key = (ev.stream, rec["request_id"], rec["item_id"], action)
         if key in self.seen:
             self.counts.add(ev.stream, "duplicate", t)
             return

@@ -53,7 +53,7 @@ class JoinConfig:
     late_action_policy: Literal["correction", "dead_letter"] = "dead_letter"
     late_horizon_ms: int = 3_600_000  # an action this long after its window closed is still late
     max_future_skew_ms: int = 60_000
-    dedup_ttl_ms: int = 7_200_000
+    dedup_ttl_ms: int = 7_200_000  # dedup state kept this long after the event (event time)
     bot_max_actions: int = 100
     bot_window_ms: int = 60_000
     watermark_out_of_orderness_ms: int = 5_000

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sample_join.reference import RawEvent
+from sample_join.reference import RawEvent, decode
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -177,11 +177,8 @@ def build_stream(
 
 
 def _key(payload: str) -> bytes:
-    try:
-        rec = json.loads(payload)
-    except ValueError:
-        return b""
-    return str(rec.get("request_id", "")).encode() if isinstance(rec, dict) else b""
+    rec = decode(payload)
+    return str(rec.get("request_id", "")).encode("utf-8", "surrogatepass") if rec else b""
 
 
 def produce_events(
@@ -199,7 +196,9 @@ def produce_events(
     try:
         for ev in events:
             topic = impressions if ev.stream == "impression" else actions
-            producer.send(topic, ev.payload.encode(), key=_key(ev.payload))
+            # surrogateescape: a payload decoded so from invalid UTF-8 gets its bytes back
+            value = ev.payload.encode("utf-8", "surrogateescape")
+            producer.send(topic, value, key=_key(ev.payload))
         producer.flush()
     finally:
         producer.close()

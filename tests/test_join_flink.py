@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from fluxrec.config import Config
 from fluxrec.topics import read_topic
-from sample_join.reference import RawEvent, ReferenceOutput, run_reference
+from sample_join.reference import RawEvent, ReferenceOutput, Stream, run_reference
 from sample_join.settings import JoinConfig, LabelSpec
 from sample_join.testing import Act, Request, build_stream, produce_events, schema_validator
 
@@ -195,18 +195,50 @@ def test_fake_negative_with_late_corrections_equals_the_reference(
 
 @pytest.mark.parametrize("strategy", ["window", "fake_negative"])
 def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: str) -> None:
-    """Each decision (dedup, bot count, match per label) is made by exactly one operator that
-    all its consumers share: the optimizer must not split one into differing copies."""
+    """Each decision (action dedup, bot count, everything per (request_id, item_id)) is made by
+    exactly one operator that all its consumers share, and each payload is parsed by one call:
+    the optimizer must not split one into differing copies."""
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import JoinTopics, build_join
 
     cfg = replace(stack_config, join=replace(JOIN, strategy=strategy))  # type: ignore[arg-type]
     plan = build_join(create_table_env(cfg), cfg, JoinTopics(*"abcde")).explain()
     graph = plan[plan.index("== Optimized Execution Plan ==") :]
-    labels = len(JOIN.labels)
-    assert graph.count("Deduplicate(") == 1
-    assert graph.count("OverAggregate(") == 1
-    chain = labels if strategy == "window" else 0
-    assert graph.count("IntervalJoin(") == labels + chain
-    assert graph.count("GroupAggregate(") == 1
+    assert graph.count("fluxrec_impression(") == 1
+    assert graph.count("fluxrec_action(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_dedup_actions(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_bot_count(") == 1
+    assert graph.count("ProcessTableFunction(invocation=[fluxrec_join(") == 1
+    # the metrics: summed where the join emits them, then once per (window, code)
+    assert graph.count("LocalGroupAggregate(") == graph.count("GlobalGroupAggregate(") == 1
     assert graph.count("TableSourceScan(") == 2
+
+
+def test_pathological_payloads_reach_the_dead_letters_with_the_reference_reason(
+    stack_config: Config, new_topic: Callable[..., str]
+) -> None:
+    """Payloads that make a JSON parser deep or slow, and bytes that are not UTF-8, go through
+    the real job: each becomes the reference's dead letter (reason, and the original bytes
+    back from its payload), and a large valid one its sample. (The 10 MB strings of
+    ``tests/test_join_parse.py`` exceed Kafka's default record size; 600 kB here.)"""
+    t0 = int(time.time() * 1000) - 3_600_000
+    big = "x" * 600_000
+    imp = {"v": 1, "request_id": "r1", "item_id": "i", "user_id": "u", "event_time_ms": t0}
+    click = imp | {"action": "click", "event_time_ms": t0 + 100}
+    not_utf8 = json.dumps(imp | {"request_id": "r2"}).encode().replace(b'"r2"', b'"r\xff\xc0"')
+    raw: list[tuple[Stream, bytes]] = [
+        ("impression", json.dumps(imp | {"features": {"s": big}}).encode()),
+        ("action", json.dumps(click).encode()),
+        ("impression", b"[" * 100_000),
+        ("action", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        ("impression", not_utf8),
+        ("action", json.dumps(click).encode().replace(b'"click"', b'"click\xed\xa0\x80"')),
+        ("impression", b'{"v":1,"request_id":"' + big.encode()),  # unterminated
+    ]
+    events = [RawEvent(s, b.decode("utf-8", "surrogateescape")) for s, b in raw]
+    cfg = replace(stack_config, join=JOIN)
+    ref = run_reference(events, JOIN, now_ms=int(time.time() * 1000))
+    assert [d.reason for d in ref.dead_letters] == ["malformed_json"] * 5
+    assert len(ref.samples) == 1
+    topics = _run_job(cfg, new_topic, events)
+    _check_against_reference(cfg, topics, ref)

@@ -1,6 +1,6 @@
 """Install what the one-machine stack needs, idempotently: ``fluxrec setup``.
 
-* Debian packages: ``redis-server`` (and ``maven`` / a JRE when missing), via apt-get as root.
+* Debian packages: ``redis-server`` (and ``maven`` / a JDK when missing), via apt-get as root.
 * Jars from Maven Central, one pom per group, copied to ``JARS_DIR/NAME/``::
 
       JARS_DIR/kafka/*.jar      Apache Kafka broker (KRaft) and its dependencies
@@ -10,6 +10,13 @@
 
   A folder whose stamp matches its pom is not resolved again. Extra Maven flags
   (``-s settings.xml`` for a mirror, ``-o`` offline) come from ``$FLUXREC_MAVEN_FLAGS``.
+* The sample join's Java functions, a Maven module of the repository, built in place::
+
+      flink-functions/target/fluxrec-flink-functions.jar
+      flink-functions/target/.stamp    sha256 of the pom and sources the jar was built from
+
+  rebuilt (with its unit tests) only when the stamp differs; ``$FLUXREC_FUNCTIONS_JAR``
+  points at a jar built elsewhere (for example in a container image) instead.
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ from pathlib import Path
 from fluxrec.errors import ResolveError, ToolMissing
 
 __all__ = [
+    "FUNCTIONS_DIR",
     "POMS",
+    "build_functions",
     "connector_jar",
     "ensure_debian_packages",
     "find_java",
+    "functions_jar",
     "jar_dir",
     "pom_path",
     "resolve_all",
@@ -38,6 +48,9 @@ __all__ = [
 ]
 
 POMS = ("kafka", "flink", "s3proxy")
+#: The Maven module of the sample join's Java functions (in a checkout of the repository).
+FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "flink-functions"
+_FUNCTIONS_JAR = "fluxrec-flink-functions.jar"
 MIN_JAVA = 17
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
@@ -104,14 +117,17 @@ def _apt_install(packages: list[str]) -> None:
 
 
 def ensure_debian_packages() -> list[str]:
-    """Install redis-server, maven and a JRE where missing. Returns what was installed."""
+    """Install redis-server, maven and a JDK (the join's functions are compiled) where
+    missing. Returns what was installed."""
     want = {"redis-server": "redis-server", "mvn": "maven"}
     missing = [pkg for tool, pkg in want.items() if not shutil.which(tool)]
     try:
         find_java()
+        jdk = shutil.which("javac") or os.environ.get("JAVA_HOME")
     except ToolMissing:
-        if not os.environ.get("JAVA_HOME"):
-            missing.append("openjdk-17-jre-headless")
+        jdk = os.environ.get("JAVA_HOME")
+    if not jdk:
+        missing.append("openjdk-17-jdk-headless")
     if missing:
         _apt_install(missing)
     return missing
@@ -166,3 +182,68 @@ def resolve_jars(pom: Path, out: Path, force: bool = False) -> bool:
 def resolve_all(jars_dir: Path, force: bool = False) -> dict[str, bool]:
     """Resolve every pom in :data:`POMS`; maps name -> whether it was (re)resolved."""
     return {name: resolve_jars(pom_path(name), jars_dir / name, force) for name in POMS}
+
+
+def _sources_digest(module: Path) -> str:
+    """sha256 over the pom and every file under src/ (names and contents)."""
+    h = hashlib.sha256()
+    for f in [module / "pom.xml", *sorted((module / "src").rglob("*"))]:
+        if f.is_file():
+            h.update(str(f.relative_to(module)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def functions_jar() -> Path:
+    """The jar of the sample join's functions: ``$FLUXREC_FUNCTIONS_JAR``, else the one
+    built from ``flink-functions/``; raises ToolMissing when it is absent or older than
+    its sources."""
+    env = os.environ.get("FLUXREC_FUNCTIONS_JAR")
+    if env:
+        if not Path(env).is_file():
+            raise ToolMissing(f"FLUXREC_FUNCTIONS_JAR={env} is not a file: build it or unset it")
+        return Path(env)
+    jar = FUNCTIONS_DIR / "target" / _FUNCTIONS_JAR
+    stamp = FUNCTIONS_DIR / "target" / ".stamp"
+    if not FUNCTIONS_DIR.is_dir():
+        raise ToolMissing(
+            f"no {FUNCTIONS_DIR}: run from a checkout of fluxrec, or set FLUXREC_FUNCTIONS_JAR"
+        )
+    if not jar.is_file() or not stamp.is_file():
+        raise ToolMissing(f"{jar} is not built: run `make deps` (or `fluxrec setup`)")
+    if stamp.read_text().strip() != _sources_digest(FUNCTIONS_DIR):
+        raise ToolMissing(f"{jar} is older than its sources: run `make deps` (or `fluxrec setup`)")
+    return jar
+
+
+def build_functions(force: bool = False) -> bool:
+    """``mvn package`` the functions' module (unit tests included) unless its stamp matches
+    its sources. Returns False if it was up to date."""
+    stamp = FUNCTIONS_DIR / "target" / ".stamp"
+    digest = _sources_digest(FUNCTIONS_DIR)
+    if not force and stamp.is_file() and stamp.read_text().strip() == digest:
+        return False
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise ToolMissing("mvn not found: run `make deps` or `apt-get install maven`")
+    stamp.unlink(missing_ok=True)
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        *shlex.split(os.environ.get("FLUXREC_MAVEN_FLAGS", "")),
+        "-f",
+        str(FUNCTIONS_DIR / "pom.xml"),
+        "package",
+    ]
+    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        lines = (r.stdout + r.stderr).splitlines()
+        errors = [ln for ln in lines if "[ERROR]" in ln or "FAIL" in ln] or lines[-3:] or ["?"]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", errors[0]).replace("[ERROR]", "").strip()[:300]
+        raise ResolveError(
+            f"building {FUNCTIONS_DIR.name} failed: {first}; run `mvn -f "
+            f"{FUNCTIONS_DIR / 'pom.xml'} package` to see everything (a Maven mirror goes in "
+            "~/.m2/settings.xml or FLUXREC_MAVEN_FLAGS='-s FILE')"
+        )
+    stamp.write_text(digest + "\n")
+    return True

@@ -1,0 +1,377 @@
+package io.fluxrec.flink;
+
+import static org.apache.flink.table.annotation.ArgumentTrait.SET_SEMANTIC_TABLE;
+
+import org.apache.flink.table.annotation.ArgumentHint;
+import org.apache.flink.table.annotation.DataTypeHint;
+import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.annotation.StateHint;
+import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.data.RowData;
+import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.functions.FunctionContext;
+import org.apache.flink.table.functions.ProcessTableFunction;
+
+import java.util.Arrays;
+
+/**
+ * {@code fluxrec_join}: everything that happens to one (request_id, item_id), in one keyed
+ * operator (CONTRACTS.md section 4): impression dedup and too-late check, the match of each
+ * label's action (labelled, late or orphan), the sample (strategy {@code window}: when the
+ * watermark passes the label windows; {@code fake_negative}: at once, with positive
+ * corrections), dead letters, and one count row per fact for the metrics.
+ *
+ * <p>Input {@code events}, partitioned by (request_id, item_id): every event once, {@code
+ * is_action} telling its stream. An impression as parsed ({@code reason} null when valid,
+ * {@code body} its sample fields); an action with {@code reason} null for a unique, timely,
+ * non-bot action of label {@code label}, else its validation reason, {@code duplicate},
+ * {@code too_late} or {@code bot} (decided upstream: {@link DedupActions} and {@link
+ * BotCount}).
+ *
+ * <p>Output rows {@code (kind, k, v, mq, mc)}: {@code kind} 1 = a sample (Kafka key {@code k},
+ * JSON {@code v}), 2 = a dead letter ({@code v}), 0 = a count only; every row counts one fact,
+ * metric code {@code mc} ({@link Reasons}) in metric window {@code mq}.
+ *
+ * <p>State: one entry per key ({@link Pair}), read and written once per call, without TTL:
+ * event-time timers release it once the watermark passes {@code t_imp + max(max window + late
+ * horizon, dedup_ttl_ms)} (no action can match any more, and the dedup horizon has passed),
+ * and decide the samples (window strategy) and the actions that came before their impression
+ * (orphans). Timers are unnamed: each firing re-derives what is due from the state.
+ *
+ * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
+ * before {@code eval} sees them, and this function must see them to dead-letter them.
+ */
+@FunctionHint(
+        output =
+                @DataTypeHint(
+                        value = "ROW<kind INT, k STRING, v STRING, mq BIGINT, mc INT>",
+                        bridgedTo = RowData.class))
+public class SampleJoin extends ProcessTableFunction<RowData> {
+
+    private static final long serialVersionUID = 1L;
+
+    public static final int COUNT = 0;
+    public static final int SAMPLE = 1;
+    public static final int DEAD_LETTER = 2;
+
+    private static final long NONE = Long.MIN_VALUE;
+
+    // columns of the input
+    private static final int IS_ACTION = 0;
+    private static final int PAYLOAD = 1;
+    private static final int REASON = 2;
+    private static final int T = 3;
+    private static final int REQUEST_ID = 4;
+    private static final int ITEM_ID = 5;
+    private static final int BODY = 6;
+    private static final int LABEL = 7;
+
+    /**
+     * Everything about one (request_id, item_id). {@code seen}: the impression arrived (the
+     * dedup marker); {@code t}, {@code id}, {@code body}: the unique impression while actions
+     * can still match it; {@code labelTimes}: per label, the time of its labelled action or
+     * Long.MIN_VALUE; {@code pendingTimes}/{@code pendingPayloads}: actions that came before
+     * the impression, per label; {@code keepUntil}: the event time after which it is released.
+     */
+    public static class Pair {
+        public Boolean seen;
+        public Long t;
+        public byte[] id;
+        public byte[] body;
+        public long[] labelTimes;
+        public Boolean emitted;
+        public long[] pendingTimes;
+        public byte[][] pendingPayloads;
+        public Long keepUntil;
+    }
+
+    private transient JoinSpec spec;
+    private transient ByteSink sink;
+
+    @Override
+    public void open(FunctionContext context) throws Exception {
+        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
+        sink = new ByteSink(1024);
+    }
+
+    public void eval(
+            Context ctx,
+            @StateHint(name = "pair", ttl = "0") Pair pair,
+            @ArgumentHint(
+                            name = "events",
+                            value = SET_SEMANTIC_TABLE,
+                            type =
+                                    @DataTypeHint(
+                                            value =
+                                                    "ROW<is_action BOOLEAN, payload STRING,"
+                                                            + " reason STRING, t BIGINT,"
+                                                            + " request_id STRING, item_id STRING,"
+                                                            + " body BYTES, label INT>",
+                                            bridgedTo = RowData.class))
+                    RowData row) {
+        TimeContext<Long> time = ctx.timeContext(Long.class);
+        if (row.getBoolean(IS_ACTION)) {
+            action(time, pair, row);
+        } else {
+            impression(time, pair, row);
+        }
+    }
+
+    private void impression(TimeContext<Long> time, Pair pair, RowData row) {
+        Long t = row.isNullAt(T) ? null : row.getLong(T);
+        count(Reasons.IMPRESSION, Reasons.IN, t);
+        if (!row.isNullAt(REASON)) {
+            dead(Reasons.IMPRESSION, row.getString(REASON).toString(), row.getString(PAYLOAD), t);
+            return;
+        }
+        if (pair.seen != null) {
+            count(Reasons.IMPRESSION, Reasons.DUPLICATE_KIND, t);
+            return;
+        }
+        pair.seen = true;
+        Long watermark = time.currentWatermark();
+        if (watermark != null && t <= watermark) {
+            keepUntil(time, pair, t + spec.dedupTtlMs);
+            dead(Reasons.IMPRESSION, Reasons.TOO_LATE, row.getString(PAYLOAD), t);
+            return;
+        }
+        keepUntil(time, pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
+        pair.t = t;
+        pair.body = row.getBinary(BODY);
+        pair.emitted = false;
+        pair.id = sampleId(row.getString(REQUEST_ID).toBytes(), row.getString(ITEM_ID).toBytes());
+        if (spec.fakeNegative) {
+            emitSample(pair);
+        } else {
+            pair.labelTimes = new long[spec.names.length];
+            Arrays.fill(pair.labelTimes, NONE);
+        }
+        if (pair.pendingTimes != null) {
+            for (int l = 0; l < pair.pendingTimes.length; l++) {
+                if (pair.pendingTimes[l] != NONE) {
+                    decide(pair, l, pair.pendingTimes[l], pair.pendingPayloads[l]);
+                }
+            }
+            pair.pendingTimes = null;
+            pair.pendingPayloads = null;
+        }
+        if (!pair.emitted) {
+            scheduleOrEmit(time, pair);
+        }
+    }
+
+    private void action(TimeContext<Long> time, Pair pair, RowData row) {
+        Long t = row.isNullAt(T) ? null : row.getLong(T);
+        count(Reasons.ACTION, Reasons.IN, t);
+        if (!row.isNullAt(REASON)) {
+            String verdict = row.getString(REASON).toString();
+            if (Reasons.DUPLICATE.equals(verdict)) {
+                count(Reasons.ACTION, Reasons.DUPLICATE_KIND, t);
+            } else {
+                dead(Reasons.ACTION, verdict, row.getString(PAYLOAD), t);
+            }
+            return;
+        }
+        int label = row.getInt(LABEL);
+        byte[] payload = row.getString(PAYLOAD).toBytes();
+        if (pair.t != null) {
+            decide(pair, label, t, payload);
+            if (!pair.emitted) {
+                scheduleOrEmit(time, pair);
+            }
+            return;
+        }
+        if (pair.pendingTimes == null) {
+            pair.pendingTimes = new long[spec.names.length];
+            Arrays.fill(pair.pendingTimes, NONE);
+            pair.pendingPayloads = new byte[spec.names.length][];
+        }
+        pair.pendingTimes[label] = t;
+        pair.pendingPayloads[label] = payload;
+        time.registerOnTime(t); // no impression by then: an orphan
+    }
+
+    /** An action of {@code label} at {@code t} meets the impression (CONTRACTS.md 4.3, 4.7). */
+    private void decide(Pair pair, int label, long t, byte[] payload) {
+        long tImp = pair.t;
+        long window = spec.windows[label];
+        if (t < tImp || t > tImp + window + spec.lateHorizonMs) {
+            dead(Reasons.ACTION, Reasons.ORPHAN_ACTION, payload, t);
+            return;
+        }
+        boolean late = t > tImp + window;
+        if (late) {
+            count(Reasons.ACTION, Reasons.LATE, t);
+            if (!spec.lateCorrection) {
+                dead(Reasons.ACTION, Reasons.LATE_ACTION, payload, t);
+                return;
+            }
+        }
+        count(Reasons.ACTION, Reasons.LABELLED, t);
+        if (late || spec.fakeNegative) {
+            emitCorrection(pair, label, t);
+        } else {
+            pair.labelTimes[label] = t;
+        }
+    }
+
+    /** Strategy window: emit now if every label is set, else wait for the open windows. */
+    private void scheduleOrEmit(TimeContext<Long> time, Pair pair) {
+        long due = due(pair);
+        if (due == NONE) {
+            emitSample(pair);
+        } else {
+            time.registerOnTime(due);
+        }
+    }
+
+    /** When the sample is due: the end of the latest window of a label not set yet. */
+    private long due(Pair pair) {
+        long due = NONE;
+        for (int l = 0; l < spec.names.length; l++) {
+            if (pair.labelTimes[l] == NONE) {
+                due = Math.max(due, pair.t + spec.windows[l]);
+            }
+        }
+        return due;
+    }
+
+    /** Hold the entry at least until event time {@code until}. */
+    private static void keepUntil(TimeContext<Long> time, Pair pair, long until) {
+        if (pair.keepUntil == null || until > pair.keepUntil) {
+            pair.keepUntil = until;
+            time.registerOnTime(until);
+        }
+    }
+
+    public void onTimer(OnTimerContext ctx, Pair pair) {
+        long now = ctx.timeContext(Long.class).time();
+        if (pair.pendingTimes != null) { // no impression came: orphans
+            boolean left = false;
+            for (int l = 0; l < pair.pendingTimes.length; l++) {
+                long t = pair.pendingTimes[l];
+                if (t != NONE && t <= now) {
+                    dead(Reasons.ACTION, Reasons.ORPHAN_ACTION, pair.pendingPayloads[l], t);
+                    pair.pendingTimes[l] = NONE;
+                    pair.pendingPayloads[l] = null;
+                } else if (t != NONE) {
+                    left = true;
+                }
+            }
+            if (!left) {
+                pair.pendingTimes = null;
+                pair.pendingPayloads = null;
+            }
+        }
+        if (pair.t != null && !pair.emitted && due(pair) <= now) {
+            emitSample(pair);
+        }
+        // state only: Flink 2.2's clearAll()/clearAllTimers() walks the timers of every key and
+        // deletes this key's timestamps under another key's context; a timer left here fires
+        // on an empty entry, which is a no-op
+        if (pair.keepUntil != null && now >= pair.keepUntil) {
+            ctx.clearAllState();
+        } else if (pair.seen == null && pair.pendingTimes == null) {
+            ctx.clearAllState(); // only orphans were held, and they are out
+        }
+    }
+
+    // ------------------------------------------------------------------ records
+
+    private void emitSample(Pair pair) {
+        pair.emitted = true;
+        writeSample(pair.id, pair.labelTimes, false, pair.body);
+        emit(SAMPLE, pair.id, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
+    }
+
+    private void emitCorrection(Pair pair, int label, long t) {
+        byte[] name = spec.nameBytes[label];
+        byte[] id = Arrays.copyOf(pair.id, pair.id.length + 1 + name.length);
+        id[pair.id.length] = '|';
+        System.arraycopy(name, 0, id, pair.id.length + 1, name.length);
+        long[] times = new long[spec.names.length];
+        Arrays.fill(times, NONE);
+        times[label] = t;
+        writeSample(id, times, true, pair.body);
+        emit(SAMPLE, id, sink.toArray(), t, Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
+    }
+
+    /**
+     * A sample record into {@link #sink}: label {@code l} is 1 at {@code times[l]}, 0 where
+     * that is {@link #NONE} (or {@code times} is null); {@code body} holds its other fields.
+     */
+    private void writeSample(byte[] id, long[] times, boolean correction, byte[] body) {
+        int n = spec.names.length;
+        sink.reset();
+        sink.ascii("{\"v\":1,\"sample_id\":");
+        JsonOut.string(sink, id);
+        sink.ascii(",\"labels\":{");
+        for (int l = 0; l < n; l++) {
+            if (l > 0) {
+                sink.write((byte) ',');
+            }
+            JsonOut.string(sink, spec.nameBytes[l]);
+            sink.ascii(times != null && times[l] != NONE ? ":1" : ":0");
+        }
+        sink.ascii("},\"label_time_ms\":{");
+        for (int l = 0; l < n; l++) {
+            if (l > 0) {
+                sink.write((byte) ',');
+            }
+            JsonOut.string(sink, spec.nameBytes[l]);
+            sink.write((byte) ':');
+            if (times != null && times[l] != NONE) {
+                sink.decimal(times[l]);
+            } else {
+                sink.ascii("null");
+            }
+        }
+        sink.ascii("},\"strategy\":");
+        sink.write((byte) '"').ascii(spec.strategy);
+        sink.ascii(correction ? "\",\"correction\":true," : "\",\"correction\":false,");
+        sink.write(body).write((byte) '}');
+    }
+
+    /** {@code request_id|item_id|0} (CONTRACTS.md section 2), decoded. */
+    private static byte[] sampleId(byte[] rid, byte[] iid) {
+        byte[] k = new byte[rid.length + iid.length + 3];
+        System.arraycopy(rid, 0, k, 0, rid.length);
+        k[rid.length] = '|';
+        System.arraycopy(iid, 0, k, rid.length + 1, iid.length);
+        k[k.length - 2] = '|';
+        k[k.length - 1] = '0';
+        return k;
+    }
+
+    private void dead(int stream, String reason, StringData payload, Long t) {
+        dead(stream, reason, payload.toBytes(), t);
+    }
+
+    private void dead(int stream, String reason, byte[] payload, Long t) {
+        sink.reset();
+        sink.ascii("{\"v\":1,\"stream\":\"")
+                .ascii(stream == Reasons.IMPRESSION ? "impression" : "action")
+                .ascii("\",\"reason\":\"")
+                .ascii(reason)
+                .ascii("\",\"stage\":\"")
+                .ascii(Reasons.stage(reason))
+                .ascii("\",\"payload\":");
+        JsonOut.payload(sink, payload, 0, payload.length);
+        sink.write((byte) '}');
+        emit(DEAD_LETTER, null, sink.toArray(), t, Reasons.deadCode(stream, reason));
+    }
+
+    private void count(int stream, int kind, Long t) {
+        emit(COUNT, null, null, t, Reasons.code(stream, kind));
+    }
+
+    private void emit(int kind, byte[] k, byte[] v, Long t, int code) {
+        collect(
+                GenericRowData.of(
+                        kind,
+                        k == null ? null : StringData.fromBytes(k),
+                        v == null ? null : StringData.fromBytes(v),
+                        spec.window(t),
+                        code));
+    }
+}
