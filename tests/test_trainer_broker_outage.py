@@ -5,6 +5,7 @@ and the fix, writes its final checkpoint, and every version it published is whol
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_a_broker_outage_ends_the_job_with_one_line_and_no_partial_version(
             env={**os.environ, "PYTHONPATH": str(ROOT), "FLUXREC_TRAIN_CHECKPOINT_DIR": str(ck)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: the cleanup kills every worker
         )
         objects = f"file://{tmp_path / 'objects'}"
         _wait(
@@ -59,8 +61,8 @@ def test_a_broker_outage_ends_the_job_with_one_line_and_no_partial_version(
         out, err = job.communicate(timeout=300)  # ends by itself
     finally:
         if job is not None and job.poll() is None:
-            job.kill()
-            job.communicate()
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate(timeout=120)
         stack.down(purge=True)
     text = out.decode() + err.decode()
     assert job.returncode == 1, text

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
+from exporter.errors import ObjectNotFound
 from exporter.sdk import DeltaConsumer, open_store
 from featurize.hashing import stable_hash
 from fluxrec.testing import free_port
@@ -115,7 +116,13 @@ def _wait(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes]) ->
 def _manifests(url: str) -> list[dict[str, Any]]:
     store = open_store(url)
     keys = sorted(k for k in store.list("versions/") if k.endswith("/manifest.json"))
-    return [json.loads(store.get(k)) for k in keys]
+    docs = []
+    for k in keys:
+        try:
+            docs.append(json.loads(store.get(k)))
+        except ObjectNotFound:  # pruned by the exporter between the listing and the read
+            continue
+    return docs
 
 
 def _produce(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], int]:

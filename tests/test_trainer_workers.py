@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -411,3 +412,50 @@ def test_a_checkpoint_of_one_process_before_workers_still_loads(tmp_path: Path) 
     assert (b.step, b.samples, b.offsets, b.id_xor) == (a.step, a.samples, a.offsets, a.id_xor)
     held = featurize(synthetic_samples(100, seed=9), names, ["price"])
     assert np.allclose(a.score(held), b.score(held), atol=1e-6)
+
+
+_ORPHAN = """
+import os, signal, sys, time
+from trainer.distributed import follow_launcher
+signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("term"), sys.exit(0)))
+follow_launcher()
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(300)
+"""
+
+_LAUNCHER = """
+import os, subprocess, sys, time
+env = {**os.environ, "FLUXREC_LAUNCHER_PID": str(os.getpid())}
+w = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=env)
+print(w.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_worker_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `fluxrec train --workers N` must not leave its workers training as orphans:
+    each gets SIGTERM (its final checkpoint) from the kernel."""
+    import signal
+    import time
+
+    mark = tmp_path / "worker"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, _ORPHAN, str(mark)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert launcher.stdout is not None
+    worker = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 120
+    while not Path(f"{mark}.ready").exists():  # torch imported, prctl done
+        assert time.monotonic() < deadline, "the worker never got ready"
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert time.monotonic() < deadline, "the worker outlived its launcher"
+        time.sleep(0.05)
+    assert mark.read_text() == "term"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(worker, signal.SIGKILL)

@@ -14,4 +14,7 @@ import sys
 from fluxrec.cli import main
 
 if __name__ == "__main__":
+    from trainer.distributed import follow_launcher
+
+    follow_launcher()
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -305,6 +305,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_LAUNCHER_PID = "FLUXREC_LAUNCHER_PID"
+
+
+def follow_launcher() -> None:
+    """In a worker started by :func:`launch`: get SIGTERM (a final checkpoint, then exit)
+    when the launcher dies, also by ``kill -9``, instead of training on as an orphan.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, and under ``torchrun``, nothing.
+    """
+    pid = os.environ.get(_LAUNCHER_PID)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(pid):  # the launcher died before prctl: the signal never comes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def launch(
     workers: int, args: Sequence[str], say: Callable[[str], None] = print, grace_s: float = 30.0
 ) -> int:
@@ -324,6 +345,7 @@ def launch(
         "MASTER_PORT": str(port),
         "WORLD_SIZE": str(workers),
         "LOCAL_WORLD_SIZE": str(workers),
+        _LAUNCHER_PID: str(os.getpid()),
     }
     procs = [
         subprocess.Popen(
