@@ -417,7 +417,12 @@ def test_a_checkpoint_of_one_process_before_workers_still_loads(tmp_path: Path) 
 _ORPHAN = """
 import os, signal, sys, time
 from trainer.distributed import follow_launcher
-signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1], "w").write("term"), sys.exit(0)))
+def term(*_):
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write("term")
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])  # the test sees the whole file or none
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
 follow_launcher()
 open(sys.argv[1] + ".ready", "w").close()
 time.sleep(300)
