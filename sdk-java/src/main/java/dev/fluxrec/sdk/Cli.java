@@ -44,11 +44,16 @@ public final class Cli {
   }
 
   static String floats(float[] v) {
+    return sha(f32le(v));
+  }
+
+  /** The float32 values, little-endian, 4 bytes each (the golden vectors' layout). */
+  static byte[] f32le(float[] v) {
     ByteBuffer b = ByteBuffer.allocate(4 * v.length).order(ByteOrder.LITTLE_ENDIAN);
     for (float f : v) {
       b.putFloat(f);
     }
-    return sha(b.array());
+    return b.array();
   }
 
   public static void main(String[] args) throws Exception {
