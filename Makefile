@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
+	@$(BIN)/python -m fluxrec.native  # the C accelerators, when their sources changed
 
 deps: venv
 	@$(BIN)/fluxrec setup

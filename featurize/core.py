@@ -41,6 +41,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from featurize.errors import BadInput
+
+try:
+    from featurize import _fast  # type: ignore[attr-defined]  # built by fluxrec.native
+except ImportError:  # not built (no C compiler): every value takes the Arrow path
+    _fast = None
 from featurize.types import I64, BadRecord, Features, FeatureSpec, Samples
 
 Bool = npt.NDArray[np.bool_]
@@ -117,11 +122,23 @@ class Featurizer:
     hashes a value twice or clears the cache a little early.
     """
 
-    def __init__(self, spec: FeatureSpec, cache_size: int = 1_000_000) -> None:
+    def __init__(self, spec: FeatureSpec, cache_size: int = 1_000_000, native: bool = True) -> None:
         if not spec.sparse and not spec.dense:
             raise BadInput("features: no sparse and no dense feature to read", "features")
         self.spec = spec
         self.cache_size = cache_size
+        self.slow_values = 0  # values the C fast path left to the Arrow path (module doc)
+        self._native = (
+            _fast.Parser(
+                [f.name.encode() for f in spec.sparse],
+                [f.raw for f in spec.sparse],
+                [n.encode() for n in spec.dense],
+                spec.label.encode(),
+                cache_size,
+            )
+            if native and _fast is not None
+            else None
+        )
         self._cache = [_Cache() for _ in spec.sparse]
         self._cached = 0
         feat = _feature_type(spec)
@@ -297,8 +314,46 @@ class Featurizer:
 
     # ------------------------------------------------------------------ samples
 
+    @property
+    def native(self) -> bool:
+        """Whether the C fast path (``featurize/_fast.c``) reads the common case."""
+        return self._native is not None
+
     def samples(self, values: Sequence[bytes]) -> Samples:
         """Featurize the raw Kafka values of Sample records (module doc)."""
+        if self._native is None or not values:
+            return self._samples_arrow(values)
+        ok_b, ids, offsets, dense, label, event_ms, fake, xor = self._native.samples(values)
+        ok = np.frombuffer(ok_b, np.bool_)
+        n = int(ok.sum())
+        fast = Samples(
+            self._native_features(n, ids, offsets, dense),
+            np.frombuffer(label, np.float32),
+            np.frombuffer(event_ms, np.int64),
+            np.frombuffer(fake, np.bool_),
+            np.flatnonzero(ok).astype(np.int64),
+            _signed(xor),
+        )
+        if n == len(values):
+            return fast
+        rest = np.flatnonzero(~ok)
+        self.slow_values += len(rest)
+        return _merge(fast, self._samples_arrow([values[i] for i in rest.tolist()]), rest)
+
+    def _native_features(
+        self, n: int, ids: list[bytearray], offsets: list[bytearray], dense: bytearray
+    ) -> Features:
+        """Features of ``n`` records from the C fast path's buffers (no copy)."""
+        sparse = {
+            f.name: (np.frombuffer(i, np.int64), np.frombuffer(o, np.int64))
+            for f, i, o in zip(self.spec.sparse, ids, offsets, strict=True)
+        }
+        return Features(
+            n, sparse, np.frombuffer(dense, np.float32).reshape(n, len(self.spec.dense))
+        )
+
+    def _samples_arrow(self, values: Sequence[bytes]) -> Samples:
+        """:meth:`samples` on Arrow's JSON reader: every value, whatever it holds."""
         bad: list[BadRecord] = []
         parts: list[tuple[pa.Table, int]] = []
         if values:
@@ -380,6 +435,10 @@ class Featurizer:
         the body was a single ``features`` object, and the count of each unknown feature
         name (``sparse.NAME`` / ``dense.NAME``: scored without them). Raises
         :class:`BadInput` naming the field at fault."""
+        got = None if self._native is None else self._native.request(body, max_instances)
+        if got is not None:  # the C fast path read it (else: Arrow, which names the fault)
+            single, n, ids, offsets, dense, unknown = got
+            return self._native_features(n, ids, offsets, dense), single, unknown
         table = self._read_request(body)
         if table is None:
             return self._request_fallback(body, max_instances)
@@ -580,6 +639,39 @@ def _xor_ids(sample_ids: pa.Array) -> int:
         digests.append(h.digest())
     x = np.bitwise_xor.reduce(np.frombuffer(b"".join(digests), dtype="<i8"))
     return int(x)
+
+
+def _signed(x: int) -> int:
+    """An unsigned 64-bit int as the int64 of the same bits."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _merge(a: Samples, b: Samples, b_pos: I64) -> Samples:
+    """The samples of ``a`` and of ``b`` (read from the values at ``b_pos``) in input order."""
+    index = np.concatenate([a.index, b_pos[b.index]])
+    order = np.argsort(index, kind="stable")
+    sparse: dict[str, tuple[I64, I64]] = {}
+    for name, (ids_a, off_a) in a.features.sparse.items():
+        ids_b, off_b = b.features.sparse[name]
+        ids = np.concatenate([ids_a, ids_b])
+        starts = np.concatenate([off_a[:-1], off_b[:-1] + off_a[-1]])[order]
+        lengths = np.concatenate([np.diff(off_a), np.diff(off_b)])[order]
+        offsets = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        take = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+        sparse[name] = (ids[take], offsets)
+    dense = np.concatenate([a.features.dense, b.features.dense])[order]
+    bad = [BadRecord(int(b_pos[r.index]), r.reason, r.detail) for r in b.bad]
+    return Samples(
+        Features(len(order), sparse, dense),
+        np.concatenate([a.label, b.label])[order],
+        np.concatenate([a.event_ms, b.event_ms])[order],
+        np.concatenate([a.fake, b.fake])[order],
+        index[order],
+        a.id_xor ^ b.id_xor,
+        a.skipped + b.skipped,
+        tuple(sorted(bad, key=lambda r: r.index)),
+    )
 
 
 def _count_unknown(spec: FeatureSpec, doc: Any) -> dict[str, int]:

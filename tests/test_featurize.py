@@ -128,21 +128,51 @@ def _check(spec: FeatureSpec, values: list[bytes], docs: list[Any], got: Samples
     assert got.id_xor == xor
 
 
+def test_the_c_fast_path_is_built_and_reads_the_common_case() -> None:
+    fz = Featurizer(SPEC)
+    assert fz.native  # make deps builds featurize/_fast.c (python -m fluxrec.native)
+    clean = [_sample(f"r-{i}", strategy="fake_negative") for i in range(50)]
+    s = fz.samples(clean)
+    assert len(s) == 50 and fz.slow_values == 0 and s.fake.all()
+    # escapes, nulls and bad values are left to the Arrow path, counted, and merged in order
+    odd = [
+        _sample("r-\u00e9"),
+        _sample("r-x", features={"dense": {"age": None}}),
+        _sample("r-y", v=2),
+        _sample("r-z", correction=True, labels={"click": 0}),
+    ]
+    s = fz.samples([clean[0], *odd, clean[1]])
+    assert fz.slow_values == 4 and s.index.tolist() == [0, 1, 2, 5] and s.skipped == 1
+    assert [b.index for b in s.bad] == [3]
+    arrow = Featurizer(SPEC, native=False).samples([clean[0], *odd, clean[1]])
+    for name, (ids, offsets) in s.features.sparse.items():
+        assert ids.tolist() == arrow.features.sparse[name][0].tolist()
+        assert offsets.tolist() == arrow.features.sparse[name][1].tolist()
+    np.testing.assert_array_equal(s.features.dense, arrow.features.dense)
+    assert s.id_xor == arrow.id_xor
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(sample_values(), max_size=24))
-def test_vectorised_samples_equal_the_reference(batch: list[tuple[bytes, Any]]) -> None:
+def test_vectorised_samples_equal_the_reference(
+    native: bool, batch: list[tuple[bytes, Any]]
+) -> None:
     values = [v for v, _ in batch]
     docs = [json.loads(v) if d is not None else None for v, d in batch]
-    fz = Featurizer(SPEC, cache_size=8)  # a small cache: hits, misses and resets
+    fz = Featurizer(SPEC, cache_size=8, native=native)  # a small cache: hits, misses, resets
     _check(SPEC, values, docs, fz.samples(values))
     _check(SPEC, values, docs, fz.samples(values))  # again, from the cache
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
 @settings(max_examples=100, deadline=None)
-@given(st.lists(features(), max_size=12))
-def test_request_features_equal_the_reference(instances: list[dict[str, Any]]) -> None:
-    fz = Featurizer(SPEC)
-    body = json.dumps({"instances": instances}).encode()
+@given(st.lists(features(), max_size=12), st.booleans())
+def test_request_features_equal_the_reference(
+    native: bool, instances: list[dict[str, Any]], ascii_only: bool
+) -> None:
+    fz = Featurizer(SPEC, native=native)
+    body = json.dumps({"instances": instances}, ensure_ascii=ascii_only).encode()
     try:
         want = [ref.features(SPEC, x, f"instances[{i}]") for i, x in enumerate(instances)]
     except BadInput as e:
@@ -174,8 +204,9 @@ def _sample(sid: str, **kw: Any) -> bytes:
     return json.dumps(rec | kw).encode()
 
 
-def test_bad_values_are_reported_by_reason_and_never_drop_their_batch() -> None:
-    fz = Featurizer(SPEC)
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
+def test_bad_values_are_reported_by_reason_and_never_drop_their_batch(native: bool) -> None:
+    fz = Featurizer(SPEC, native=native)
     values = [
         _sample("r-0"),
         b"not json",
@@ -203,9 +234,10 @@ def test_bad_values_are_reported_by_reason_and_never_drop_their_batch() -> None:
     assert len(all_bad) == 0 and len(all_bad.bad) == 2
 
 
-def test_pretty_printed_and_raw_id_values() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
+def test_pretty_printed_and_raw_id_values(native: bool) -> None:
     spec = FeatureSpec((SparseSpec("slot", raw=True),), ())
-    fz = Featurizer(spec)
+    fz = Featurizer(spec, native=native)
     rec = json.loads(_sample("r-1"))
     rec["features"]["sparse"]["slot"] = ["-12", "9223372036854775807"]
     s = fz.samples([json.dumps(rec, indent=2).encode()])
@@ -229,14 +261,16 @@ def test_pretty_printed_and_raw_id_values() -> None:
         (b'{"instances": [], "features": {}}', "", "exactly one of"),
     ],
 )
-def test_bad_requests_name_the_field(body: bytes, field: str, match: str) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
+def test_bad_requests_name_the_field(body: bytes, field: str, match: str, native: bool) -> None:
     with pytest.raises(BadInput, match=match) as e:
-        Featurizer(SPEC).request(body)
+        Featurizer(SPEC, native=native).request(body)
     assert e.value.field == field
 
 
-def test_requests_of_every_shape_and_unknown_features() -> None:
-    fz = Featurizer(SPEC)
+@pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
+def test_requests_of_every_shape_and_unknown_features(native: bool) -> None:
+    fz = Featurizer(SPEC, native=native)
     f = {"sparse": {"user_id": ["u-1"], "colour": ["red"]}, "dense": {"age": 2, "x": 1}}
     one, single, unknown = fz.request(json.dumps({"features": f}).encode())
     assert single and one.n == 1 and unknown == {"sparse.colour": 1, "dense.x": 1}

@@ -24,6 +24,14 @@ def _check(t: SlotTable, model: dict[int, np.ndarray]) -> None:
     for i, r in zip(probe.tolist(), got, strict=True):
         np.testing.assert_array_equal(r, model.get(i, np.full(DIM, -1.0, np.float32)))
     assert t.live == len(model)
+    # the C read path (exporter/sdk/_probe.c) finds the slots the numpy probe finds
+    assert t._slots(probe).tolist() == t._find(probe)[1].tolist()
+
+
+def test_the_c_read_path_is_built() -> None:
+    from exporter.sdk import _slots
+
+    assert _slots._probe is not None  # make venv builds it (python -m fluxrec.native)
 
 
 @settings(max_examples=150, deadline=None)

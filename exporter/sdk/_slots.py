@@ -33,6 +33,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+try:  # the read path in C (built by ``python -m fluxrec.native``); numpy without it
+    from exporter.sdk import _probe  # type: ignore[attr-defined]
+except ImportError:
+    _probe = None
+
 __all__ = ["SlotTable"]
 
 I64 = npt.NDArray[np.int64]
@@ -109,6 +114,14 @@ class SlotTable:
             more = (cur != _EMPTY) & ~hit
             act, at = act[more], (at[more] + 1) & self._mask
         return pos, slot
+
+    def _slots(self, keys: I64) -> I64:
+        """The slot of each key, -1 where absent (:meth:`_find` without positions)."""
+        if _probe is None:
+            return self._find(keys)[1]
+        out = np.empty(len(keys), np.int64)
+        _probe.find(self.index, self.ids, keys, out, self._bits)
+        return out
 
     def _claim(self, keys: I64, slots: I64, pos: npt.NDArray[np.intp] | None = None) -> I64:
         """Point index positions at ``slots`` (``ids[slots] == keys``, none of them in the
@@ -197,7 +210,7 @@ class SlotTable:
         q = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         out = np.empty((len(q), self.dim), np.float32)
         for s in range(0, len(q), _BATCH):
-            _pos, slot = self._find(q[s : s + _BATCH])
+            slot = self._slots(q[s : s + _BATCH])
             found = slot >= 0
             part = out[s : s + _BATCH]
             if found.all():

@@ -1,0 +1,1222 @@
+/* featurize._fast: one pass over raw JSON bytes into hashed ids, offsets and dense rows.
+ *
+ * The fast path of featurize.core.Featurizer (see its module doc). It reads the common
+ * case only, and exactly: strict JSON (RFC 8259) with strings free of escapes in the
+ * places it keeps (keys, sparse values, sample_id, strategy), well-formed UTF-8, no
+ * duplicate keys, no null where the contract reads a field. Anything else -- a bad
+ * record, a null, an escape, a correction of another label -- is not decided here:
+ * the record is marked "slow" and Featurizer reads it with its Arrow path, which
+ * names the reason. So this file never has to agree with the Arrow path on an error,
+ * only on the arrays of a well-formed record, which the tests compare with the
+ * reference (tests/test_featurize.py) on generated records.
+ *
+ * Parser(sparse_names, raw_flags, dense_names, label, cache_size)
+ *   .samples(values) -> (ok, ids, offsets, dense, label, event_ms, fake, id_xor)
+ *       ok        bytearray[n]              1 = read here, 0 = slow (left to Arrow)
+ *       ids       [bytearray int64[k_f]]    per sparse field, of the ok records in order
+ *       offsets   [bytearray int64[m + 1]]  per sparse field; m = ok records
+ *       dense     bytearray float32[m * d]
+ *       label     bytearray float32[m]; event_ms int64[m]; fake bool[m]
+ *       id_xor    int: XOR of stable_hash("sample_id", sample_id) over the ok records
+ *   .request(body, max_instances) -> None (left to Arrow) or
+ *       (single, m, ids, offsets, dense, unknown) with unknown {"sparse.NAME": count}
+ *
+ * Ids: blake2b (RFC 7693) with an 8-byte digest of field + "\x1f" + value, its first 8
+ * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
+ * fields keep their decimal int64. A bounded cache maps (field, value) to its id.
+ * The GIL is held throughout (the cache is shared by the server's request threads).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ blake2b-64 */
+
+static const uint64_t B2_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL,
+    0xa54ff53a5f1d36f1ULL, 0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL,
+    0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
+
+static const uint8_t B2_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t x = 0;
+    for (int i = 7; i >= 0; i--) x = (x << 8) | p[i]; /* little-endian on any host */
+    return x;
+}
+
+#define B2_G(a, b, c, d, x, y)          \
+    do {                                \
+        a = a + b + (x);                \
+        d = rotr64(d ^ a, 32);          \
+        c = c + d;                      \
+        b = rotr64(b ^ c, 24);          \
+        a = a + b + (y);                \
+        d = rotr64(d ^ a, 16);          \
+        c = c + d;                      \
+        b = rotr64(b ^ c, 63);          \
+    } while (0)
+
+static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = B2_IV[i];
+    }
+    v[12] ^= t; /* messages here are far below 2^64 bytes: the high counter stays 0 */
+    if (last) v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        B2_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        B2_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        B2_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        B2_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        B2_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        B2_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        B2_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The int64 id of prefix + data: blake2b with an 8-byte digest, no key. */
+static int64_t b2_id(const uint8_t *prefix, size_t plen, const uint8_t *data, size_t dlen) {
+    uint64_t h[8];
+    uint8_t block[128];
+    memcpy(h, B2_IV, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* depth 1, fanout 1, no key, digest length 8 */
+    size_t total = plen + dlen, done = 0, fill = 0;
+    /* feed prefix then data through one 128-byte block; a full block is compressed
+       only once more input follows it (the last block is flagged as such) */
+    const uint8_t *parts[2] = {prefix, data};
+    size_t lens[2] = {plen, dlen};
+    for (int k = 0; k < 2; k++) {
+        const uint8_t *p = parts[k];
+        size_t n = lens[k];
+        while (n) {
+            if (fill == 128) {
+                done += 128;
+                b2_compress(h, block, done, 0);
+                fill = 0;
+            }
+            size_t take = 128 - fill < n ? 128 - fill : n;
+            memcpy(block + fill, p, take);
+            fill += take;
+            p += take;
+            n -= take;
+        }
+    }
+    memset(block + fill, 0, 128 - fill);
+    b2_compress(h, block, total, 1);
+    return (int64_t)h[0];
+}
+
+/* ------------------------------------------------------------------ growable buffers */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra) cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (!d) return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const void *p, size_t n) {
+    if (b->len + n > b->cap && buf_reserve(b, n)) return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_put8(Buf *b, const void *p) { /* a fixed size: no call to memcpy */
+    if (b->len + 8 > b->cap && buf_reserve(b, 8)) return -1;
+    memcpy(b->data + b->len, p, 8);
+    b->len += 8;
+    return 0;
+}
+
+static PyObject *buf_take(Buf *b) { /* a bytearray copy of the buffer */
+    return PyByteArray_FromStringAndSize(b->data ? b->data : "", (Py_ssize_t)b->len);
+}
+
+/* ------------------------------------------------------------------ value cache */
+
+typedef struct { /* 32 bytes: two to a cache line */
+    uint64_t key;   /* hash of (field, value); 0 = empty slot */
+    int64_t id;
+    uint32_t field, len;
+    uint64_t data;  /* the value's bytes when len <= 8, else its offset in the arena */
+} Entry;
+
+typedef struct {
+    Entry *slots;
+    size_t cap, count, limit;
+    Buf arena;
+} Cache;
+
+static inline int same(const uint8_t *a, const uint8_t *b, size_t n) {
+    while (n >= 8) { /* inline: most names and values are short */
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+        a += 8, b += 8, n -= 8;
+    }
+    while (n--)
+        if (*a++ != *b++) return 0;
+    return 1;
+}
+
+static uint64_t mix_hash(uint32_t field, const uint8_t *s, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)field << 32) ^ n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++) w |= (uint64_t)s[i] << (8 * i);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 29;
+    h *= 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 32;
+    return h ? h : 1;
+}
+
+static void cache_clear(Cache *c) {
+    if (c->slots) memset(c->slots, 0, c->cap * sizeof(Entry));
+    c->count = 0;
+    c->arena.len = 0;
+}
+
+static int cache_grow(Cache *c) {
+    size_t cap = c->cap ? c->cap * 2 : 4096;
+    Entry *s = calloc(cap, sizeof(Entry));
+    if (!s) return -1;
+    for (size_t i = 0; i < c->cap; i++) {
+        Entry *e = &c->slots[i];
+        if (!e->key) continue;
+        size_t j = e->key & (cap - 1);
+        while (s[j].key) j = (j + 1) & (cap - 1);
+        s[j] = *e;
+    }
+    free(c->slots);
+    c->slots = s;
+    c->cap = cap;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the parser object */
+
+typedef struct {
+    const uint8_t *name;
+    size_t len;
+} Name;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n_sparse, n_dense;
+    Name *sparse, *dense;
+    char *raw;         /* per sparse field: decimal int64 ids, not hashed */
+    uint8_t **prefix;  /* per sparse field: name + "\x1f" */
+    Name label;
+    PyObject *names;   /* keeps the name bytes alive */
+    Cache cache;
+    /* per call */
+    Buf *ids, *offsets;
+    Buf pend;          /* Pending values of the current record */
+    Buf dense_out, label_out, time_out, fake_out, ok_out;
+    int64_t xor_ids;
+    uint32_t *seen;    /* per record: sparse / dense fields already read (duplicates) */
+    float *row;        /* the dense row of the current record */
+    PyObject *unknown; /* request: counts of unknown feature names, or NULL */
+    Py_ssize_t hint_sparse, hint_dense; /* find_name's guesses */
+} Parser;
+
+enum { OK = 0, SLOW = 1, FAIL = -1 }; /* FAIL: a Python error is set (memory) */
+
+static inline const uint8_t *entry_bytes(const Cache *c, const Entry *e) {
+    return e->len <= 8 ? (const uint8_t *)&e->data : (const uint8_t *)c->arena.data + e->data;
+}
+
+/* The id of value [s, s + n) of field f with hash k: from the cache, or hashed and kept. */
+static int64_t cached_id(Parser *P, uint32_t f, const uint8_t *s, size_t n, uint64_t k) {
+    Cache *c = &P->cache;
+    if (c->cap) {
+        size_t j = k & (c->cap - 1);
+        for (Entry *e; (e = &c->slots[j])->key; j = (j + 1) & (c->cap - 1))
+            if (e->key == k && e->field == f && e->len == n && same(entry_bytes(c, e), s, n))
+                return e->id;
+    }
+    int64_t id = b2_id(P->prefix[f], P->sparse[f].len + 1, s, n);
+    if (n > UINT32_MAX) return id;
+    if (c->count >= c->limit) cache_clear(c);
+    if ((c->count + 1) * 2 > c->cap && cache_grow(c)) return id; /* no memory: uncached */
+    uint64_t data = 0;
+    if (n <= 8) {
+        memcpy(&data, s, n);
+    } else {
+        data = c->arena.len;
+        if (buf_put(&c->arena, s, n)) return id;
+    }
+    size_t j = k & (c->cap - 1);
+    while (c->slots[j].key) j = (j + 1) & (c->cap - 1);
+    c->slots[j] = (Entry){k, id, f, (uint32_t)n, data};
+    c->count++;
+    return id;
+}
+
+/* A value waiting for its id: the cache is probed per record, after every slot the
+   record needs was prefetched (a large cache misses the CPU's caches on most probes;
+   prefetching them together overlaps those misses) */
+typedef struct {
+    uint64_t key;
+    const uint8_t *s;
+    uint32_t field, len;
+    size_t at; /* index of the id in ids[field] */
+} Pending;
+
+static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n) {
+    uint64_t k = mix_hash(f, s, n);
+    Cache *c = &P->cache;
+    if (c->cap) __builtin_prefetch(&c->slots[k & (c->cap - 1)]);
+    Pending p = {k, s, f, (uint32_t)n, P->ids[f].len / 8};
+    int64_t placeholder = 0;
+    if (n > UINT32_MAX) return SLOW;
+    if (P->pend.len + sizeof p > P->pend.cap && buf_reserve(&P->pend, sizeof p)) return FAIL;
+    memcpy(P->pend.data + P->pend.len, &p, sizeof p);
+    P->pend.len += sizeof p;
+    return buf_put8(&P->ids[f], &placeholder) ? FAIL : OK;
+}
+
+static void resolve(Parser *P) {
+    Pending *p = (Pending *)P->pend.data;
+    size_t k = P->pend.len / sizeof(Pending);
+    Cache *c = &P->cache;
+    if (c->cap) /* values in the arena: fetch them too before comparing */
+        for (size_t i = 0; i < k; i++) {
+            const Entry *e = &c->slots[p[i].key & (c->cap - 1)];
+            if (e->key == p[i].key && e->len > 8) __builtin_prefetch(c->arena.data + e->data);
+        }
+    for (size_t i = 0; i < k; i++) {
+        int64_t id = cached_id(P, p[i].field, p[i].s, p[i].len, p[i].key);
+        memcpy(P->ids[p[i].field].data + 8 * p[i].at, &id, 8);
+    }
+    P->pend.len = 0;
+}
+
+/* ------------------------------------------------------------------ JSON scanning */
+
+typedef struct {
+    const uint8_t *p, *end;
+    int depth;
+} Scan;
+
+#define MAX_DEPTH 64
+
+static inline void ws(Scan *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+/* One UTF-8 sequence at p (first byte >= 0x80); its length, or 0 if not well-formed. */
+static int utf8_len(const uint8_t *p, const uint8_t *end) {
+    uint8_t c = p[0];
+    int n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) n = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) n = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) n = 4, cp = c & 0x07;
+    else return 0;
+    if (end - p < n) return 0;
+    for (int i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return n;
+}
+
+/* A string without escapes at s->p (the opening quote): its bytes in [*a, *a + *n). */
+static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
+    if (s->p >= s->end || *s->p != '"') return SLOW;
+    const uint8_t *p = s->p + 1, *end = s->end;
+    const uint8_t *start = p;
+    while (p < end) {
+        /* 8 plain ASCII bytes at a time: none is '"', '\\', a control byte or >= 0x80 */
+        while (end - p >= 8) {
+            uint64_t w, lo = 0x0101010101010101ULL, hi = 0x8080808080808080ULL;
+            memcpy(&w, p, 8);
+            uint64_t q = w ^ (lo * '"'), b = w ^ (lo * '\\');
+            uint64_t special = ((q - lo) & ~q) | ((b - lo) & ~b) | (w - lo * 0x20) | w;
+            if (special & hi) break;
+            p += 8;
+        }
+        if (p >= end) break;
+        uint8_t c = *p;
+        if (c == '"') {
+            *a = start;
+            *n = (size_t)(p - start);
+            s->p = p + 1;
+            return OK;
+        }
+        if (c == '\\' || c < 0x20) return SLOW;
+        if (c < 0x80) {
+            p++;
+        } else {
+            int k = utf8_len(p, end);
+            if (!k) return SLOW;
+            p += k;
+        }
+    }
+    return SLOW;
+}
+
+static int hex4(const uint8_t *p, const uint8_t *end, uint32_t *out) {
+    if (end - p < 4) return 0;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Any string (escapes allowed, unpaired surrogates not), skipped. */
+static int skip_string(Scan *s) {
+    const uint8_t *p = s->p + 1, *end = s->end;
+    while (p < end) {
+        uint8_t c = *p;
+        if (c == '"') {
+            s->p = p + 1;
+            return OK;
+        }
+        if (c < 0x20) return SLOW;
+        if (c == '\\') {
+            if (end - p < 2) return SLOW;
+            uint8_t e = p[1];
+            if (e == 'u') {
+                uint32_t u;
+                if (!hex4(p + 2, end, &u)) return SLOW;
+                p += 6;
+                if (u >= 0xDC00 && u <= 0xDFFF) return SLOW;
+                if (u >= 0xD800 && u <= 0xDBFF) {
+                    uint32_t lo;
+                    if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4(p + 2, end, &lo) ||
+                        lo < 0xDC00 || lo > 0xDFFF)
+                        return SLOW;
+                    p += 6;
+                }
+            } else if (strchr("\"\\/bfnrt", e) && e) {
+                p += 2;
+            } else {
+                return SLOW;
+            }
+        } else if (c < 0x80) {
+            p++;
+        } else {
+            int k = utf8_len(p, end);
+            if (!k) return SLOW;
+            p += k;
+        }
+    }
+    return SLOW;
+}
+
+/* A JSON number at s->p (grammar checked). *frac_exp: it has a fraction or exponent. */
+static int number_span(Scan *s, const uint8_t **a, size_t *n, int *frac_exp) {
+    const uint8_t *p = s->p, *end = s->end, *start = p;
+    *frac_exp = 0;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return SLOW;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return SLOW;
+    }
+    if (p < end && *p == '.') {
+        *frac_exp = 1;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return SLOW;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *frac_exp = 1;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return SLOW;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    *a = start;
+    *n = (size_t)(p - start);
+    s->p = p;
+    return OK;
+}
+
+static int skip_value(Scan *s);
+
+static int skip_container(Scan *s, uint8_t close) {
+    if (++s->depth > MAX_DEPTH) return SLOW;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        s->depth--;
+        return OK;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (s->p >= s->end || *s->p != '"' || skip_string(s)) return SLOW;
+            ws(s);
+            if (s->p >= s->end || *s->p != ':') return SLOW;
+            s->p++;
+            ws(s);
+        }
+        if (skip_value(s)) return SLOW;
+        ws(s);
+        if (s->p >= s->end) return SLOW;
+        if (*s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        if (*s->p != close) return SLOW;
+        s->p++;
+        s->depth--;
+        return OK;
+    }
+}
+
+static int literal(Scan *s, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n)) return SLOW;
+    s->p += n;
+    return OK;
+}
+
+/* Any JSON value, checked and skipped. */
+static int skip_value(Scan *s) {
+    if (s->p >= s->end) return SLOW;
+    const uint8_t *a;
+    size_t n;
+    int fe;
+    switch (*s->p) {
+    case '"': return skip_string(s);
+    case '{': return skip_container(s, '}');
+    case '[': return skip_container(s, ']');
+    case 't': return literal(s, "true");
+    case 'f': return literal(s, "false");
+    case 'n': return literal(s, "null");
+    default: return number_span(s, &a, &n, &fe);
+    }
+}
+
+/* An integer that fits int64 (no fraction, no exponent). */
+static int int64_value(Scan *s, int64_t *out) {
+    const uint8_t *a;
+    size_t n;
+    int fe;
+    if (number_span(s, &a, &n, &fe) || fe) return SLOW;
+    int neg = a[0] == '-';
+    size_t i = neg;
+    if (n - i > 19) return SLOW;
+    uint64_t v = 0;
+    for (; i < n; i++) v = v * 10 + (uint64_t)(a[i] - '0'); /* 19 digits fit uint64 */
+    if ((!neg && v > (uint64_t)INT64_MAX) || (neg && v > (uint64_t)INT64_MAX + 1)) return SLOW;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return OK;
+}
+
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                 1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A number as the nearest double (what Python's json.loads and float() give). */
+static int double_value(Scan *s, double *out) {
+    const uint8_t *a;
+    size_t n;
+    int fe;
+    if (number_span(s, &a, &n, &fe)) return SLOW;
+    /* exact fast path: at most 15 significant digits and a small power of ten, where
+       one IEEE multiplication or division of two exact doubles rounds correctly */
+    const uint8_t *p = a, *end = a + n;
+    int neg = 0;
+    if (*p == '-') neg = 1, p++;
+    uint64_t mant = 0;
+    int digits = 0, exp10 = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        if (mant || *p != '0') digits++;
+        mant = mant * 10 + (uint64_t)(*p - '0');
+        if (digits > 15) goto slow;
+    }
+    if (p < end && *p == '.') {
+        for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (mant || *p != '0') digits++;
+            mant = mant * 10 + (uint64_t)(*p - '0');
+            exp10--;
+            if (digits > 15) goto slow;
+        }
+    }
+    if (p < end) { /* exponent */
+        p++;
+        int eneg = 0, e = 0;
+        if (*p == '+' || *p == '-') eneg = *p == '-', p++;
+        for (; p < end; p++) {
+            e = e * 10 + (*p - '0');
+            if (e > 400) goto slow;
+        }
+        exp10 += eneg ? -e : e;
+    }
+    if (mant == 0) {
+        *out = neg ? -0.0 : 0.0;
+        return OK;
+    }
+    if (exp10 >= -22 && exp10 <= 22) {
+        double d = (double)mant; /* exact: mant < 10^15 < 2^53 */
+        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
+        *out = neg ? -d : d;
+        return OK;
+    }
+slow:;
+    char tmp[128];
+    if (n >= sizeof tmp) return SLOW;
+    memcpy(tmp, a, n);
+    tmp[n] = 0;
+    *out = strtod(tmp, NULL); /* correctly rounded (glibc); the grammar is checked above */
+    return OK;
+}
+
+/* A key: a plain string followed by ':'. */
+static int key(Scan *s, const uint8_t **a, size_t *n) {
+    if (plain_string(s, a, n)) return SLOW;
+    ws(s);
+    if (s->p >= s->end || *s->p != ':') return SLOW;
+    s->p++;
+    ws(s);
+    return OK;
+}
+
+/* After a member: ',' (returns 1, more follow) or the closing '}' (returns 0). */
+static int next_member(Scan *s, int *more) {
+    ws(s);
+    if (s->p >= s->end) return SLOW;
+    if (*s->p == ',') {
+        s->p++;
+        ws(s);
+        *more = 1;
+        return OK;
+    }
+    if (*s->p == '}') {
+        s->p++;
+        *more = 0;
+        return OK;
+    }
+    return SLOW;
+}
+
+/* Opens an object: '{' and whitespace; *more = 0 when it is empty. */
+static int open_object(Scan *s, int *more) {
+    if (s->p >= s->end || *s->p != '{') return SLOW;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        *more = 0;
+    } else {
+        *more = 1;
+    }
+    return OK;
+}
+
+/* The index of name [a, a + n) in names, or -1. Records written by one producer list
+   their fields in one order, so the one after the last found (*hint) is tried first. */
+static Py_ssize_t find_name(const Name *names, Py_ssize_t k, const uint8_t *a, size_t n,
+                            Py_ssize_t *hint) {
+    Py_ssize_t h = *hint < k ? *hint : 0;
+    for (Py_ssize_t i = h, c = 0; c < k; c++, i = i + 1 < k ? i + 1 : 0) {
+        if (names[i].len == n && same(names[i].name, a, n)) {
+            *hint = i + 1;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* The value of an unknown feature name, skipped; counted (requests) unless null. */
+static int unknown_value(Parser *P, Scan *s, const char *kind, const uint8_t *a, size_t n) {
+    int null = s->p < s->end && *s->p == 'n';
+    if (skip_value(s)) return SLOW;
+    if (!P->unknown || null) return OK;
+    size_t kn = strlen(kind);
+    char *text = malloc(kn + 1 + n);
+    if (!text) return FAIL;
+    memcpy(text, kind, kn);
+    text[kn] = '.';
+    memcpy(text + kn + 1, a, n);
+    PyObject *k = PyUnicode_DecodeUTF8(text, (Py_ssize_t)(kn + 1 + n), "strict");
+    free(text);
+    if (!k) return FAIL;
+    PyObject *v = PyDict_GetItemWithError(P->unknown, k);
+    long c = v ? PyLong_AsLong(v) : 0;
+    PyObject *c1 = PyLong_FromLong(c + 1);
+    int r = c1 ? PyDict_SetItem(P->unknown, k, c1) : -1;
+    Py_DECREF(k);
+    Py_XDECREF(c1);
+    return r ? FAIL : OK;
+}
+
+/* A raw id: decimal int64, not one of the tables' two sentinels. */
+static int raw_id(const uint8_t *a, size_t n, int64_t *out) {
+    size_t i = n && a[0] == '-';
+    if (n == i || n - i > 19) return SLOW;
+    uint64_t v = 0;
+    for (size_t j = i; j < n; j++) {
+        if (a[j] < '0' || a[j] > '9') return SLOW;
+        v = v * 10 + (uint64_t)(a[j] - '0');
+    }
+    if ((!i && v > (uint64_t)INT64_MAX) || (i && v > (uint64_t)INT64_MAX + 1)) return SLOW;
+    int64_t x = i ? (int64_t)(0 - v) : (int64_t)v;
+    if (x == INT64_MIN || x == INT64_MIN + 1) return SLOW;
+    *out = x;
+    return OK;
+}
+
+/* The list of strings of sparse field f, appended to its ids. */
+static int sparse_list(Parser *P, Scan *s, Py_ssize_t f) {
+    if (s->p >= s->end || *s->p != '[') return SLOW;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        return OK;
+    }
+    for (;;) {
+        const uint8_t *a;
+        size_t n;
+        int64_t id;
+        if (plain_string(s, &a, &n)) return SLOW;
+        if (P->raw[f]) {
+            if (raw_id(a, n, &id)) return SLOW;
+            if (buf_put8(&P->ids[f], &id)) return FAIL;
+        } else {
+            int r = pend(P, (uint32_t)f, a, n);
+            if (r) return r;
+        }
+        ws(s);
+        if (s->p >= s->end) return SLOW;
+        if (*s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        if (*s->p != ']') return SLOW;
+        s->p++;
+        return OK;
+    }
+}
+
+/* A features object {"sparse": {...}, "dense": {...}}: ids appended, row filled. */
+static int features(Parser *P, Scan *s) {
+    int more, r, have_sparse = 0, have_dense = 0;
+    memset(P->seen, 0, (size_t)(P->n_sparse + P->n_dense) * sizeof(uint32_t));
+    for (Py_ssize_t j = 0; j < P->n_dense; j++) P->row[j] = 0.0f;
+    if ((r = open_object(s, &more))) return r;
+    while (more) {
+        const uint8_t *a;
+        size_t n;
+        if (key(s, &a, &n)) return SLOW;
+        int is_sparse = n == 6 && !memcmp(a, "sparse", 6);
+        int is_dense = n == 5 && !memcmp(a, "dense", 5);
+        if (is_sparse || is_dense) {
+            if (is_sparse ? have_sparse++ : have_dense++) return SLOW; /* duplicate key */
+            int inner;
+            if (open_object(s, &inner)) return SLOW; /* null or another type: Arrow */
+            while (inner) {
+                const uint8_t *b;
+                size_t m;
+                if (key(s, &b, &m)) return SLOW;
+                if (is_sparse) {
+                    Py_ssize_t f = find_name(P->sparse, P->n_sparse, b, m, &P->hint_sparse);
+                    if (f < 0) {
+                        if ((r = unknown_value(P, s, "sparse", b, m))) return r;
+                    } else {
+                        if (P->seen[f]++) return SLOW;
+                        if ((r = sparse_list(P, s, f))) return r;
+                    }
+                } else {
+                    Py_ssize_t j = find_name(P->dense, P->n_dense, b, m, &P->hint_dense);
+                    if (j < 0) {
+                        if ((r = unknown_value(P, s, "dense", b, m))) return r;
+                    } else {
+                        double d;
+                        if (P->seen[P->n_sparse + j]++) return SLOW;
+                        if (double_value(s, &d)) return SLOW;
+                        float x = (float)d;
+                        if (!isfinite(x)) return SLOW;
+                        P->row[j] = x;
+                    }
+                }
+                if (next_member(s, &inner)) return SLOW;
+            }
+        } else if (skip_value(s)) {
+            return SLOW;
+        }
+        if (next_member(s, &more)) return SLOW;
+    }
+    return OK;
+}
+
+/* Per-call output state */
+
+static void reset_out(Parser *P) {
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        P->ids[f].len = 0;
+        P->offsets[f].len = 0;
+        int64_t zero = 0;
+        buf_put(&P->offsets[f], &zero, 8); /* 256 bytes reserved: cannot fail after the first */
+    }
+    P->dense_out.len = P->label_out.len = P->time_out.len = P->fake_out.len = P->ok_out.len = 0;
+    P->xor_ids = 0;
+    P->pend.len = 0;
+}
+
+/* Commit the current record: offsets and the dense row. */
+static int commit(Parser *P) {
+    resolve(P);
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        int64_t end = (int64_t)(P->ids[f].len / 8);
+        if (buf_put8(&P->offsets[f], &end)) return FAIL;
+    }
+    return buf_put(&P->dense_out, P->row, (size_t)P->n_dense * 4) ? FAIL : OK;
+}
+
+static void rollback(Parser *P) { /* drop the ids of a record that was not committed */
+    P->pend.len = 0;
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        int64_t end;
+        memcpy(&end, P->offsets[f].data + P->offsets[f].len - 8, 8);
+        P->ids[f].len = (size_t)end * 8;
+    }
+}
+
+static const uint8_t SID_PREFIX[] = "sample_id\x1f";
+
+/* One Sample value: committed with its label, time, fake flag and id checksum. */
+static int sample(Parser *P, const uint8_t *p, size_t len) {
+    Scan s = {p, p + len, 0};
+    int more, r;
+    enum { V = 1, SID = 2, TIME = 4, FEAT = 8, LABELS = 16, STRAT = 32, CORR = 64 };
+    int seen = 0, label = -1, fake = 0, correction = 0;
+    int64_t t = 0;
+    const uint8_t *sid = NULL;
+    size_t sid_n = 0;
+    ws(&s);
+    if ((r = open_object(&s, &more))) return r;
+    while (more) {
+        const uint8_t *a;
+        size_t n;
+        int bit = 0;
+        if (key(&s, &a, &n)) return SLOW;
+#define IS(lit) (n == sizeof(lit) - 1 && !memcmp(a, lit, n))
+        if (IS("v")) bit = V;
+        else if (IS("sample_id")) bit = SID;
+        else if (IS("event_time_ms")) bit = TIME;
+        else if (IS("features")) bit = FEAT;
+        else if (IS("labels")) bit = LABELS;
+        else if (IS("strategy")) bit = STRAT;
+        else if (IS("correction")) bit = CORR;
+        if (bit & seen) return SLOW; /* a duplicate key */
+        seen |= bit;
+        switch (bit) {
+        case V: {
+            int64_t v;
+            if (int64_value(&s, &v) || v != 1) return SLOW;
+            break;
+        }
+        case SID:
+            if (plain_string(&s, &sid, &sid_n)) return SLOW;
+            break;
+        case TIME:
+            if (int64_value(&s, &t)) return SLOW;
+            break;
+        case FEAT:
+            if ((r = features(P, &s))) return r;
+            break;
+        case LABELS: {
+            int inner;
+            if (open_object(&s, &inner)) return SLOW;
+            while (inner) {
+                const uint8_t *b;
+                size_t m;
+                if (key(&s, &b, &m)) return SLOW;
+                if (m == P->label.len && !memcmp(b, P->label.name, m)) {
+                    int64_t y;
+                    if (label != -1 || int64_value(&s, &y) || (y != 0 && y != 1)) return SLOW;
+                    label = (int)y;
+                } else if (skip_value(&s)) {
+                    return SLOW;
+                }
+                if (next_member(&s, &inner)) return SLOW;
+            }
+            break;
+        }
+        case STRAT: {
+            const uint8_t *b;
+            size_t m;
+            if (plain_string(&s, &b, &m)) return SLOW;
+            if (m == 13 && !memcmp(b, "fake_negative", 13)) fake = 1;
+            else if (!(m == 6 && !memcmp(b, "window", 6))) return SLOW;
+            break;
+        }
+        case CORR:
+            if (s.p < s.end && *s.p == 't') {
+                if (literal(&s, "true")) return SLOW;
+                correction = 1;
+            } else if (literal(&s, "false")) {
+                return SLOW;
+            }
+            break;
+        default:
+            if (skip_value(&s)) return SLOW;
+        }
+#undef IS
+        if (next_member(&s, &more)) return SLOW;
+    }
+    ws(&s);
+    if (s.p != s.end) return SLOW; /* more than one document */
+    if ((seen & (V | SID | TIME | FEAT | LABELS | STRAT)) != (V | SID | TIME | FEAT | LABELS | STRAT))
+        return SLOW;
+    if (label < 0 || (correction && label != 1)) return SLOW; /* absent, or skipped */
+    float y = (float)label;
+    uint8_t fk = (uint8_t)fake;
+    if (buf_put(&P->label_out, &y, 4) || buf_put(&P->time_out, &t, 8) ||
+        buf_put(&P->fake_out, &fk, 1) || commit(P))
+        return FAIL;
+    P->xor_ids ^= (uint64_t)b2_id(SID_PREFIX, sizeof SID_PREFIX - 1, sid, sid_n);
+    return OK;
+}
+
+static PyObject *buf_list(Buf *bufs, Py_ssize_t k) {
+    PyObject *out = PyList_New(k);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *b = buf_take(&bufs[i]);
+        if (!b) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, b);
+    }
+    return out;
+}
+
+static PyObject *Parser_samples(Parser *P, PyObject *values) {
+    PyObject *seq = PySequence_Fast(values, "values must be a sequence of bytes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    reset_out(P);
+    P->unknown = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
+        uint8_t ok = 0;
+        if (PyBytes_Check(v)) {
+            int r = sample(P, (const uint8_t *)PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+            if (r == FAIL) {
+                Py_DECREF(seq);
+                return PyErr_NoMemory();
+            }
+            if (r == SLOW) rollback(P);
+            ok = r == OK;
+        }
+        if (buf_put(&P->ok_out, &ok, 1)) {
+            Py_DECREF(seq);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(NNNNNNNK)", buf_take(&P->ok_out), buf_list(P->ids, P->n_sparse),
+                         buf_list(P->offsets, P->n_sparse), buf_take(&P->dense_out),
+                         buf_take(&P->label_out), buf_take(&P->time_out), buf_take(&P->fake_out),
+                         (unsigned long long)P->xor_ids);
+}
+
+/* A request body: {"features": F} | {"instances": [F, ...]} | {"impressions": [{"features": F, ...}, ...]} */
+static int request(Parser *P, const uint8_t *p, size_t len, Py_ssize_t max, int *single, Py_ssize_t *m) {
+    Scan s = {p, p + len, 0};
+    int more, r, shapes = 0;
+    ws(&s);
+    if ((r = open_object(&s, &more))) return r;
+    *m = 0;
+    while (more) {
+        const uint8_t *a;
+        size_t n;
+        if (key(&s, &a, &n)) return SLOW;
+        int feat = n == 8 && !memcmp(a, "features", 8);
+        int inst = n == 9 && !memcmp(a, "instances", 9);
+        int imps = n == 11 && !memcmp(a, "impressions", 11);
+        if (feat || inst || imps) {
+            if (shapes++) return SLOW; /* more than one shape, or a key twice: Arrow */
+            *single = feat;
+            if (feat) {
+                if ((r = features(P, &s)) || (r = commit(P))) return r;
+                *m = 1;
+            } else {
+                if (s.p >= s.end || *s.p != '[') return SLOW;
+                s.p++;
+                ws(&s);
+                int items = !(s.p < s.end && *s.p == ']');
+                if (!items) s.p++;
+                while (items) {
+                    if (++*m > max) return SLOW;
+                    if (inst) {
+                        if ((r = features(P, &s))) return r;
+                    } else { /* an impression: its "features", other keys skipped */
+                        int im, got = 0;
+                        if (open_object(&s, &im)) return SLOW;
+                        while (im) {
+                            const uint8_t *b;
+                            size_t k;
+                            if (key(&s, &b, &k)) return SLOW;
+                            if (k == 8 && !memcmp(b, "features", 8)) {
+                                if (got++ || (r = features(P, &s))) return r ? r : SLOW;
+                            } else if (skip_value(&s)) {
+                                return SLOW;
+                            }
+                            if (next_member(&s, &im)) return SLOW;
+                        }
+                        if (!got) return SLOW;
+                    }
+                    if ((r = commit(P))) return r;
+                    ws(&s);
+                    if (s.p >= s.end) return SLOW;
+                    if (*s.p == ',') {
+                        s.p++;
+                        ws(&s);
+                    } else if (*s.p == ']') {
+                        s.p++;
+                        items = 0;
+                    } else {
+                        return SLOW;
+                    }
+                }
+            }
+        } else if (skip_value(&s)) {
+            return SLOW;
+        }
+        if (next_member(&s, &more)) return SLOW;
+    }
+    ws(&s);
+    if (s.p != s.end || shapes != 1) return SLOW;
+    return OK;
+}
+
+static PyObject *Parser_request(Parser *P, PyObject *args) {
+    Py_buffer body;
+    Py_ssize_t max;
+    if (!PyArg_ParseTuple(args, "y*n", &body, &max)) return NULL;
+    reset_out(P);
+    P->unknown = PyDict_New();
+    if (!P->unknown) {
+        PyBuffer_Release(&body);
+        return NULL;
+    }
+    int single = 0;
+    Py_ssize_t m = 0;
+    int r = request(P, (const uint8_t *)body.buf, (size_t)body.len, max, &single, &m);
+    PyBuffer_Release(&body);
+    PyObject *unknown = P->unknown;
+    P->unknown = NULL;
+    if (r == FAIL) {
+        Py_DECREF(unknown);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    if (r == SLOW) {
+        Py_DECREF(unknown);
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(OnNNNN)", single ? Py_True : Py_False, m,
+                         buf_list(P->ids, P->n_sparse), buf_list(P->offsets, P->n_sparse),
+                         buf_take(&P->dense_out), unknown);
+}
+
+/* ------------------------------------------------------------------ type plumbing */
+
+static int names_of(PyObject *list, Name **out, Py_ssize_t *k) {
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "names must be a list of bytes");
+        return -1;
+    }
+    *k = PyList_GET_SIZE(list);
+    *out = calloc((size_t)(*k ? *k : 1), sizeof(Name));
+    if (!*out) return -1;
+    for (Py_ssize_t i = 0; i < *k; i++) {
+        PyObject *b = PyList_GET_ITEM(list, i);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "names must be a list of bytes");
+            return -1;
+        }
+        (*out)[i] = (Name){(const uint8_t *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)};
+    }
+    return 0;
+}
+
+static int Parser_init(Parser *P, PyObject *args, PyObject *kw) {
+    PyObject *sparse, *raw, *dense, *label;
+    Py_ssize_t cache_size;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!n", &PyList_Type, &sparse, &PyList_Type, &raw,
+                          &PyList_Type, &dense, &PyBytes_Type, &label, &cache_size))
+        return -1;
+    if (P->names) {
+        PyErr_SetString(PyExc_RuntimeError, "Parser is initialised once");
+        return -1;
+    }
+    P->names = Py_BuildValue("(OOO)", sparse, dense, label);
+    if (!P->names) return -1;
+    if (names_of(sparse, &P->sparse, &P->n_sparse) || names_of(dense, &P->dense, &P->n_dense))
+        return -1;
+    if (PyList_GET_SIZE(raw) != P->n_sparse) {
+        PyErr_SetString(PyExc_ValueError, "one raw flag per sparse field");
+        return -1;
+    }
+    P->label = (Name){(const uint8_t *)PyBytes_AS_STRING(label), (size_t)PyBytes_GET_SIZE(label)};
+    Py_ssize_t k = P->n_sparse ? P->n_sparse : 1;
+    P->raw = calloc((size_t)k, 1);
+    P->prefix = calloc((size_t)k, sizeof(uint8_t *));
+    P->ids = calloc((size_t)k, sizeof(Buf));
+    P->offsets = calloc((size_t)k, sizeof(Buf));
+    P->seen = calloc((size_t)(P->n_sparse + P->n_dense + 1), sizeof(uint32_t));
+    P->row = calloc((size_t)(P->n_dense + 1), sizeof(float));
+    if (!P->raw || !P->prefix || !P->ids || !P->offsets || !P->seen || !P->row) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        P->raw[f] = (char)PyObject_IsTrue(PyList_GET_ITEM(raw, f));
+        P->prefix[f] = malloc(P->sparse[f].len + 1);
+        if (!P->prefix[f]) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(P->prefix[f], P->sparse[f].name, P->sparse[f].len);
+        P->prefix[f][P->sparse[f].len] = 0x1f;
+    }
+    P->cache.limit = cache_size > 0 ? (size_t)cache_size : 1;
+    return 0;
+}
+
+static void Parser_dealloc(Parser *P) {
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        if (P->prefix) free(P->prefix[f]);
+        if (P->ids) free(P->ids[f].data);
+        if (P->offsets) free(P->offsets[f].data);
+    }
+    free(P->prefix);
+    free(P->ids);
+    free(P->offsets);
+    free(P->raw);
+    free(P->seen);
+    free(P->row);
+    free(P->sparse);
+    free(P->dense);
+    free(P->dense_out.data);
+    free(P->label_out.data);
+    free(P->time_out.data);
+    free(P->fake_out.data);
+    free(P->ok_out.data);
+    free(P->pend.data);
+    free(P->cache.slots);
+    free(P->cache.arena.data);
+    Py_XDECREF(P->names);
+    Py_TYPE(P)->tp_free((PyObject *)P);
+}
+
+static PyObject *Parser_cached(Parser *P, PyObject *unused) {
+    return PyLong_FromSize_t(P->cache.count);
+}
+
+static PyObject *py_stable_hash(PyObject *self, PyObject *args) {
+    Py_buffer prefix, data;
+    if (!PyArg_ParseTuple(args, "y*y*", &prefix, &data)) return NULL;
+    int64_t id = b2_id(prefix.buf, (size_t)prefix.len, data.buf, (size_t)data.len);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&data);
+    return PyLong_FromLongLong(id);
+}
+
+static PyMethodDef Parser_methods[] = {
+    {"samples", (PyCFunction)Parser_samples, METH_O, "Featurize raw Sample values (module doc)."},
+    {"request", (PyCFunction)Parser_request, METH_VARARGS, "Featurize a request body, or None."},
+    {"cached", (PyCFunction)Parser_cached, METH_NOARGS, "Values in the cache."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject ParserType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "featurize._fast.Parser",
+    .tp_basicsize = sizeof(Parser),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Parser(sparse_names, raw_flags, dense_names, label, cache_size)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Parser_init,
+    .tp_dealloc = (destructor)Parser_dealloc,
+    .tp_methods = Parser_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"blake2b64", py_stable_hash, METH_VARARGS,
+     "blake2b64(prefix, data) -> the int64 of blake2b(prefix + data, digest_size=8)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "featurize._fast",
+                                    "The C fast path of featurize.core (see _fast.c).", -1,
+                                    module_methods};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (PyType_Ready(&ParserType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ParserType);
+    if (PyModule_AddObject(m, "Parser", (PyObject *)&ParserType) < 0) {
+        Py_DECREF(&ParserType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
