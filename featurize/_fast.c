@@ -24,7 +24,7 @@
  * Ids: blake2b (RFC 7693) with an 8-byte digest of field + "\x1f" + value, its first 8
  * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
  * fields keep their decimal int64. A bounded cache maps (field, value) to its id.
- * The GIL is held throughout (the cache is shared by the server's request threads).
+ * A parser serves one call at a time (its lock); samples() parses with the GIL released.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -261,6 +261,7 @@ typedef struct {
     float *row;        /* the dense row of the current record */
     PyObject *unknown; /* request: counts of unknown feature names, or NULL */
     Py_ssize_t hint_sparse, hint_dense; /* find_name's guesses */
+    PyThread_type_lock lock; /* one call at a time (lock_parser) */
 } Parser;
 
 enum { OK = 0, SLOW = 1, FAIL = -1 }; /* FAIL: a Python error is set (memory) */
@@ -376,12 +377,15 @@ static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
     const uint8_t *start = p;
     while (p < end) {
         /* 8 plain ASCII bytes at a time: none is '"', '\\', a control byte or >= 0x80 */
-        while (end - p >= 8) {
+        while (end - p >= 8) { /* the lowest flagged byte is exact (borrows go up) */
             uint64_t w, lo = 0x0101010101010101ULL, hi = 0x8080808080808080ULL;
             memcpy(&w, p, 8);
             uint64_t q = w ^ (lo * '"'), b = w ^ (lo * '\\');
-            uint64_t special = ((q - lo) & ~q) | ((b - lo) & ~b) | (w - lo * 0x20) | w;
-            if (special & hi) break;
+            uint64_t special = (((q - lo) & ~q) | ((b - lo) & ~b) | (w - lo * 0x20) | w) & hi;
+            if (special) {
+                p += __builtin_ctzll(special) >> 3;
+                break;
+            }
             p += 8;
         }
         if (p >= end) break;
@@ -949,34 +953,73 @@ static PyObject *buf_list(Buf *bufs, Py_ssize_t k) {
     return out;
 }
 
+/* The parser's state is one call's: a call takes the parser's lock, and waits for it
+   only with the GIL released (so a thread holding the lock can always get the GIL) */
+static void lock_parser(Parser *P) {
+    if (!PyThread_acquire_lock(P->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(P->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+} Span;
+
+/* The values are parsed with the GIL released (a daemon featurizes the next batch on a
+   thread while this one trains); each is held by a reference taken before. */
 static PyObject *Parser_samples(Parser *P, PyObject *values) {
+    if (!P->lock) return PyErr_Format(PyExc_RuntimeError, "Parser not initialised");
     PyObject *seq = PySequence_Fast(values, "values must be a sequence of bytes");
     if (!seq) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    reset_out(P);
-    P->unknown = NULL;
+    PyObject **held = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(PyObject *));
+    Span *spans = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Span));
+    if (!held || !spans) {
+        PyMem_Free(held);
+        PyMem_Free(spans);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(v);
+        held[i] = v;
+        spans[i] = PyBytes_Check(v) ? (Span){(const uint8_t *)PyBytes_AS_STRING(v),
+                                             (size_t)PyBytes_GET_SIZE(v)}
+                                    : (Span){NULL, 0}; /* not bytes: the Arrow path's */
+    }
+    Py_DECREF(seq);
+    lock_parser(P);
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    reset_out(P);
+    P->unknown = NULL;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
         uint8_t ok = 0;
-        if (PyBytes_Check(v)) {
-            int r = sample(P, (const uint8_t *)PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
-            if (r == FAIL) {
-                Py_DECREF(seq);
-                return PyErr_NoMemory();
-            }
+        if (spans[i].p) {
+            int r = sample(P, spans[i].p, spans[i].len);
+            if (r == FAIL) failed = 1;
             if (r == SLOW) rollback(P);
             ok = r == OK;
         }
-        if (buf_put(&P->ok_out, &ok, 1)) {
-            Py_DECREF(seq);
-            return PyErr_NoMemory();
-        }
+        if (buf_put(&P->ok_out, &ok, 1)) failed = 1;
     }
-    Py_DECREF(seq);
-    return Py_BuildValue("(NNNNNNNK)", buf_take(&P->ok_out), buf_list(P->ids, P->n_sparse),
-                         buf_list(P->offsets, P->n_sparse), buf_take(&P->dense_out),
-                         buf_take(&P->label_out), buf_take(&P->time_out), buf_take(&P->fake_out),
-                         (unsigned long long)P->xor_ids);
+    Py_END_ALLOW_THREADS
+    PyObject *out = failed ? PyErr_NoMemory()
+                           : Py_BuildValue("(NNNNNNNK)", buf_take(&P->ok_out),
+                                           buf_list(P->ids, P->n_sparse),
+                                           buf_list(P->offsets, P->n_sparse),
+                                           buf_take(&P->dense_out), buf_take(&P->label_out),
+                                           buf_take(&P->time_out), buf_take(&P->fake_out),
+                                           (unsigned long long)P->xor_ids);
+    PyThread_release_lock(P->lock);
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
+    PyMem_Free(held);
+    PyMem_Free(spans);
+    return out;
 }
 
 /* A request body: {"features": F} | {"instances": [F, ...]} | {"impressions": [{"features": F, ...}, ...]} */
@@ -1052,10 +1095,13 @@ static int request(Parser *P, const uint8_t *p, size_t len, Py_ssize_t max, int 
 static PyObject *Parser_request(Parser *P, PyObject *args) {
     Py_buffer body;
     Py_ssize_t max;
+    if (!P->lock) return PyErr_Format(PyExc_RuntimeError, "Parser not initialised");
     if (!PyArg_ParseTuple(args, "y*n", &body, &max)) return NULL;
+    lock_parser(P);
     reset_out(P);
     P->unknown = PyDict_New();
     if (!P->unknown) {
+        PyThread_release_lock(P->lock);
         PyBuffer_Release(&body);
         return NULL;
     }
@@ -1063,19 +1109,20 @@ static PyObject *Parser_request(Parser *P, PyObject *args) {
     Py_ssize_t m = 0;
     int r = request(P, (const uint8_t *)body.buf, (size_t)body.len, max, &single, &m);
     PyBuffer_Release(&body);
-    PyObject *unknown = P->unknown;
+    PyObject *unknown = P->unknown, *out;
     P->unknown = NULL;
-    if (r == FAIL) {
-        Py_DECREF(unknown);
-        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    if (r == OK) {
+        out = Py_BuildValue("(OnNNNO)", single ? Py_True : Py_False, m,
+                            buf_list(P->ids, P->n_sparse), buf_list(P->offsets, P->n_sparse),
+                            buf_take(&P->dense_out), unknown);
+    } else if (r == SLOW) {
+        out = Py_NewRef(Py_None);
+    } else {
+        out = PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
-    if (r == SLOW) {
-        Py_DECREF(unknown);
-        Py_RETURN_NONE;
-    }
-    return Py_BuildValue("(OnNNNN)", single ? Py_True : Py_False, m,
-                         buf_list(P->ids, P->n_sparse), buf_list(P->offsets, P->n_sparse),
-                         buf_take(&P->dense_out), unknown);
+    PyThread_release_lock(P->lock);
+    Py_DECREF(unknown);
+    return out;
 }
 
 /* ------------------------------------------------------------------ type plumbing */
@@ -1140,6 +1187,11 @@ static int Parser_init(Parser *P, PyObject *args, PyObject *kw) {
         P->prefix[f][P->sparse[f].len] = 0x1f;
     }
     P->cache.limit = cache_size > 0 ? (size_t)cache_size : 1;
+    P->lock = PyThread_allocate_lock();
+    if (!P->lock) {
+        PyErr_NoMemory();
+        return -1;
+    }
     return 0;
 }
 
@@ -1166,6 +1218,7 @@ static void Parser_dealloc(Parser *P) {
     free(P->cache.slots);
     free(P->cache.arena.data);
     Py_XDECREF(P->names);
+    if (P->lock) PyThread_free_lock(P->lock);
     Py_TYPE(P)->tp_free((PyObject *)P);
 }
 

@@ -2,12 +2,16 @@
 
 One :class:`Featurizer` serves the trainer (:meth:`Featurizer.samples`: the raw Kafka
 values of a poll, ``sample_join/CONTRACTS.md`` section 2) and the scoring server
-(:meth:`Featurizer.request`: a ``POST /score`` body). The per-record work runs in C++:
-the values are joined with newlines and read by ``pyarrow.json.read_json`` against an
-explicit schema into columns (one ``list<string>`` per sparse field, one ``float64`` per
-dense one); validation is Arrow/numpy compute over those columns; a string value is
-hashed (:mod:`featurize.hashing`) once per distinct value of the batch and then kept in a
-bounded cache, so a value seen before costs one dict probe made from C (``map``)::
+(:meth:`Featurizer.request`: a ``POST /score`` body). The per-record work runs in C, on
+two paths with one result (``featurize/README.md``): the C fast path (``_fast.c``)
+reads the common case in one pass, hashing with blake2b behind a bounded value -> id
+cache, and leaves every value it does not read exactly (escapes, nulls, bad records) to
+the Arrow path: the values are joined with newlines and read by
+``pyarrow.json.read_json`` against an explicit schema into columns (one
+``list<string>`` per sparse field, one ``float64`` per dense one); validation is
+Arrow/numpy compute over those columns; a string value is hashed
+(:mod:`featurize.hashing`) once per distinct value of the batch and kept in a bounded
+cache::
 
     fz = Featurizer(FeatureSpec.from_config(cfg))
     s = fz.samples([b'{"v":1,"sample_id":"r-1|i-9|0",...}', b"not json", ...])

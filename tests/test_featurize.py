@@ -152,6 +152,29 @@ def test_the_c_fast_path_is_built_and_reads_the_common_case() -> None:
     assert s.id_xor == arrow.id_xor
 
 
+def test_threads_share_one_featurizer() -> None:
+    """The trainer featurizes on a prefetch thread and the server on request threads:
+    the C parser serves one call at a time and parses samples without the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fz = Featurizer(SPEC, cache_size=64)  # small: the cache is cleared under the threads
+    batches = [[_sample(f"r-{k}-{i}", features={"sparse": {"user_id": [f"u-{k}-{i}"]}})
+                for i in range(200)] for k in range(8)]  # fmt: skip
+    body = json.dumps({"instances": [{"sparse": {"tags": ["a", "b"]}}] * 50}).encode()
+    want = [Featurizer(SPEC, native=False).samples(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(fz.samples, batches * 3))
+        reqs = list(pool.map(lambda _: fz.request(body)[0], range(24)))
+    for s, w in zip(got, want * 3, strict=True):
+        assert s.features.sparse["user_id"][0].tolist() == w.features.sparse["user_id"][0].tolist()
+        assert s.id_xor == w.id_xor
+    assert all(r.sparse["tags"][0].tolist() == reqs[0].sparse["tags"][0].tolist() for r in reqs)
+    assert (
+        reqs[0].sparse["tags"][0].tolist()
+        == [stable_hash("tags", "a"), stable_hash("tags", "b")] * 50
+    )
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["c", "arrow"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(sample_values(), max_size=24))
