@@ -44,7 +44,7 @@ def build(source: Path, force: bool = False) -> Path | None:
     include = sysconfig.get_paths()["include"]
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         part = Path(tmp) / out.name
-        cmd = [*cc, "-O2", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror",
+        cmd = [*cc, "-O3", "-std=c11", "-shared", "-fPIC", "-Wall", "-Werror",
                f"-I{include}", str(source), "-o", str(part), "-lm"]  # fmt: skip
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
