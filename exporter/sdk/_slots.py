@@ -244,6 +244,11 @@ class SlotTable:
             self._upsert(ids[s : s + _BATCH], rows[s : s + _BATCH])
 
     def _upsert(self, ids: I64, rows: F32) -> None:
+        if _probe is not None:  # a delta mostly updates rows the table has: no positions
+            slot = self._slots(ids)
+            if (slot >= 0).all():
+                self._put(slot, rows)
+                return
         pos, slot = self._find(ids)
         found = slot >= 0
         if found.all():
