@@ -62,6 +62,8 @@ def test_trains_from_a_committed_topic_and_auc_rises(
     assert st.lag == 0
     assert st.bad == 2 and st.bad_reasons == {"malformed_json": 1, "unsupported_version": 1}
     assert st.skipped == 1 and t.skipped == 1
+    # the C fast path read the 4,000 samples; the three others went to the Arrow path
+    assert t.featurizer.native and t.featurizer.slow_values == 3
     assert sum(t.offsets[topic].values()) >= 4003  # includes the control/bad records
     p = t.score(featurize(held, [f for f, _ in FIELDS], ["price"]))
     y = np.array([s["labels"]["click"] for s in held], dtype=np.float64)

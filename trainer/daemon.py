@@ -430,6 +430,9 @@ def _gauges(t: Trainer, st: LoopStats, exp: ExportThread | None) -> dict[str, An
         "skipped_total": t.skipped,
         "nonfinite_batches_total": t.nonfinite,
         "bad_total": st.bad,
+        # values the featurizer's C fast path left to its Arrow path (escapes, nulls, bad
+        # records; featurize/README.md): a rising share means a slower input path
+        "featurize_slow_values_total": t.featurizer.slow_values,
         "batches_total": st.batches,
         "samples_per_s": round(st.samples_per_s, 1),
         "step": t.step,
