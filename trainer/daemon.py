@@ -31,6 +31,7 @@ demo's freshness and quality report reads.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -251,7 +252,7 @@ def run(  # noqa: PLR0912, PLR0915
     With ``prefetch`` (``trainer.prefetch``; :func:`serve` uses it with one worker only,
     where it measured faster: see trainer/README.md) the
     raw values of the next batch are featurized on a worker thread while the current
-    batch trains (Arrow's JSON reader and the step's torch kernels release the GIL); a
+    batch trains (the featurizer's C parse and the step's torch kernels release the GIL); a
     featurized batch is trained as soon as no next batch is ready to overlap with it, so
     a live stream waits for nothing more than without it.
     """
@@ -275,6 +276,10 @@ def run(  # noqa: PLR0912, PLR0915
     except KafkaError as e:
         raise TrainerError(_no_broker(bootstrap, e)) from None
     feed = _Feed(trainer, prefetch)
+    # the startup's objects (torch, the model, kafka-python) out of the collector's way:
+    # a full collection no longer walks them while records are decoded (the consumer's
+    # record decoding is Python: measured 1.1-1.5x faster frozen)
+    gc.freeze()
     try:
         every = _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in partitions_of(topic, every, comm.rank, comm.world)]
@@ -363,6 +368,7 @@ def run(  # noqa: PLR0912, PLR0915
     finally:
         consumer.close()
         feed.close()
+        gc.unfreeze()  # collectable again at exit (extension modules check for leaks then)
     return st
 
 
