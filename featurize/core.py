@@ -35,7 +35,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -358,6 +358,15 @@ class Featurizer:
 
     def _samples_arrow(self, values: Sequence[bytes]) -> Samples:
         """:meth:`samples` on Arrow's JSON reader: every value, whatever it holds."""
+        # Arrow reads bytes that are not UTF-8 in keys it ignores: they are checked first
+        not_utf8 = [(i, e) for i, v in enumerate(values) if (e := _utf8_error(v)) is not None]
+        if not_utf8:
+            skip = {i for i, _ in not_utf8}
+            rest = np.array([i for i in range(len(values)) if i not in skip], np.int64)
+            s = self._samples_arrow([values[i] for i in rest.tolist()])
+            bad = [BadRecord(int(rest[b.index]), b.reason, b.detail) for b in s.bad]
+            bad += [BadRecord(i, "malformed_json", f"not UTF-8: {e}") for i, e in not_utf8]
+            return replace(s, index=rest[s.index], bad=tuple(sorted(bad, key=lambda b: b.index)))
         bad: list[BadRecord] = []
         parts: list[tuple[pa.Table, int]] = []
         if values:
@@ -643,6 +652,17 @@ def _xor_ids(sample_ids: pa.Array) -> int:
         digests.append(h.digest())
     x = np.bitwise_xor.reduce(np.frombuffer(b"".join(digests), dtype="<i8"))
     return int(x)
+
+
+def _utf8_error(v: bytes) -> str | None:
+    """Why ``v`` is not UTF-8 (None: it is)."""
+    if v.isascii():
+        return None
+    try:
+        v.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return str(e)
+    return None
 
 
 def _signed(x: int) -> int:

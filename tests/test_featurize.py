@@ -317,3 +317,39 @@ def test_the_hash_is_the_pinned_blake2b() -> None:
         signed=True,
     )
     assert math.isfinite(float(stable_hash("é", "😀")))
+
+
+@st.composite
+def mangled(draw: st.DrawFn) -> bytes:
+    """A valid Sample's bytes with a few bytes replaced, inserted or cut."""
+    doc = json.loads(_sample("r-1"))
+    doc["features"]["dense"]["price"] = draw(_number)
+    data = bytearray(json.dumps(doc, ensure_ascii=draw(st.booleans())).encode())
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["set", "insert", "cut"]))
+        b = draw(st.sampled_from(list(b'"\\{}[],:0-.eE+ nul\x00\x1f\x7f\xc3\xa9\xed\xa0\x80\xff')))
+        if op == "insert":
+            data.insert(i, b)
+        elif i < len(data):
+            if op == "set":
+                data[i] = b
+            else:
+                del data[i:]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(mangled(), min_size=1, max_size=8))
+def test_the_c_path_reads_mangled_bytes_as_arrow_does(values: list[bytes]) -> None:
+    """Bytes near a valid Sample (the parser's edges: cut strings and numbers, invalid
+    UTF-8, control bytes, stray brackets): the C path and the Arrow path behind it
+    accept exactly what the reference accepts, with the same arrays."""
+    docs: list[Any] = []
+    for v in values:
+        try:
+            docs.append(json.loads(v))
+        except ValueError:
+            docs.append(None)
+    c = Featurizer(SPEC).samples(values)
+    _check(SPEC, values, docs, c)
