@@ -11,15 +11,16 @@
  * reference (tests/test_featurize.py) on generated records.
  *
  * Parser(sparse_names, raw_flags, dense_names, label, cache_size)
- *   .samples(values) -> (ok, ids, offsets, dense, label, event_ms, fake, id_xor)
+ *   .samples(values) -> (ok, ids, offsets, dense, label, event_ms, fake, id_xor, one)
  *       ok        bytearray[n]              1 = read here, 0 = slow (left to Arrow)
  *       ids       [bytearray int64[k_f]]    per sparse field, of the ok records in order
  *       offsets   [bytearray int64[m + 1]]  per sparse field; m = ok records
  *       dense     bytearray float32[m * d]
  *       label     bytearray float32[m]; event_ms int64[m]; fake bool[m]
  *       id_xor    int: XOR of stable_hash("sample_id", sample_id) over the ok records
+ *       one       bytes[n_sparse]: 1 where each ok record has exactly one id of the field
  *   .request(body, max_instances) -> None (left to Arrow) or
- *       (single, m, ids, offsets, dense, unknown) with unknown {"sparse.NAME": count}
+ *       (single, m, ids, offsets, dense, unknown, one) with unknown {"sparse.NAME": count}
  *
  * Ids: blake2b (RFC 7693) with an 8-byte digest of field + "\x1f" + value, its first 8
  * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
@@ -939,6 +940,22 @@ static int sample(Parser *P, const uint8_t *p, size_t len) {
     return OK;
 }
 
+/* Per sparse field: 1 where every record has exactly one value (offsets 0, 1, ..., m),
+   the common case that needs no pooling. */
+static PyObject *one_each(Parser *P) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, P->n_sparse);
+    if (!out) return NULL;
+    char *flags = PyBytes_AS_STRING(out);
+    for (Py_ssize_t f = 0; f < P->n_sparse; f++) {
+        const int64_t *o = (const int64_t *)P->offsets[f].data;
+        size_t m = P->offsets[f].len / 8;
+        int one = 1;
+        for (size_t i = 0; i < m && one; i++) one = o[i] == (int64_t)i;
+        flags[f] = (char)one;
+    }
+    return out;
+}
+
 static PyObject *buf_list(Buf *bufs, Py_ssize_t k) {
     PyObject *out = PyList_New(k);
     if (!out) return NULL;
@@ -1009,12 +1026,12 @@ static PyObject *Parser_samples(Parser *P, PyObject *values) {
     }
     Py_END_ALLOW_THREADS
     PyObject *out = failed ? PyErr_NoMemory()
-                           : Py_BuildValue("(NNNNNNNK)", buf_take(&P->ok_out),
+                           : Py_BuildValue("(NNNNNNNKN)", buf_take(&P->ok_out),
                                            buf_list(P->ids, P->n_sparse),
                                            buf_list(P->offsets, P->n_sparse),
                                            buf_take(&P->dense_out), buf_take(&P->label_out),
                                            buf_take(&P->time_out), buf_take(&P->fake_out),
-                                           (unsigned long long)P->xor_ids);
+                                           (unsigned long long)P->xor_ids, one_each(P));
     PyThread_release_lock(P->lock);
     for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
     PyMem_Free(held);
@@ -1112,9 +1129,9 @@ static PyObject *Parser_request(Parser *P, PyObject *args) {
     PyObject *unknown = P->unknown, *out;
     P->unknown = NULL;
     if (r == OK) {
-        out = Py_BuildValue("(OnNNNO)", single ? Py_True : Py_False, m,
+        out = Py_BuildValue("(OnNNNON)", single ? Py_True : Py_False, m,
                             buf_list(P->ids, P->n_sparse), buf_list(P->offsets, P->n_sparse),
-                            buf_take(&P->dense_out), unknown);
+                            buf_take(&P->dense_out), unknown, one_each(P));
     } else if (r == SLOW) {
         out = Py_NewRef(Py_None);
     } else {

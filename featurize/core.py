@@ -327,11 +327,11 @@ class Featurizer:
         """Featurize the raw Kafka values of Sample records (module doc)."""
         if self._native is None or not values:
             return self._samples_arrow(values)
-        ok_b, ids, offsets, dense, label, event_ms, fake, xor = self._native.samples(values)
+        ok_b, ids, offsets, dense, label, event_ms, fake, xor, one = self._native.samples(values)
         ok = np.frombuffer(ok_b, np.bool_)
         n = int(ok.sum())
         fast = Samples(
-            self._native_features(n, ids, offsets, dense),
+            self._native_features(n, ids, offsets, dense, one),
             np.frombuffer(label, np.float32),
             np.frombuffer(event_ms, np.int64),
             np.frombuffer(fake, np.bool_),
@@ -345,16 +345,22 @@ class Featurizer:
         return _merge(fast, self._samples_arrow([values[i] for i in rest.tolist()]), rest)
 
     def _native_features(
-        self, n: int, ids: list[bytearray], offsets: list[bytearray], dense: bytearray
+        self,
+        n: int,
+        ids: list[bytearray],
+        offsets: list[bytearray],
+        dense: bytearray,
+        one: bytes,
     ) -> Features:
-        """Features of ``n`` records from the C fast path's buffers (no copy)."""
+        """Features of ``n`` records from the C fast path's buffers (no copy); ``one``
+        flags the fields with exactly one id per record."""
         sparse = {
             f.name: (np.frombuffer(i, np.int64), np.frombuffer(o, np.int64))
             for f, i, o in zip(self.spec.sparse, ids, offsets, strict=True)
         }
-        return Features(
-            n, sparse, np.frombuffer(dense, np.float32).reshape(n, len(self.spec.dense))
-        )
+        single = frozenset(f.name for f, k in zip(self.spec.sparse, one, strict=True) if k)
+        rows = np.frombuffer(dense, np.float32).reshape(n, len(self.spec.dense))
+        return Features(n, sparse, rows, single)
 
     def _samples_arrow(self, values: Sequence[bytes]) -> Samples:
         """:meth:`samples` on Arrow's JSON reader: every value, whatever it holds."""
@@ -364,9 +370,9 @@ class Featurizer:
             skip = {i for i, _ in not_utf8}
             rest = np.array([i for i in range(len(values)) if i not in skip], np.int64)
             s = self._samples_arrow([values[i] for i in rest.tolist()])
-            bad = [BadRecord(int(rest[b.index]), b.reason, b.detail) for b in s.bad]
-            bad += [BadRecord(i, "malformed_json", f"not UTF-8: {e}") for i, e in not_utf8]
-            return replace(s, index=rest[s.index], bad=tuple(sorted(bad, key=lambda b: b.index)))
+            found = [BadRecord(int(rest[b.index]), b.reason, b.detail) for b in s.bad]
+            found += [BadRecord(i, "malformed_json", f"not UTF-8: {e}") for i, e in not_utf8]
+            return replace(s, index=rest[s.index], bad=tuple(sorted(found, key=lambda b: b.index)))
         bad: list[BadRecord] = []
         parts: list[tuple[pa.Table, int]] = []
         if values:
@@ -450,8 +456,8 @@ class Featurizer:
         :class:`BadInput` naming the field at fault."""
         got = None if self._native is None else self._native.request(body, max_instances)
         if got is not None:  # the C fast path read it (else: Arrow, which names the fault)
-            single, n, ids, offsets, dense, unknown = got
-            return self._native_features(n, ids, offsets, dense), single, unknown
+            single, n, ids, offsets, dense, unknown, one = got
+            return self._native_features(n, ids, offsets, dense, one), single, unknown
         table = self._read_request(body)
         if table is None:
             return self._request_fallback(body, max_instances)

@@ -73,9 +73,12 @@ class Features:
     n: int
     sparse: dict[str, tuple[I64, I64]]  # name -> (ids, offsets (n + 1,))
     dense: F32  # (n, len(spec.dense))
+    one_each: frozenset[str] = frozenset()  # fields known to hold one id per sample
 
     def segment(self, name: str) -> I64 | None:
         """The sample of every id of ``name``; None when each sample has exactly one id."""
+        if name in self.one_each:
+            return None
         ids, offsets = self.sparse[name]
         if ids.shape[0] == self.n and offsets[-1] == self.n and (np.diff(offsets) == 1).all():
             return None

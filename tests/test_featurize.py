@@ -117,6 +117,12 @@ def _check(spec: FeatureSpec, values: list[bytes], docs: list[Any], got: Samples
         ids, offsets = got.features.sparse[f.name]
         assert offsets.tolist() == np.cumsum([0] + [len(g.ids[f.name]) for g in good]).tolist()
         assert ids.tolist() == [i for g in good for i in g.ids[f.name]]
+        seg = got.features.segment(f.name)  # the C path flags fields of one id per sample
+        counts = [len(g.ids[f.name]) for g in good]
+        if seg is None:
+            assert counts == [1] * len(good)
+        else:
+            assert seg.tolist() == np.repeat(np.arange(len(good)), counts).tolist()
     dense = np.array([g.dense for g in good], dtype=np.float32).reshape(len(good), 2)
     np.testing.assert_array_equal(got.features.dense, dense)
     assert got.label.tolist() == [g.label for g in good]
@@ -134,6 +140,7 @@ def test_the_c_fast_path_is_built_and_reads_the_common_case() -> None:
     clean = [_sample(f"r-{i}", strategy="fake_negative") for i in range(50)]
     s = fz.samples(clean)
     assert len(s) == 50 and fz.slow_values == 0 and s.fake.all()
+    assert s.features.one_each == {"user_id"}  # "tags" has two, "slot" none
     # escapes, nulls and bad values are left to the Arrow path, counted, and merged in order
     odd = [
         _sample("r-\u00e9"),
