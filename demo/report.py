@@ -203,8 +203,9 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     problems: list[str] = []
     fr = freshness(run)
     stream = streaming_scores(run)
-    imps = impressions(run, offline_trainer(cfg))
-    offline = offline_one_pass(run, imps)
+    trainer = offline_trainer(cfg)  # featurizes the impressions, then trains the offline pass
+    imps = impressions(run, trainer)
+    offline = offline_one_pass(run, imps, trainer=trainer)
     orc = oracle(run)
     strategies: list[Eval] = []
     frozen: list[Eval] = []
@@ -239,7 +240,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     e2e = fr.stages[-1]
     processed = {
         "events": events,
-        "samples": len(run.traced.samples),
+        "samples": run.traced.n,
         "trained": int(stream.n),
         "versions_published": len(run.versions),
         "versions_applied": len(run.applied),
@@ -258,7 +259,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
         "source": cfg.replay.source,
         "strategy": cfg.join.strategy,
         "label": run.label,
-        "samples": len(run.traced.samples),
+        "samples": run.traced.n,
         "events": events,
         "freshness_p50_s": _num(e2e.p50),
         "freshness_p95_s": _num(e2e.p95),
@@ -337,7 +338,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
         ],
         [
             "samples joined",
-            f"{len(run.traced.samples):,}",
+            f"{run.traced.n:,}",
             f"dead letters: {dead_text}; "
             f"unbalanced windows: {run.join.get('unbalanced_windows', 'n/a')}",
         ],
