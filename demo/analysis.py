@@ -556,8 +556,13 @@ def streaming_scores(run: RunData) -> Eval:
     )
 
 
-def offline_trainer(cfg: Config) -> Any:
-    """A fresh in-process trainer of ``cfg`` whose prequential scores are kept."""
+def offline_trainer(cfg: Config, strategy: Strategy | None = None) -> Any:
+    """A fresh in-process trainer of ``cfg`` (for the join's ``strategy``, default the
+    run's) whose prequential scores are kept.
+
+    Build trainers on one thread: each seeds its model from torch's global generator (under
+    ``fork_rng``). Trained, they are independent: separate trainers may train on separate
+    threads (:func:`demo.report.write_report` does), with the same results."""
     from trainer.core import Trainer
     from trainer.metrics import PrequentialMetrics
 
@@ -570,6 +575,8 @@ def offline_trainer(cfg: Config) -> Any:
             self.kept.append((pred.copy(), label.copy(), event_ms.copy()))
             super().add(pred, label, event_ms)
 
+    if strategy is not None:
+        cfg = dataclasses.replace(cfg, join=dataclasses.replace(cfg.join, strategy=strategy))
     t = Trainer.from_config(cfg)
     t.metrics = Keep(cfg.trainer.metrics_window_ms)
     return t
@@ -812,16 +819,17 @@ def simulate(
     freeze_at_ms: int | None = None,
     tick_ms: int = 1000,
     chunk: int = 16384,
+    trainer: Any = None,
 ) -> tuple[Eval, Eval | None]:
     """Serve-time evaluation of ``strategy``: every impression is scored by the model as it
     was at the start of its ``tick_ms`` tick (trained on what the strategy had emitted by
     then), against its final label; the model trains on the strategy's samples in emission
     order, one batch per tick. With ``freeze_at_ms``, also a model frozen at the first tick
     from then on (it scores every later impression as the online one stood at that tick;
-    before it, both are the same model)."""
+    before it, both are the same model). ``trainer``: a fresh
+    ``offline_trainer(run.cfg, strategy)`` to train; default: a new one."""
     em = emissions(run, imps, strategy)
-    cfg = dataclasses.replace(run.cfg, join=dataclasses.replace(run.cfg.join, strategy=strategy))
-    t = offline_trainer(cfg)
+    t = trainer if trainer is not None else offline_trainer(run.cfg, strategy)
     preds = np.full(imps.n, math.nan)
     frozen = np.full(imps.n, math.nan) if freeze_at_ms is not None else None
     if not imps.n:

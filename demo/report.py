@@ -9,11 +9,13 @@ be made again at any time, also after the stack is gone. ``summary.json`` holds 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -205,23 +207,35 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     stream = streaming_scores(run)
     trainer = offline_trainer(cfg)  # featurizes the impressions, then trains the offline pass
     imps = impressions(run, trainer)
-    offline = offline_one_pass(run, imps, trainer=trainer)
     orc = oracle(run)
-    strategies: list[Eval] = []
-    frozen: list[Eval] = []
+    # the trainings: the offline pass and, for the comparisons, a serve-time simulation of
+    # each strategy (the run's with a frozen model): independent trainers, on two threads
+    jobs: dict[str, Callable[[], Any]] = {}
     freeze_at = None
     if comparisons and imps.n:
         t_first, t_last = int(imps.t_imp.min()), int(imps.t_imp.max())
         freeze_at = t_first + (t_last - t_first) // 3
         for strategy in STRATEGIES:
-            mine = strategy == cfg.join.strategy
-            online, frozen_eval = simulate(
-                run, imps, strategy, freeze_at_ms=freeze_at if mine else None
+            jobs[strategy] = functools.partial(
+                simulate,
+                run,
+                imps,
+                strategy,
+                freeze_at_ms=freeze_at if strategy == cfg.join.strategy else None,
+                trainer=offline_trainer(cfg, strategy),  # built here: see offline_trainer
             )
-            strategies.append(online)
-            if frozen_eval is not None:
-                name = f"{strategy}, updated online"
-                frozen = [Eval(name, online.pred, online.label, online.ev), frozen_eval]
+    jobs["offline"] = functools.partial(offline_one_pass, run, imps, trainer=trainer)
+    with ThreadPoolExecutor(2, thread_name_prefix="report") as pool:
+        done = {name: pool.submit(job) for name, job in jobs.items()}
+        results = {name: f.result() for name, f in done.items()}
+    offline: Eval = results.pop("offline")
+    strategies: list[Eval] = []
+    frozen: list[Eval] = []
+    for which, (online, frozen_eval) in results.items():
+        strategies.append(online)
+        if frozen_eval is not None:
+            name = f"{which}, updated online"
+            frozen = [Eval(name, online.pred, online.label, online.ev), frozen_eval]
     live = live_scores(run, imps)
     quality = [e for e in (stream, offline, orc, live) if e is not None]
     files = _plots(
