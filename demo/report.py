@@ -209,7 +209,10 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     imps = impressions(run, trainer)
     orc = oracle(run)
     # the trainings: the offline pass and, for the comparisons, a serve-time simulation of
-    # each strategy (the run's with a frozen model): independent trainers, on two threads
+    # each strategy (the run's with a frozen model): independent trainers, one thread each
+    # (most of their time is in torch kernels, which release the GIL: with three similar
+    # jobs, three threads keep two cores busy to the end, where two threads leave one idle
+    # for the last job)
     jobs: dict[str, Callable[[], Any]] = {}
     freeze_at = None
     if comparisons and imps.n:
@@ -225,7 +228,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
                 trainer=offline_trainer(cfg, strategy),  # built here: see offline_trainer
             )
     jobs["offline"] = functools.partial(offline_one_pass, run, imps, trainer=trainer)
-    with ThreadPoolExecutor(2, thread_name_prefix="report") as pool:
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="report") as pool:
         done = {name: pool.submit(job) for name, job in jobs.items()}
         results = {name: f.result() for name, f in done.items()}
     offline: Eval = results.pop("offline")
