@@ -174,10 +174,12 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 def _batch_compute() -> Iterator[None]:
     """No cyclic garbage collection and one torch thread while the report computes.
 
-    The run's samples are ~10^6 small objects that live until the end: the collector's
-    full passes over them took 40% of the report's time; and two torch threads on a
-    two-core machine that has other work fight for the cores (one offline pass measured
-    20x slower with two threads than with one, BENCHMARKS.md "Report").
+    What the report computes lives until it ends: the collector's passes over it only
+    cost time (40% of the report's when the samples were ~10^6 dicts; they are columns now,
+    :class:`demo.analysis.Traced`); and two torch threads on a two-core machine that has
+    other work fight for the cores (one offline pass measured 20x slower with two threads
+    than with one, BENCHMARKS.md "Demo report"). The trainings run on threads of their own
+    (:func:`_write_report`), each with one torch thread.
     """
     import torch
 
