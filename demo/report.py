@@ -9,11 +9,13 @@ be made again at any time, also after the stack is gone. ``summary.json`` holds 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +174,12 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 def _batch_compute() -> Iterator[None]:
     """No cyclic garbage collection and one torch thread while the report computes.
 
-    The run's samples are ~10^6 small objects that live until the end: the collector's
-    full passes over them took 40% of the report's time; and two torch threads on a
-    two-core machine that has other work fight for the cores (one offline pass measured
-    20x slower with two threads than with one, BENCHMARKS.md "Report").
+    What the report computes lives until it ends: the collector's passes over it only
+    cost time (40% of the report's when the samples were ~10^6 dicts; they are columns now,
+    :class:`demo.analysis.Traced`); and two torch threads on a two-core machine that has
+    other work fight for the cores (one offline pass measured 20x slower with two threads
+    than with one, BENCHMARKS.md "Demo report"). The trainings run on threads of their own
+    (:func:`_write_report`), each with one torch thread.
     """
     import torch
 
@@ -203,24 +207,40 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     problems: list[str] = []
     fr = freshness(run)
     stream = streaming_scores(run)
-    imps = impressions(run, offline_trainer(cfg))
-    offline = offline_one_pass(run, imps)
+    trainer = offline_trainer(cfg)  # featurizes the impressions, then trains the offline pass
+    imps = impressions(run, trainer)
     orc = oracle(run)
-    strategies: list[Eval] = []
-    frozen: list[Eval] = []
+    # the trainings: the offline pass and, for the comparisons, a serve-time simulation of
+    # each strategy (the run's with a frozen model): independent trainers, one thread each
+    # (most of their time is in torch kernels, which release the GIL: with three similar
+    # jobs, three threads keep two cores busy to the end, where two threads leave one idle
+    # for the last job)
+    jobs: dict[str, Callable[[], Any]] = {}
     freeze_at = None
     if comparisons and imps.n:
         t_first, t_last = int(imps.t_imp.min()), int(imps.t_imp.max())
         freeze_at = t_first + (t_last - t_first) // 3
         for strategy in STRATEGIES:
-            mine = strategy == cfg.join.strategy
-            online, frozen_eval = simulate(
-                run, imps, strategy, freeze_at_ms=freeze_at if mine else None
+            jobs[strategy] = functools.partial(
+                simulate,
+                run,
+                imps,
+                strategy,
+                freeze_at_ms=freeze_at if strategy == cfg.join.strategy else None,
+                trainer=offline_trainer(cfg, strategy),  # built here: see offline_trainer
             )
-            strategies.append(online)
-            if frozen_eval is not None:
-                name = f"{strategy}, updated online"
-                frozen = [Eval(name, online.pred, online.label, online.ev), frozen_eval]
+    jobs["offline"] = functools.partial(offline_one_pass, run, imps, trainer=trainer)
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="report") as pool:
+        done = {name: pool.submit(job) for name, job in jobs.items()}
+        results = {name: f.result() for name, f in done.items()}
+    offline: Eval = results.pop("offline")
+    strategies: list[Eval] = []
+    frozen: list[Eval] = []
+    for which, (online, frozen_eval) in results.items():
+        strategies.append(online)
+        if frozen_eval is not None:
+            name = f"{which}, updated online"
+            frozen = [Eval(name, online.pred, online.label, online.ev), frozen_eval]
     live = live_scores(run, imps)
     quality = [e for e in (stream, offline, orc, live) if e is not None]
     files = _plots(
@@ -239,7 +259,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
     e2e = fr.stages[-1]
     processed = {
         "events": events,
-        "samples": len(run.traced.samples),
+        "samples": run.traced.n,
         "trained": int(stream.n),
         "versions_published": len(run.versions),
         "versions_applied": len(run.applied),
@@ -258,7 +278,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
         "source": cfg.replay.source,
         "strategy": cfg.join.strategy,
         "label": run.label,
-        "samples": len(run.traced.samples),
+        "samples": run.traced.n,
         "events": events,
         "freshness_p50_s": _num(e2e.p50),
         "freshness_p95_s": _num(e2e.p95),
@@ -337,7 +357,7 @@ def _write_report(run_dir: Path, say: Say, comparisons: bool) -> dict[str, Any]:
         ],
         [
             "samples joined",
-            f"{len(run.traced.samples):,}",
+            f"{run.traced.n:,}",
             f"dead letters: {dead_text}; "
             f"unbalanced windows: {run.join.get('unbalanced_windows', 'n/a')}",
         ],

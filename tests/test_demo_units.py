@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
-from demo.analysis import freshness, label_final_ms, load_run
+from demo.analysis import freshness, impressions, label_final_ms, load_run, offline_trainer
 from demo.report import write_report
 from demo.runner import Child
 from demo.settings import DemoError, DemoOptions, detect_log, parse_set, run_config
@@ -182,6 +183,91 @@ def test_report_files_from_a_run_folder(tmp_path: Path) -> None:
         assert (run / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = json.loads((run / "summary.json").read_text())
     assert again["freshness_p50_s"] == summary["freshness_p50_s"]
+
+
+def _sample(rid: str, iid: str, t: int, **kw: Any) -> dict[str, Any]:
+    s = {"v": 1, "sample_id": f"{rid}|{iid}|0", "request_id": rid, "item_id": iid,
+         "user_id": f"u-{rid}", "event_time_ms": t,
+         "features": {"sparse": {"user_id": [f"u-{rid}"], "item_id": [iid],
+                                 "category": ["c-1", f"c-{t % 3}"], "position": ["1"]},
+                      "dense": {"price": 1.5 + t % 7}},
+         "labels": {"click": 0}, "label_time_ms": {"click": None},
+         "strategy": "window", "correction": False, "p_click": 0.25}  # fmt: skip
+    return {**s, **kw}
+
+
+def test_samples_are_read_in_columns_and_bad_lines_left_out(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    t0 = 1_800_000_000_000
+    fix = _sample("r9", "i", t0, labels={"click": 1}, label_time_ms={"click": t0 + 30_000},
+                  strategy="fake_negative", correction=True)  # fmt: skip
+    fix.pop("p_click")
+    lines = [
+        f"1\t7\t{t0 + 31_000}\t{json.dumps(fix)}",
+        f"1\t8\t{t0}\tnot json",  # a value the run could not have trained on
+        "1\t9",  # a line cut short
+        f"0\t5\t{t0}\t{json.dumps(_sample('r8', 'i', t0 + 5))}",
+    ]
+    with gzip.open(run / "samples.tsv.gz", "at") as f:
+        f.writelines(line + "\n" for line in lines)
+    tr = load_run(run).traced
+    assert tr.n == 5
+    assert tr.part.tolist() == [0, 0, 0, 1, 0] and tr.offset.tolist() == [0, 1, 2, 7, 5]
+    assert tr.request_id.to_pylist() == ["r1", "r0", "r2", "r9", "r8"]
+    assert tr.labels["click"].tolist() == [1, 0, 0, 1, 0]
+    assert tr.label_ms["click"][[0, 3]].tolist() == [t0 + 3000, t0 + 30_000]
+    assert tr.fake.tolist() == [False, False, False, True, False]
+    assert tr.correction.tolist() == [False, False, False, True, False]
+    assert np.isnan(tr.p_click[3]) and tr.p_click[4] == 0.25
+    assert tr.sample(3) == fix  # the raw value, as the samples topic carried it
+    # the correction is final at its click; the window samples as test_when_a_label_is_final
+    fr = freshness(load_run(run))
+    assert fr.counts["samples"] == 5
+
+
+def test_impressions_featurize_the_raw_samples_as_decoded_ones(tmp_path: Path) -> None:
+    """The impressions' features are the featurizer's of each one's raw value, the same as
+    the trainer's of the decoded sample as the window strategy's (what the report fed it
+    before); a value the featurizer refuses raw still gets them, through that path."""
+    run = _fake_run(tmp_path)
+    t0 = 1_800_000_000_000
+    samples = [
+        _sample("r2", "i1", t0 + 20),
+        _sample("r1", "i2", t0 + 10, strategy="fake_negative"),
+        _sample("r1", "i1", t0 + 10, strategy="fake_negative", p_click=None),
+        _sample("r1", "i1", t0 + 10, labels={"click": 1}, label_time_ms={"click": t0 + 900},
+                strategy="fake_negative", correction=True),
+        _sample("r0", "i9", t0 + 10, strategy="bogus"),  # refused by the featurizer raw
+        _sample("r2", "i1", t0 + 30),  # the same impression later: not a row of its own
+        _sample("r3", "i3", t0 + 40, labels={"click": 1}, label_time_ms={"click": t0 + 99}),
+    ]  # fmt: skip
+    _gz_lines(
+        run / "samples.tsv.gz",
+        [f"0\t{k}\t{t0 + 5000}\t{json.dumps(s)}" for k, s in enumerate(samples)],
+    )
+    data = load_run(run)
+    t = offline_trainer(data.cfg)
+    imps = impressions(data, t)
+    assert imps.sample.tolist() == [4, 2, 1, 0, 6]  # by (time, request_id, item_id)
+    assert imps.sample_row.tolist() == [3, 2, 1, 1, 0, 3, 4]
+    assert imps.t_imp.tolist() == [t0 + 10, t0 + 10, t0 + 10, t0 + 20, t0 + 40]
+    assert imps.label.tolist() == [0, 1, 0, 0, 1]
+    assert imps.actions == [(1, "click", t0 + 900), (4, "click", t0 + 99)]
+    assert np.isnan(imps.p_click[1]) and imps.p_click[0] == 0.25
+    want = t.featurize(
+        [{**samples[i], "correction": False, "strategy": "window"} for i in imps.sample]
+    )
+    for name, (ids, seg) in want.sparse.items():
+        got_ids, got_seg = imps.features.sparse[name]
+        assert np.array_equal(got_ids, ids) and np.array_equal(got_seg, seg), name
+    assert np.array_equal(imps.features.dense.numpy(), want.dense.numpy())
+    # without the refused one the raw values are featurized as they are: the same features
+    _gz_lines(
+        run / "samples.tsv.gz",
+        [f"0\t{k}\t{t0 + 5000}\t{json.dumps(s)}" for k, s in enumerate(samples) if k != 4],
+    )
+    raw = impressions(load_run(run), t)
+    assert np.array_equal(raw.features.dense.numpy(), want.dense.numpy()[1:])
 
 
 def test_a_child_is_stopped_with_its_process_group(tmp_path: Path) -> None:
