@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.analysis import freshness, load_run
 from demo.runner import run_demo
-from demo.settings import DemoOptions
+from demo.settings import DemoOptions, parse_set
 from fluxrec.config import load_config
 from fluxrec.stack import Stack
 from fluxrec.testing import unique_name, write_test_config
@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=5.0, help="label window, seconds")
     p.add_argument("--all", action="store_true", help="run every rate (default: stop at the "
                    "first rate that is not sustained)")  # fmt: skip
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config key of every run (as fluxrec demo --set), e.g. "
+                   "--set flink.checkpoint_interval_ms=500")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs") / "bench-pipeline")
     p.add_argument("--from-runs", action="store_true", help="measure the rate-* folders "
                    "already in --out again (no stack, no runs, no anchor)")  # fmt: skip
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.from_runs:
         return _remeasure(ns.out, ns.duration, ns.window)
     rates = [float(r) for r in ns.rates.split(",")]
+    overrides = parse_set(ns.set)
     # the stack's config stays in --out (the runs' configs extend it: --from-runs reads
     # them again); its state (Kafka, Redis data) in a temporary folder, deleted at the end
     tmp = Path(tempfile.mkdtemp(prefix="fluxrec-bench-pipeline-"))
@@ -257,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir=run_dir,
                 progress_every_s=15.0,
                 drain_timeout_s=180.0,
+                overrides=overrides,
             )
             res = run_demo(opts, say=lambda line: print("   " + line, flush=True))
             m = measure(res.run_dir, rate)

@@ -6,11 +6,12 @@ for latency, with a Prometheus endpoint and an end-of-stream drain.
 Compared with ``fluxrec join run`` it sets what matters for freshness and is not in the
 deployment config: watermarks are emitted every ``--watermark-interval-ms`` (Flink's
 default is 200 ms) and network buffers are flushed every ``--buffer-timeout-ms`` (default
-100 ms). The Flink metrics are served by Flink's Prometheus reporter on
-``--prometheus-port``. SIGTERM *drains* the job: stop-with-savepoint advancing to the end of
-event time, so every window still open is closed, its samples are emitted and committed
-(the end of the replay is the end of the stream); SIGINT cancels it. Prints one line per
-state change (``running JOB``, ``drained``, ``cancelled``, ``finished``).
+100 ms); its JVM compiles with C1 only (:data:`C1_ONLY`, ``--jvm-args``). The Flink metrics
+are served by Flink's Prometheus reporter on ``--prometheus-port``. SIGTERM *drains* the
+job: stop-with-savepoint advancing to the end of event time, so every window still open is
+closed, its samples are emitted and committed (the end of the replay is the end of the
+stream); SIGINT cancels it. Prints one line per state change (``running JOB``, ``drained``,
+``cancelled``, ``finished``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["C1_ONLY", "main"]
+
+#: The demo's JVM compiles with C1 only. A fresh Flink JVM spends its first minute or two
+#: compiling with C2 (about half a core here, measured: BENCHMARKS.md), longer than a demo
+#: runs; C1's code is slower per event, but it is ready within seconds.
+C1_ONLY = "-XX:TieredStopAtLevel=1"
 
 
 def _reporter_on_classpath() -> None:
@@ -50,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buffer-timeout-ms", type=int, default=10)
     p.add_argument("--savepoint-dir", type=Path, default=None)
     p.add_argument("--log-dir", type=Path, default=None, help="the Flink JVM's log folder")
+    p.add_argument(
+        "--jvm-args", default=os.environ.get("JVM_ARGS", C1_ONLY),
+        help=f"options of the Flink JVM (default: $JVM_ARGS, else {C1_ONLY!r})",
+    )  # fmt: skip
     ns = p.parse_args(argv)
+    # PyFlink starts the gateway JVM (and the MiniCluster in it) with $JVM_ARGS
+    os.environ["JVM_ARGS"] = ns.jvm_args
     if ns.log_dir is not None:  # else PyFlink's JVMs all write one file inside the venv
         ns.log_dir.mkdir(parents=True, exist_ok=True)
         os.environ["FLINK_LOG_DIR"] = str(ns.log_dir)

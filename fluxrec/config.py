@@ -5,6 +5,7 @@ Layout (``configs/local.yaml`` is the reference; ``fluxrec config keys`` lists e
     stack:        state_dir, jars_dir, start_timeout_s
     kafka:        bootstrap, controller_port, heap_mb, partitions, topics.{impressions,...}
     flink:        parallelism, checkpoint_interval_ms, jobmanager, checkpoint_dir,
+                  state_changelog, materialize_interval_ms,
                   cluster.{enabled,rest_port,rpc_port,slots,*_memory_mb}
     redis:        url, channel
     object_store: url, s3.{endpoint_url,region,access_key,secret_key},
@@ -165,6 +166,10 @@ class FlinkConfig:
     checkpoint_interval_ms: int = 5000
     jobmanager: str | None = None
     checkpoint_dir: str | None = None  # URL; null: stack.state_dir/flink/checkpoints locally
+    # checkpoints write the keyed state's changes since the last one (Flink's changelog state
+    # backend), and a full copy of it every materialize_interval_ms; false: all of it each time
+    state_changelog: bool = True
+    materialize_interval_ms: int = 30000
     cluster: FlinkClusterConfig = field(default_factory=FlinkClusterConfig)
 
 

@@ -143,7 +143,8 @@ def register(subs: Any, sub: Callable[..., Any], arg: Callable[..., Any]) -> Non
             "--restore",
             env="FLUXREC_JOIN_RESTORE",
             default=None,
-            help="start from this retained checkpoint or savepoint (a chk-N directory)",
+            help="start from this retained checkpoint or savepoint (a chk-N directory; with "
+            "flink.state_changelog the job takes it over and deletes it once subsumed)",
         )
         if name == "submit":
             arg(

@@ -19,7 +19,7 @@ from fluxrec.stack.setup import connector_jar, functions_jar
 if TYPE_CHECKING:
     from pyflink.table import TableEnvironment
 
-__all__ = ["create_table_env", "kafka_table_options"]
+__all__ = ["changelog_options", "create_table_env", "kafka_table_options"]
 
 
 def create_table_env(
@@ -29,11 +29,14 @@ def create_table_env(
     jobmanager: str | None = None,
     restore_from: str | None = None,
 ) -> TableEnvironment:
-    """A streaming TableEnvironment with the connector jar, parallelism and checkpointing.
+    """A streaming TableEnvironment with the connector jar, parallelism and checkpointing
+    (with the changelog state backend: :func:`changelog_options`).
 
     ``jobmanager`` (REST ``HOST:PORT``) submits to that cluster instead of a local
-    MiniCluster; ``restore_from`` is a checkpoint or savepoint path to start from.
-    Checkpoints are retained when a job is cancelled, so a later run can restore them.
+    MiniCluster; ``restore_from`` is a checkpoint or savepoint path to start from (with the
+    changelog, in Flink's ``CLAIM`` mode: the new job owns it and deletes it once a newer
+    checkpoint subsumes it). Checkpoints are retained when a job is cancelled, so a later
+    run can restore them.
     """
     try:
         from pyflink.common import Configuration
@@ -41,10 +44,30 @@ def create_table_env(
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("the Flink jobs need pyflink: pip install 'fluxrec[flink]'") from e
 
+    interval = (
+        cfg.flink.checkpoint_interval_ms
+        if checkpoint_interval_ms is None
+        else checkpoint_interval_ms
+    )
+    checkpoints: dict[str, str] = {}
+    if interval > 0:
+        checkpoints["execution.checkpointing.interval"] = f"{interval} ms"
+        checkpoints["execution.checkpointing.externalized-checkpoint-retention"] = (
+            "RETAIN_ON_CANCELLATION"
+        )
+        ckdir = cfg.flink.checkpoint_dir
+        if ckdir is None and jobmanager is None:
+            ckdir = (cfg.stack.state_dir / "flink" / "checkpoints").as_uri()
+        if ckdir:
+            checkpoints["execution.checkpointing.dir"] = ckdir
+            checkpoints |= changelog_options(cfg, ckdir)
     # set where the job's execution config is made (the table config does not reach it):
-    # chained operators hand records on without copying them (no function keeps one)
+    # chained operators hand records on without copying them (no function keeps one); the
+    # state backend (a local MiniCluster builds its task managers from this configuration)
     runtime = Configuration()
     runtime.set_string("pipeline.object-reuse", "true")
+    for key, value in checkpoints.items():
+        runtime.set_string(key, value)
     settings = EnvironmentSettings.new_instance().in_streaming_mode()
     t_env = TableEnvironment.create(settings.with_configuration(runtime).build())
     conf = t_env.get_config()
@@ -53,21 +76,8 @@ def create_table_env(
     conf.set("parallelism.default", str(parallelism or cfg.flink.parallelism))
     conf.set("python.executable", sys.executable)
     conf.set("table.exec.resource.default-parallelism", str(parallelism or cfg.flink.parallelism))
-    interval = (
-        cfg.flink.checkpoint_interval_ms
-        if checkpoint_interval_ms is None
-        else checkpoint_interval_ms
-    )
-    if interval > 0:
-        conf.set("execution.checkpointing.interval", f"{interval} ms")
-        conf.set(
-            "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
-        )
-        ckdir = cfg.flink.checkpoint_dir
-        if ckdir is None and jobmanager is None:
-            ckdir = (cfg.stack.state_dir / "flink" / "checkpoints").as_uri()
-        if ckdir:
-            conf.set("execution.checkpointing.dir", ckdir)
+    for key, value in checkpoints.items():
+        conf.set(key, value)
     if jobmanager:
         host, _, port = jobmanager.rpartition(":")
         if not host or not port.isdigit():
@@ -80,7 +90,37 @@ def create_table_env(
         conf.set("rest.port", port)
     if restore_from:
         conf.set("execution.state-recovery.path", restore_from)
+        if "state.changelog.enabled" in checkpoints:
+            # the changelog backend cannot make the first checkpoint after a restore a full
+            # one, which NO_CLAIM (Flink's default) needs: the job takes the checkpoint over
+            conf.set("execution.state-recovery.claim-mode", "CLAIM")
     return t_env
+
+
+def changelog_options(cfg: Config, checkpoint_dir: str) -> dict[str, str]:
+    """Flink settings of ``flink.state_changelog``: Flink's changelog state backend over the
+    heap state, its log in ``CHECKPOINT_DIR/changelog``, a full copy of the state every
+    ``flink.materialize_interval_ms`` (none when ``state_changelog`` is false).
+
+    Without it every checkpoint writes all the keyed state (the join keeps an entry per
+    impression for ``join.dedup_ttl_ms``), so a checkpoint's cost grows with the state; with
+    it a checkpoint writes what changed since the previous one.
+    """
+    if not cfg.flink.state_changelog:
+        return {}
+    if cfg.flink.materialize_interval_ms <= 0:
+        raise ConfigError(
+            "flink.materialize_interval_ms", str(cfg.source),
+            f"{cfg.flink.materialize_interval_ms} is not positive",
+            "give the interval of the state's full copies in ms, e.g. 30000, or set "
+            "flink.state_changelog: false",
+        )  # fmt: skip
+    return {
+        "state.changelog.enabled": "true",
+        "state.changelog.storage": "filesystem",
+        "state.changelog.dstl.dfs.base-path": checkpoint_dir.rstrip("/") + "/changelog",
+        "state.changelog.periodic-materialize.interval": f"{cfg.flink.materialize_interval_ms} ms",
+    }
 
 
 def kafka_table_options(cfg: Config, topic: str, **extra: str) -> str:

@@ -156,6 +156,22 @@ def test_extends_merges_mappings_and_replaces_scalars(tmp_path: Path) -> None:
     assert cfg.kafka.bootstrap == "127.0.0.1:9092"
 
 
+def test_state_changelog_settings_follow_the_config(tmp_path: Path) -> None:
+    from pipelines.flink_env import changelog_options
+
+    _write(tmp_path, _base() | {"flink": {"materialize_interval_ms": 45000}})
+    cfg = load_config(tmp_path / "deploy.yaml")
+    opts = changelog_options(cfg, "file:///ck/")
+    assert opts["state.changelog.enabled"] == "true"
+    assert opts["state.changelog.dstl.dfs.base-path"] == "file:///ck/changelog"
+    assert opts["state.changelog.periodic-materialize.interval"] == "45000 ms"
+    _write(tmp_path, _base() | {"flink": {"state_changelog": False}})
+    assert changelog_options(load_config(tmp_path / "deploy.yaml"), "file:///ck") == {}
+    _write(tmp_path, _base() | {"flink": {"materialize_interval_ms": 0}})
+    with pytest.raises(ConfigError, match="materialize_interval_ms"):
+        changelog_options(load_config(tmp_path / "deploy.yaml"), "file:///ck")
+
+
 def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

@@ -138,6 +138,9 @@ def test_cancel_and_restore_from_a_checkpoint_loses_and_repeats_nothing(
     assert len(committed) >= half // 4  # the first run made progress before it was cancelled
     first.cancel().result()
     chk = _latest_checkpoint(cfg.stack.state_dir / "flink" / "checkpoints", str(first.get_job_id()))
+    # the checkpoint holds the state's changelog (flink.state_changelog), which the restore reads
+    changelog = cfg.stack.state_dir / "flink" / "checkpoints" / "changelog"
+    assert any(p.is_file() for p in changelog.rglob("*")), f"no changelog under {changelog}"
 
     produce_events(bs, topics.impressions, topics.actions, events[half:])
     end = max(r.t_ms for r in reqs) + 200_000
