@@ -371,6 +371,12 @@ static int utf8_len(const uint8_t *p, const uint8_t *end) {
     return n;
 }
 
+/* The length of the character at p inside a string (ASCII or a UTF-8 sequence); 0 if
+   it is not well-formed. */
+static inline int char_len(const uint8_t *p, const uint8_t *end) {
+    return *p < 0x80 ? 1 : utf8_len(p, end);
+}
+
 /* A string without escapes at s->p (the opening quote): its bytes in [*a, *a + *n). */
 static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
     if (s->p >= s->end || *s->p != '"') return SLOW;
@@ -398,13 +404,9 @@ static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
             return OK;
         }
         if (c == '\\' || c < 0x20) return SLOW;
-        if (c < 0x80) {
-            p++;
-        } else {
-            int k = utf8_len(p, end);
-            if (!k) return SLOW;
-            p += k;
-        }
+        int k = char_len(p, end);
+        if (!k) return SLOW;
+        p += k;
     }
     return SLOW;
 }
@@ -454,10 +456,8 @@ static int skip_string(Scan *s) {
             } else {
                 return SLOW;
             }
-        } else if (c < 0x80) {
-            p++;
         } else {
-            int k = utf8_len(p, end);
+            int k = char_len(p, end);
             if (!k) return SLOW;
             p += k;
         }
