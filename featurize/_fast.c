@@ -26,11 +26,23 @@
  * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
  * fields keep their decimal int64. A bounded cache maps (field, value) to its id.
  * A parser serves one call at a time (its lock); samples() parses with the GIL released.
+ *
+ * Where the time goes (perf, 763-byte Samples of 26 sparse and 13 dense fields): the
+ * cache's probes (memory: they are prefetched a record at a time, and a large table is
+ * asked for huge pages, or most probes also miss the TLB), the strings (scanned 16
+ * bytes at a time with SSE2, else 8 with SWAR), the keys (a producer writes its fields
+ * in one order: the name expected next is one masked 8-byte compare), blake2b.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <math.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +97,12 @@ static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int
     }
     v[12] ^= t; /* messages here are far below 2^64 bytes: the high counter stays 0 */
     if (last) v[14] = ~v[14];
+    /* unrolled: the message schedule becomes constant offsets */
+#if defined(__clang__)
+#pragma unroll
+#elif defined(__GNUC__)
+#pragma GCC unroll 12
+#endif
     for (int r = 0; r < 12; r++) {
         const uint8_t *s = B2_SIGMA[r];
         B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
@@ -180,7 +198,38 @@ typedef struct {
     Entry *slots;
     size_t cap, count, limit;
     Buf arena;
+    size_t mapped; /* bytes of the mapping that holds slots (0: calloc) */
 } Cache;
+
+/* Zeroed slots. A large table is a mapping of its own, asked to sit on huge pages: its
+   probes land anywhere in it, and with 4 KiB pages most would also miss the TLB. */
+enum { HUGE = 2 << 20 };
+
+static Entry *slots_alloc(size_t cap, size_t *mapped) {
+    size_t size = cap * sizeof(Entry);
+    *mapped = 0;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (size >= HUGE) {
+        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m != MAP_FAILED) {
+            madvise(m, size, MADV_HUGEPAGE); /* advice: without it, ordinary pages */
+            *mapped = size;
+            return m;
+        }
+    }
+#endif
+    return calloc(cap, sizeof(Entry));
+}
+
+static void slots_free(Entry *slots, size_t mapped) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (mapped) {
+        munmap(slots, mapped);
+        return;
+    }
+#endif
+    free(slots);
+}
 
 static inline int same(const uint8_t *a, const uint8_t *b, size_t n) {
     while (n >= 8) { /* inline: most names and values are short */
@@ -222,7 +271,8 @@ static void cache_clear(Cache *c) {
 
 static int cache_grow(Cache *c) {
     size_t cap = c->cap ? c->cap * 2 : 4096;
-    Entry *s = calloc(cap, sizeof(Entry));
+    size_t mapped;
+    Entry *s = slots_alloc(cap, &mapped);
     if (!s) return -1;
     for (size_t i = 0; i < c->cap; i++) {
         Entry *e = &c->slots[i];
@@ -231,8 +281,9 @@ static int cache_grow(Cache *c) {
         while (s[j].key) j = (j + 1) & (cap - 1);
         s[j] = *e;
     }
-    free(c->slots);
+    slots_free(c->slots, c->mapped);
     c->slots = s;
+    c->mapped = mapped;
     c->cap = cap;
     return 0;
 }
@@ -242,6 +293,10 @@ static int cache_grow(Cache *c) {
 typedef struct {
     const uint8_t *name;
     size_t len;
+    /* the key as compact JSON writes it, '"' name '"' ':', when it fits 8 bytes (qlen);
+       qlen = 0: the name needs the general path */
+    uint64_t pat, mask;
+    size_t qlen;
 } Name;
 
 typedef struct {
@@ -312,12 +367,14 @@ static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n) {
     uint64_t k = mix_hash(f, s, n);
     Cache *c = &P->cache;
     if (c->cap) __builtin_prefetch(&c->slots[k & (c->cap - 1)]);
-    Pending p = {k, s, f, (uint32_t)n, P->ids[f].len / 8};
     int64_t placeholder = 0;
     if (n > UINT32_MAX) return SLOW;
-    if (P->pend.len + sizeof p > P->pend.cap && buf_reserve(&P->pend, sizeof p)) return FAIL;
-    memcpy(P->pend.data + P->pend.len, &p, sizeof p);
-    P->pend.len += sizeof p;
+    if (P->pend.len + sizeof(Pending) > P->pend.cap && buf_reserve(&P->pend, sizeof(Pending)))
+        return FAIL;
+    /* field by field: a struct built on the stack and copied stalls on store forwarding */
+    Pending *p = (Pending *)(P->pend.data + P->pend.len);
+    p->key = k, p->s = s, p->field = f, p->len = (uint32_t)n, p->at = P->ids[f].len / 8;
+    P->pend.len += sizeof(Pending);
     return buf_put8(&P->ids[f], &placeholder) ? FAIL : OK;
 }
 
@@ -383,6 +440,21 @@ static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
     const uint8_t *p = s->p + 1, *end = s->end;
     const uint8_t *start = p;
     while (p < end) {
+#if defined(__SSE2__)
+        /* 16 bytes at a time: the first '"', '\\', control byte or byte >= 0x80 (signed < 0x20) */
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)p);
+            __m128i hit = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+            unsigned m = (unsigned)_mm_movemask_epi8(hit);
+            if (m) {
+                p += __builtin_ctz(m);
+                goto found;
+            }
+            p += 16;
+        }
+#endif
         /* 8 plain ASCII bytes at a time: none is '"', '\\', a control byte or >= 0x80 */
         while (end - p >= 8) { /* the lowest flagged byte is exact (borrows go up) */
             uint64_t w, lo = 0x0101010101010101ULL, hi = 0x8080808080808080ULL;
@@ -396,6 +468,9 @@ static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
             p += 8;
         }
         if (p >= end) break;
+#if defined(__SSE2__)
+    found:;
+#endif
         uint8_t c = *p;
         if (c == '"') {
             *a = start;
@@ -686,6 +761,22 @@ static Py_ssize_t find_name(const Name *names, Py_ssize_t k, const uint8_t *a, s
     return -1;
 }
 
+/* The member at s->p when its key is the name after the last one found (*hint) written
+   as compact JSON, "name": with nothing between (one 8-byte compare): its index, the
+   scan after the ':' and any whitespace; else -1 and the scan unmoved. */
+static inline Py_ssize_t expected_key(Scan *s, const Name *names, Py_ssize_t k, Py_ssize_t *hint) {
+    Py_ssize_t h = *hint < k ? *hint : 0;
+    const Name *nm = &names[h];
+    if (!nm->qlen || s->end - s->p < 8) return -1;
+    uint64_t w;
+    memcpy(&w, s->p, 8);
+    if ((w ^ nm->pat) & nm->mask) return -1;
+    s->p += nm->qlen;
+    ws(s);
+    *hint = h + 1;
+    return h;
+}
+
 /* The value of an unknown feature name, skipped; counted (requests) unless null. */
 static int unknown_value(Parser *P, Scan *s, const char *kind, const uint8_t *a, size_t n) {
     int null = s->p < s->end && *s->p == 'n';
@@ -778,9 +869,12 @@ static int features(Parser *P, Scan *s) {
             while (inner) {
                 const uint8_t *b;
                 size_t m;
-                if (key(s, &b, &m)) return SLOW;
                 if (is_sparse) {
-                    Py_ssize_t f = find_name(P->sparse, P->n_sparse, b, m, &P->hint_sparse);
+                    Py_ssize_t f = expected_key(s, P->sparse, P->n_sparse, &P->hint_sparse);
+                    if (f < 0) {
+                        if (key(s, &b, &m)) return SLOW;
+                        f = find_name(P->sparse, P->n_sparse, b, m, &P->hint_sparse);
+                    }
                     if (f < 0) {
                         if ((r = unknown_value(P, s, "sparse", b, m))) return r;
                     } else {
@@ -788,7 +882,11 @@ static int features(Parser *P, Scan *s) {
                         if ((r = sparse_list(P, s, f))) return r;
                     }
                 } else {
-                    Py_ssize_t j = find_name(P->dense, P->n_dense, b, m, &P->hint_dense);
+                    Py_ssize_t j = expected_key(s, P->dense, P->n_dense, &P->hint_dense);
+                    if (j < 0) {
+                        if (key(s, &b, &m)) return SLOW;
+                        j = find_name(P->dense, P->n_dense, b, m, &P->hint_dense);
+                    }
                     if (j < 0) {
                         if ((r = unknown_value(P, s, "dense", b, m))) return r;
                     } else {
@@ -1158,7 +1256,22 @@ static int names_of(PyObject *list, Name **out, Py_ssize_t *k) {
             PyErr_SetString(PyExc_TypeError, "names must be a list of bytes");
             return -1;
         }
-        (*out)[i] = (Name){(const uint8_t *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)};
+        Name *nm = &(*out)[i];
+        *nm = (Name){(const uint8_t *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), 0, 0, 0};
+        int plain = nm->len + 3 <= 8;
+        for (size_t j = 0; j < nm->len && plain; j++)
+            plain = nm->name[j] >= 0x20 && nm->name[j] < 0x80 && nm->name[j] != '"' &&
+                    nm->name[j] != '\\';
+        if (plain) {
+            uint8_t q[8] = {0};
+            q[0] = '"';
+            memcpy(q + 1, nm->name, nm->len);
+            q[nm->len + 1] = '"';
+            q[nm->len + 2] = ':';
+            nm->qlen = nm->len + 3;
+            memcpy(&nm->pat, q, 8);
+            nm->mask = nm->qlen == 8 ? ~0ULL : (1ULL << (8 * nm->qlen)) - 1;
+        }
     }
     return 0;
 }
@@ -1232,7 +1345,7 @@ static void Parser_dealloc(Parser *P) {
     free(P->fake_out.data);
     free(P->ok_out.data);
     free(P->pend.data);
-    free(P->cache.slots);
+    slots_free(P->cache.slots, P->cache.mapped);
     free(P->cache.arena.data);
     Py_XDECREF(P->names);
     if (P->lock) PyThread_free_lock(P->lock);

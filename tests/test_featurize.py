@@ -159,6 +159,30 @@ def test_the_c_fast_path_is_built_and_reads_the_common_case() -> None:
     assert s.id_xor == arrow.id_xor
 
 
+def test_names_that_share_a_prefix_any_order_and_a_large_cache() -> None:
+    """The C path matches a key against the name expected next in one 8-byte compare
+    ("f1": must not take "f10"), falls back to a search when the order changes or the
+    JSON is spaced, and keeps a value -> id cache of more than 2 MiB (its own mapping)."""
+    names = ["f1", "f10", "f1x", "a_long_name"]
+    spec = FeatureSpec(tuple(SparseSpec(n) for n in names), ("d1", "d10"))
+    docs: list[Any] = []
+    for i in range(40_000):  # 160k distinct values: the cache grows past 2 MiB
+        sparse = {n: [f"{n}-{i}"] for n in (names if i % 3 else reversed(names))}
+        dense = {"d10": i, "d1": -i} if i % 2 else {"d1": -i, "d10": i}
+        docs.append({"v": 1, "sample_id": f"s-{i}", "event_time_ms": i,
+                     "features": {"sparse": sparse, "dense": dense},
+                     "labels": {"click": i % 2}, "strategy": "window"})  # fmt: skip
+    values = [
+        json.dumps(d, separators=(",", ":") if i % 5 else (", ", " : ")).encode()
+        for i, d in enumerate(docs)
+    ]
+    fz = Featurizer(spec)
+    assert fz.native
+    for _ in range(2):  # the second time from the cache
+        _check(spec, values, docs, fz.samples(values))
+    assert fz.slow_values == 0
+
+
 def test_threads_share_one_featurizer() -> None:
     """The trainer featurizes on a prefetch thread and the server on request threads:
     the C parser serves one call at a time and parses samples without the GIL."""
