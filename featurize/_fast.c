@@ -650,53 +650,57 @@ static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                  1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                  1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* A number as the nearest double (what Python's json.loads and float() give). */
+/* A number as the nearest double (what Python's json.loads and float() give), read in
+   the same pass that checks its grammar. */
 static int double_value(Scan *s, double *out) {
-    const uint8_t *a;
-    size_t n;
-    int fe;
-    if (number_span(s, &a, &n, &fe)) return SLOW;
+    const uint8_t *p = s->p, *end = s->end, *a = p;
     /* exact fast path: at most 15 significant digits and a small power of ten, where
        one IEEE multiplication or division of two exact doubles rounds correctly */
-    const uint8_t *p = a, *end = a + n;
-    int neg = 0;
-    if (*p == '-') neg = 1, p++;
+    int neg = 0, digits = 0, exp10 = 0, exact = 1;
     uint64_t mant = 0;
-    int digits = 0, exp10 = 0;
-    for (; p < end && *p >= '0' && *p <= '9'; p++) {
-        if (mant || *p != '0') digits++;
-        mant = mant * 10 + (uint64_t)(*p - '0');
-        if (digits > 15) goto slow;
+    if (p < end && *p == '-') neg = 1, p++;
+    if (p >= end) return SLOW;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (++digits > 15) exact = 0;
+            else mant = mant * 10 + (uint64_t)(*p - '0');
+        }
+    } else {
+        return SLOW;
     }
     if (p < end && *p == '.') {
-        for (p++; p < end && *p >= '0' && *p <= '9'; p++) {
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return SLOW;
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
             if (mant || *p != '0') digits++;
-            mant = mant * 10 + (uint64_t)(*p - '0');
-            exp10--;
-            if (digits > 15) goto slow;
+            if (digits > 15) exact = 0;
+            else mant = mant * 10 + (uint64_t)(*p - '0'), exp10--;
         }
     }
-    if (p < end) { /* exponent */
+    if (p < end && (*p == 'e' || *p == 'E')) {
         p++;
         int eneg = 0, e = 0;
-        if (*p == '+' || *p == '-') eneg = *p == '-', p++;
-        for (; p < end; p++) {
-            e = e * 10 + (*p - '0');
-            if (e > 400) goto slow;
-        }
-        exp10 += eneg ? -e : e;
+        if (p < end && (*p == '+' || *p == '-')) eneg = *p == '-', p++;
+        if (p >= end || *p < '0' || *p > '9') return SLOW;
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            if (e <= 400) e = e * 10 + (*p - '0');
+        if (e > 400) exact = 0;
+        else exp10 += eneg ? -e : e;
     }
-    if (mant == 0) {
+    s->p = p;
+    size_t n = (size_t)(p - a);
+    if (exact && mant == 0) {
         *out = neg ? -0.0 : 0.0;
         return OK;
     }
-    if (exp10 >= -22 && exp10 <= 22) {
+    if (exact && exp10 >= -22 && exp10 <= 22) {
         double d = (double)mant; /* exact: mant < 10^15 < 2^53 */
         d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
         *out = neg ? -d : d;
         return OK;
     }
-slow:;
     char tmp[128];
     if (n >= sizeof tmp) return SLOW;
     memcpy(tmp, a, n);
