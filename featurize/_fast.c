@@ -404,8 +404,10 @@ typedef struct {
 #define MAX_DEPTH 64
 
 static inline void ws(Scan *s) {
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
-        s->p++;
+    const uint8_t *p = s->p, *end = s->end;
+    if (p < end && *p > ' ') return; /* compact JSON: no whitespace, one compare */
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    s->p = p;
 }
 
 /* One UTF-8 sequence at p (first byte >= 0x80); its length, or 0 if not well-formed. */
