@@ -70,9 +70,13 @@ static const uint8_t B2_SIGMA[12][16] = {
 
 static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
-static inline uint64_t load64(const uint8_t *p) {
+static inline uint64_t load64(const uint8_t *p) { /* little-endian on any host */
     uint64_t x = 0;
-    for (int i = 7; i >= 0; i--) x = (x << 8) | p[i]; /* little-endian on any host */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&x, p, 8);
+#else
+    for (int i = 7; i >= 0; i--) x = (x << 8) | p[i];
+#endif
     return x;
 }
 
@@ -244,6 +248,34 @@ static inline int same(const uint8_t *a, const uint8_t *b, size_t n) {
     return 1;
 }
 
+/* The bytes of a value of n <= 8 bytes as one word, zero above n (the layout memcpy
+   gives): one load when 8 bytes can be read at s (end: the end of the buffer). */
+static inline uint64_t short_word(const uint8_t *s, size_t n, const uint8_t *end) {
+    uint64_t w = 0;
+    if (end - s >= 8) {
+        memcpy(&w, s, 8);
+        if (n < 8) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            w &= n ? ~0ULL << (8 * (8 - n)) : 0;
+#else
+            w &= (1ULL << (8 * n)) - 1;
+#endif
+        }
+    } else {
+        memcpy(&w, s, n);
+    }
+    return w;
+}
+
+/* The cache's hash of a value of n <= 8 bytes held in word w (short_word). */
+static inline uint64_t mix_short(uint32_t field, uint64_t w, size_t n) {
+    uint64_t h = (0x9E3779B97F4A7C15ULL ^ ((uint64_t)field << 32) ^ n ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 29;
+    h *= 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 32;
+    return h ? h : 1;
+}
+
 static uint64_t mix_hash(uint32_t field, const uint8_t *s, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)field << 32) ^ n;
     while (n >= 8) {
@@ -327,22 +359,22 @@ static inline const uint8_t *entry_bytes(const Cache *c, const Entry *e) {
 }
 
 /* The id of value [s, s + n) of field f with hash k: from the cache, or hashed and kept. */
-static int64_t cached_id(Parser *P, uint32_t f, const uint8_t *s, size_t n, uint64_t k) {
+static int64_t cached_id(Parser *P, uint32_t f, const uint8_t *s, size_t n, uint64_t k,
+                         uint64_t w) {
     Cache *c = &P->cache;
     if (c->cap) {
         size_t j = k & (c->cap - 1);
         for (Entry *e; (e = &c->slots[j])->key; j = (j + 1) & (c->cap - 1))
-            if (e->key == k && e->field == f && e->len == n && same(entry_bytes(c, e), s, n))
+            if (e->key == k && e->field == f && e->len == n &&
+                (n <= 8 ? e->data == w : same(entry_bytes(c, e), s, n)))
                 return e->id;
     }
     int64_t id = b2_id(P->prefix[f], P->sparse[f].len + 1, s, n);
     if (n > UINT32_MAX) return id;
     if (c->count >= c->limit) cache_clear(c);
     if ((c->count + 1) * 2 > c->cap && cache_grow(c)) return id; /* no memory: uncached */
-    uint64_t data = 0;
-    if (n <= 8) {
-        memcpy(&data, s, n);
-    } else {
+    uint64_t data = w; /* short values: their bytes */
+    if (n > 8) {
         data = c->arena.len;
         if (buf_put(&c->arena, s, n)) return id;
     }
@@ -360,11 +392,13 @@ typedef struct {
     uint64_t key;
     const uint8_t *s;
     uint32_t field, len;
-    size_t at; /* index of the id in ids[field] */
+    size_t at;  /* index of the id in ids[field] */
+    uint64_t w; /* a short value's bytes (short_word) */
 } Pending;
 
-static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n) {
-    uint64_t k = mix_hash(f, s, n);
+static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *end) {
+    uint64_t w = n <= 8 ? short_word(s, n, end) : 0;
+    uint64_t k = n <= 8 ? mix_short(f, w, n) : mix_hash(f, s, n);
     Cache *c = &P->cache;
     if (c->cap) __builtin_prefetch(&c->slots[k & (c->cap - 1)]);
     int64_t placeholder = 0;
@@ -374,6 +408,7 @@ static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n) {
     /* field by field: a struct built on the stack and copied stalls on store forwarding */
     Pending *p = (Pending *)(P->pend.data + P->pend.len);
     p->key = k, p->s = s, p->field = f, p->len = (uint32_t)n, p->at = P->ids[f].len / 8;
+    p->w = w;
     P->pend.len += sizeof(Pending);
     return buf_put8(&P->ids[f], &placeholder) ? FAIL : OK;
 }
@@ -388,7 +423,7 @@ static void resolve(Parser *P) {
             if (e->key == p[i].key && e->len > 8) __builtin_prefetch(c->arena.data + e->data);
         }
     for (size_t i = 0; i < k; i++) {
-        int64_t id = cached_id(P, p[i].field, p[i].s, p[i].len, p[i].key);
+        int64_t id = cached_id(P, p[i].field, p[i].s, p[i].len, p[i].key, p[i].w);
         memcpy(P->ids[p[i].field].data + 8 * p[i].at, &id, 8);
     }
     P->pend.len = 0;
@@ -840,7 +875,7 @@ static int sparse_list(Parser *P, Scan *s, Py_ssize_t f) {
             if (raw_id(a, n, &id)) return SLOW;
             if (buf_put8(&P->ids[f], &id)) return FAIL;
         } else {
-            int r = pend(P, (uint32_t)f, a, n);
+            int r = pend(P, (uint32_t)f, a, n, s->end);
             if (r) return r;
         }
         ws(s);
