@@ -11,7 +11,10 @@ exporter/sdk/_probe.c     ``exporter.sdk._probe``        the SDK's table lookups
 compiled with the C compiler Python was built with (``$CC`` overrides it) when its
 shared object is missing or older than its source, and left alone otherwise. Both are
 optional: without a compiler this says so, and each user keeps its numpy / Arrow path
-(the same results, slower); ``--require`` fails instead.
+(the same results, slower); ``--require`` fails instead. Installs that are not a checkout
+(a wheel, ``pip install .``, the Docker image) build the same two extensions through
+``setup.py`` (optional there too), and so does the editable install of ``make venv``,
+after which this finds them up to date.
 """
 
 from __future__ import annotations

@@ -126,6 +126,26 @@ def test_images_are_buildable_from_the_repo(compose: dict[str, Any]) -> None:
     assert compose["services"]["taskmanager"]["image"] == compose["services"]["jobmanager"]["image"]
 
 
+def test_images_copy_every_package_and_build_the_accelerators() -> None:
+    """An image that installs the project copies every package pyproject lists (one left
+    out installs without an error and fails at import); the daemons' wheel is built where
+    a C compiler is (setup.py: the featurizer's and the SDK's C paths)."""
+    import tomllib
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {p.rstrip("*") for p in find["find"]["include"]}
+    for image in ("fluxrec", "flink"):
+        text = (REPO / "docker" / image / "Dockerfile").read_text()
+        copied = {
+            Path(src).name
+            for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M)
+            for src in sources.split()
+        }
+        assert packages <= copied, f"docker/{image}/Dockerfile: {sorted(packages - copied)}"
+    daemons = (REPO / "docker" / "fluxrec" / "Dockerfile").read_text()
+    assert "setup.py" in daemons and "gcc" in daemons and "pip wheel" in daemons
+
+
 def test_flink_image_uses_the_stack_pom_and_version() -> None:
     text = (REPO / "docker" / "flink" / "Dockerfile").read_text()
     assert "fluxrec/stack/maven/flink.xml" in text
