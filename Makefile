@@ -20,7 +20,7 @@ help:
 	@echo "             benchmarks (see BENCHMARKS.md)"
 	@echo "make clean   stop the demo stack and remove the venv and local state"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "fluxrec needs Python 3.11+; run: make PYTHON=/path/to/python3.11"; exit 1; }
