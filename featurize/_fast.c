@@ -36,6 +36,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* the per-value steps of the hot loop, inlined into it (measured: a few per cent) */
+#if defined(__GNUC__)
+#define HOT static inline __attribute__((always_inline))
+#else
+#define HOT static inline
+#endif
+
 #include <math.h>
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -396,7 +403,7 @@ typedef struct {
     uint64_t w; /* a short value's bytes (short_word) */
 } Pending;
 
-static int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *end) {
+HOT int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *end) {
     uint64_t w = n <= 8 ? short_word(s, n, end) : 0;
     uint64_t k = n <= 8 ? mix_short(f, w, n) : mix_hash(f, s, n);
     Cache *c = &P->cache;
@@ -472,7 +479,7 @@ static inline int char_len(const uint8_t *p, const uint8_t *end) {
 }
 
 /* A string without escapes at s->p (the opening quote): its bytes in [*a, *a + *n). */
-static int plain_string(Scan *s, const uint8_t **a, size_t *n) {
+HOT int plain_string(Scan *s, const uint8_t **a, size_t *n) {
     if (s->p >= s->end || *s->p != '"') return SLOW;
     const uint8_t *p = s->p + 1, *end = s->end;
     const uint8_t *start = p;
@@ -689,7 +696,7 @@ static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 
 /* A number as the nearest double (what Python's json.loads and float() give), read in
    the same pass that checks its grammar. */
-static int double_value(Scan *s, double *out) {
+HOT int double_value(Scan *s, double *out) {
     const uint8_t *p = s->p, *end = s->end, *a = p;
     /* exact fast path: at most 15 significant digits and a small power of ten, where
        one IEEE multiplication or division of two exact doubles rounds correctly */
@@ -747,7 +754,7 @@ static int double_value(Scan *s, double *out) {
 }
 
 /* A key: a plain string followed by ':'. */
-static int key(Scan *s, const uint8_t **a, size_t *n) {
+HOT int key(Scan *s, const uint8_t **a, size_t *n) {
     if (plain_string(s, a, n)) return SLOW;
     ws(s);
     if (s->p >= s->end || *s->p != ':') return SLOW;
@@ -757,7 +764,7 @@ static int key(Scan *s, const uint8_t **a, size_t *n) {
 }
 
 /* After a member: ',' (returns 1, more follow) or the closing '}' (returns 0). */
-static int next_member(Scan *s, int *more) {
+HOT int next_member(Scan *s, int *more) {
     ws(s);
     if (s->p >= s->end) return SLOW;
     if (*s->p == ',') {
@@ -775,7 +782,7 @@ static int next_member(Scan *s, int *more) {
 }
 
 /* Opens an object: '{' and whitespace; *more = 0 when it is empty. */
-static int open_object(Scan *s, int *more) {
+HOT int open_object(Scan *s, int *more) {
     if (s->p >= s->end || *s->p != '{') return SLOW;
     s->p++;
     ws(s);
@@ -858,7 +865,7 @@ static int raw_id(const uint8_t *a, size_t n, int64_t *out) {
 }
 
 /* The list of strings of sparse field f, appended to its ids. */
-static int sparse_list(Parser *P, Scan *s, Py_ssize_t f) {
+HOT int sparse_list(Parser *P, Scan *s, Py_ssize_t f) {
     if (s->p >= s->end || *s->p != '[') return SLOW;
     s->p++;
     ws(s);
