@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = write_test_config(tmp, s3_server=False, kafka=kafka)
     stack = Stack(load_config(cfg_path))
     out: dict[str, Any] = {"rate": ns.rate, "duration_s": ns.duration, "anchor": [], "replay": []}
+    out["kafka_jvm_args"] = stack.cfg.kafka.jvm_args
     try:
         stack.up(only=["kafka"])
         kafka_pid = stack.services[0].proc.pid()
@@ -292,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     out["load_avg"] = os.getloadavg()
     out["linger_ms"] = linger_ms
-    out["kafka_jvm_args"] = load_config(cfg_path).kafka.jvm_args
     if out["anchor"] and out["replay"]:
         out["replay_vs_anchor_cpu"] = round(
             float(np.median([r["cpu_us_per_event"] for r in out["replay"]]))
