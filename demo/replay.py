@@ -3,7 +3,7 @@
 ``python -m demo.replay --config RUN/config.yaml --out RUN [--speed X]``
 
 Like ``fluxrec replay --time-shift live`` (same sources, faults and Kafka producer), with
-three differences the demo needs:
+four differences the demo needs:
 
 * **speed**: event times are mapped to ``start + (t - t_first) / speed``, so a seven-day
   log plays in minutes (all times scale, click delays included: a ``speed``-times denser
@@ -13,6 +13,9 @@ three differences the demo needs:
 * **an end**: actions later than the last impression + ``--tail-ms`` (the label window and
   a margin) are not sent (counted as ``actions_after_end``): the replay ends when the last
   label it can still set has had its time.
+* **bursts**: when the next event is not due yet, the replay sleeps at least
+  ``--tick-ms`` (5) and then sends every event that came due meanwhile: events leave up
+  to a tick late, for a fraction of the wake-ups and of the producer's CPU per event.
 * **records**: every event sent goes to ``OUT/events.jsonl.gz``, one JSON line
   ``{"s": stream, "t": event_time_ms, "w": sent_ms, "p": payload, "f": fault}``, and
   ``OUT/replay.json`` gets the summary (counts, speed, oracle AUC, time range).
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     p.add_argument("--duration-s", type=float, default=120.0)
     p.add_argument("--tail-ms", type=int, default=0, help="0: no end (send every action)")
     p.add_argument("--lead-ms", type=int, default=1000, help="first event this far from now")
+    p.add_argument("--tick-ms", type=float, default=5.0, help="least sleep between bursts")
     p.add_argument("--score-url", default=None)
     p.add_argument("--score-every-ms", type=int, default=100)
     ns = p.parse_args(argv)
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
             cfg.kafka.bootstrap,
             topics,
             rcfg.producer,
-            pacer=Pacer(rcfg.rate, live=True),
+            pacer=Pacer(rcfg.rate, live=True, tick_s=ns.tick_ms / 1000),
             on_sent=on_sent,
         )
     finally:

@@ -72,7 +72,10 @@ TUNING: dict[str, Any] = {
     "join.late_horizon_ms": 60_000,
     "join.metrics_window_ms": 10_000,
     "join.metrics_flush_ms": 1_000,
-    "replay.producer.linger_ms": 2,
+    # a produce request every 20 ms (not every 2): at thousands of events/s the replay's
+    # client, the broker and the join's sources (which fetch as soon as a batch lands) do a
+    # fraction of the requests, for 20 ms next to a checkpoint interval of 200
+    "replay.producer.linger_ms": 20,
     # clicks follow impressions within seconds, so a short label window keeps most of them
     "replay.delays.click.median_s": 3.0,
     "replay.synthetic.conversion_rate": 1e-6,  # the model learns clicks

@@ -3,7 +3,8 @@
 Layout (``configs/local.yaml`` is the reference; ``fluxrec config keys`` lists every key)::
 
     stack:        state_dir, jars_dir, start_timeout_s
-    kafka:        bootstrap, controller_port, heap_mb, partitions, topics.{impressions,...}
+    kafka:        bootstrap, controller_port, heap_mb, jvm_args, partitions,
+                  topics.{impressions,...}
     flink:        parallelism, checkpoint_interval_ms, jobmanager, checkpoint_dir,
                   state_changelog, materialize_interval_ms,
                   cluster.{enabled,rest_port,rpc_port,slots,*_memory_mb}
@@ -133,6 +134,10 @@ class KafkaConfig:
     bootstrap: str
     controller_port: int = 9093
     heap_mb: int = 512
+    #: extra flags of the broker's JVM (`fluxrec stack up`). C1 only by default: a fresh
+    #: broker's C2 compiles for its first minutes, more CPU than its faster code saves in
+    #: a demo or a test run (BENCHMARKS.md); "" for C2 on a broker that runs for hours
+    jvm_args: str = "-XX:TieredStopAtLevel=1"
     partitions: int = 2
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 

@@ -27,17 +27,25 @@ __all__ = ["Pacer", "ensure_topics", "produce", "write_lines"]
 
 class Pacer:
     """Holds the sender back to ``rate`` events/s (0: no limit) and, when ``live``, until
-    the wall clock reaches each event's time."""
+    the wall clock reaches each event's time.
+
+    An event less than 1 ms ahead goes at once. ``tick_s``: when the sender has to wait, it
+    sleeps at least this long, then sends every event that came due meanwhile in one burst
+    (events leave up to ``tick_s`` late; fewer wake-ups, and fuller producer batches, cost
+    less CPU per event at thousands of events/s). 0: sleep exactly until each event.
+    """
 
     def __init__(
         self,
         rate: float,
         live: bool,
+        *,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        tick_s: float = 0.0,
     ) -> None:
-        self.rate, self.live = rate, live
+        self.rate, self.live, self.tick_s = rate, live, tick_s
         self._monotonic, self._wall, self._sleep = monotonic, wall, sleep
         self._start = monotonic()
         self._sent = 0
@@ -50,7 +58,7 @@ class Pacer:
         if self.live:
             ahead = max(ahead, event_time_ms / 1000.0 - self._wall())
         if ahead > 0.001:
-            self._sleep(ahead)
+            self._sleep(max(ahead, self.tick_s))
         self._sent += 1
 
 

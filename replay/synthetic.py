@@ -159,12 +159,21 @@ class SyntheticSource:
         p_conv = 1.0 / (1.0 + np.exp(-(_logit(s.conversion_rate) + w.item_conversion[items])))
         converted = clicked & (rng.random((n, k)) < p_conv)
         conv_delay = _delays_ms(rng, cfg.delays.conversion, (n, k))
+        # Python lists once per chunk: indexing numpy arrays element by element costs more
+        # than everything else the loop does (same values: tolist() makes the same floats)
+        times_ms = np.round(times).astype(np.int64).tolist()
+        user_l, items_l, price_l = users.tolist(), items.tolist(), price.tolist()
+        p_l, clicked_l, converted_l = p_click.tolist(), clicked.tolist(), converted.tolist()
+        click_l, conv_l = click_delay.tolist(), conv_delay.tolist()
+        category = w.item_category.tolist()
+        positions = [(str(j + 1),) for j in range(k)]
+        click, conversion = cfg.click_action, cfg.conversion_action
         for r in range(n):
             rid = f"r-{first + r}"
-            t = round(float(times[r]))
-            uid = f"u-{int(users[r])}"
-            for j in range(k):
-                i = int(items[r, j])
+            t = times_ms[r]
+            uid = f"u-{user_l[r]}"
+            uids = (uid,)
+            for j, i in enumerate(items_l[r]):
                 iid = f"i-{i}"
                 imp = Impression(
                     request_id=rid,
@@ -172,22 +181,20 @@ class SyntheticSource:
                     user_id=uid,
                     event_time_ms=t,
                     sparse={
-                        "user_id": (uid,),
+                        "user_id": uids,
                         "item_id": (iid,),
-                        "category": (f"c-{int(w.item_category[i])}",),
-                        "position": (str(j + 1),),
+                        "category": (f"c-{category[i]}",),
+                        "position": positions[j],
                     },
-                    dense={"price": float(price[r, j])},
-                    p_click=float(p_click[r, j]),
+                    dense={"price": price_l[r][j]},
+                    p_click=p_l[r][j],
                 )
                 actions = []
-                if clicked[r, j]:
-                    tc = t + int(click_delay[r, j])
-                    actions.append(Action(rid, iid, uid, cfg.click_action, tc))
-                    if converted[r, j]:
-                        actions.append(
-                            Action(rid, iid, uid, cfg.conversion_action, tc + int(conv_delay[r, j]))
-                        )
+                if clicked_l[r][j]:
+                    tc = t + click_l[r][j]
+                    actions.append(Action(rid, iid, uid, click, tc))
+                    if converted_l[r][j]:
+                        actions.append(Action(rid, iid, uid, conversion, tc + conv_l[r][j]))
                 yield imp, actions
 
     def _slates(self, rng: np.random.Generator, n: int, k: int) -> _I:

@@ -140,15 +140,80 @@ def dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+_INF = float("inf")
+
+
+class _NotPlain(Exception):
+    """A value the template does not write (the json module does, or refuses it)."""
+
+
+_enc = json.encoder.encode_basestring  # a str as dumps writes it (C, ensure_ascii=False)
+
+
+def _num(x: Any) -> str:
+    """An exact int or a finite float as :func:`dumps` writes it."""
+    t = type(x)
+    if t is float and -_INF < x < _INF:
+        return float.__repr__(x)
+    if t is int:
+        return int.__repr__(x)
+    raise _NotPlain
+
+
+def _features(rec: Impression) -> str:
+    """``"features":{...}`` and ``p_click`` of an impression, closing the object."""
+    sparse = []
+    for k, ids in rec.sparse.items():
+        if type(k) is not str or type(ids) is not tuple:
+            raise _NotPlain
+        for i in ids:
+            if type(i) is not str:
+                raise _NotPlain
+        sparse.append(f"{_enc(k)}:[{','.join(map(_enc, ids))}]")
+    dense = []
+    for k, v in rec.dense.items():
+        if type(k) is not str:
+            raise _NotPlain
+        dense.append(f"{_enc(k)}:{_num(v)}")
+    tail = "}" if rec.p_click is None else f',"p_click":{_num(rec.p_click)}}}'
+    return f'"features":{{"sparse":{{{",".join(sparse)}}},"dense":{{{",".join(dense)}}}}}{tail}'
+
+
+def _fast_payload(rec: Record, t: int) -> str:
+    """The payload :func:`dumps` makes of ``rec.to_json()`` at time ``t``, written from a
+    template (a third of the time); raises :class:`_NotPlain` when a value is not a plain
+    str, int or finite float (the json module then writes it, or refuses NaN and inf)."""
+    rid, iid, uid = rec.request_id, rec.item_id, rec.user_id
+    if type(rid) is not str or type(iid) is not str or type(uid) is not str or type(t) is not int:
+        raise _NotPlain
+    head = (
+        f'{{"v":{CONTRACT_VERSION},"request_id":{_enc(rid)},'
+        f'"item_id":{_enc(iid)},"user_id":{_enc(uid)},'
+    )
+    if type(rec) is Impression:
+        return f'{head}"event_time_ms":{t},{_features(rec)}'
+    if type(rec) is not Action or type(rec.action) is not str:
+        raise _NotPlain
+    return f'{head}"action":{_enc(rec.action)},"event_time_ms":{t}}}'
+
+
 def to_event(rec: Record, event_time_ms: int | None = None) -> Event:
     """The wire form of a record (``key`` is its ``request_id``), at ``event_time_ms``
-    instead of the record's own time when given (cheaper than a copy of the record)."""
-    obj = rec.to_json()
+    instead of the record's own time when given (cheaper than a copy of the record).
+
+    The payload is :func:`dumps` of ``rec.to_json()`` (with that time), byte for byte;
+    records of plain strs and numbers are written from a template instead of through the
+    ``json`` module, which costs a third of the time.
+    """
     if event_time_ms is None:
         event_time_ms = rec.event_time_ms
-    else:
+    try:
+        payload = _fast_payload(rec, event_time_ms)
+    except _NotPlain:
+        obj = rec.to_json()
         obj["event_time_ms"] = event_time_ms
-    return Event(rec.stream, rec.request_id, dumps(obj), event_time_ms)
+        payload = dumps(obj)
+    return Event(rec.stream, rec.request_id, payload, event_time_ms)
 
 
 def order_key(rec: Record, seq: int) -> tuple[int, int, int]:

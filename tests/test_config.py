@@ -172,6 +172,25 @@ def test_state_changelog_settings_follow_the_config(tmp_path: Path) -> None:
         changelog_options(load_config(tmp_path / "deploy.yaml"), "file:///ck")
 
 
+def test_kafka_jvm_args_reach_the_broker_command(tmp_path: Path) -> None:
+    from fluxrec.stack.services import KafkaService
+
+    (tmp_path / "jars" / "kafka").mkdir(parents=True)
+    (tmp_path / "jars" / "kafka" / ".stamp").touch()  # resolved (the command only names them)
+    stack = {"state_dir": "state", "jars_dir": "jars"}
+
+    def command(**kafka: str) -> list[str]:
+        _write(tmp_path, _base() | {"stack": stack, "kafka": {"bootstrap": "h:1", **kafka}})
+        return KafkaService(load_config(tmp_path / "deploy.yaml")).command()
+
+    cmd = command()
+    assert "-XX:TieredStopAtLevel=1" in cmd  # the default: C1 only
+    assert cmd.index("-XX:TieredStopAtLevel=1") < cmd.index("kafka.Kafka")
+    assert not any(a.startswith("-XX:Tiered") for a in command(jvm_args=""))
+    cmd = command(jvm_args="-XX:+UseSerialGC '-Dfluxrec.note=a b'")
+    assert "-XX:+UseSerialGC" in cmd and "-Dfluxrec.note=a b" in cmd
+
+
 def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

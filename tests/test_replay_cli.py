@@ -138,3 +138,19 @@ def test_pacer_holds_to_the_rate_and_live_to_event_time() -> None:
     for _ in range(1000):
         p.wait(10**15)
     assert clock.slept == []
+
+
+def test_pacer_tick_sends_in_bursts_never_early() -> None:
+    times = [1_000_000 + 2 * i for i in range(1000)]  # live: one event every 2 ms
+    for tick_s, most_sleeps, most_late_ms in ((0.0, 999, 0.0), (0.005, 2000 // 5 + 1, 5.0)):
+        clock = FakeClock()
+        p = Pacer(
+            0.0, live=True, monotonic=clock.now, wall=clock.now, sleep=clock.sleep, tick_s=tick_s
+        )
+        late = []
+        for t in times:
+            p.wait(t)
+            late.append(clock.t * 1000 - t)
+        assert len(clock.slept) == pytest.approx(most_sleeps, abs=2)  # one wake-up per tick
+        assert min(late) > -1.001  # never more than 1 ms early
+        assert max(late) <= most_late_ms + 1e-6  # and at most one tick late

@@ -13,6 +13,8 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fluxrec.config import Config, load_config
 from replay.errors import BadLog, BadLogRow, BadReplayConfig, LogNotFound
@@ -32,7 +34,7 @@ from replay.stream import Tally, replay_events
 from replay.synthetic import SyntheticSource
 from replay.table import parse_time_ms
 from replay.taobao import TaobaoSource
-from replay.types import Action, Event, Fault, Impression, Record, Stream, to_event
+from replay.types import Action, Event, Fault, Impression, Record, Stream, dumps, to_event
 from sample_join.reference import RawEvent, run_reference, validate
 from sample_join.settings import JoinConfig
 
@@ -110,6 +112,42 @@ def test_wire_form_is_the_v1_contract_in_contract_order() -> None:
         '"event_time_ms":1700000004000}'
     )
     assert_conforms([ev, act])
+
+
+_texts = st.text(max_size=6)  # any unicode: quotes, backslashes, controls, surrogates
+_numbers = st.one_of(st.floats(), st.integers(-(2**70), 2**70), st.booleans())
+_records = st.one_of(
+    st.builds(
+        Impression,
+        _texts,
+        _texts,
+        _texts,
+        st.integers(0, 2**62),
+        st.dictionaries(_texts, st.lists(_texts, max_size=3).map(tuple), max_size=3),
+        st.dictionaries(_texts, _numbers, max_size=3),
+        st.one_of(st.none(), _numbers),
+    ),
+    st.builds(Action, _texts, _texts, _texts, _texts, st.integers(0, 2**62)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_records, st.one_of(st.none(), st.integers(0, 2**62)))
+def test_wire_form_is_dumps_of_to_json_byte_for_byte(rec: Record, at: int | None) -> None:
+    """The payload written from a template equals the json module's, and NaN / inf are
+    refused the same way."""
+    obj = rec.to_json()
+    if at is not None:
+        obj["event_time_ms"] = at
+    try:
+        want = dumps(obj)
+    except ValueError:  # NaN or inf
+        with pytest.raises(ValueError, match="JSON compliant"):
+            to_event(rec, at)
+        return
+    ev = to_event(rec, at)
+    assert ev.payload == want
+    assert ev.event_time_ms == (rec.event_time_ms if at is None else at)
 
 
 def test_oracle_auc_known_values() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -204,6 +205,7 @@ class KafkaService(Service):
         jars = jar_dir(self.cfg.stack.jars_dir, "kafka")
         return [
             *_java_cmd(self.cfg.kafka.heap_mb, "kafka", self.state),
+            *shlex.split(self.cfg.kafka.jvm_args),
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             "-cp",
             f"{jars}/*",
