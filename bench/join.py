@@ -19,6 +19,11 @@ event is the same difference of the job JVM's CPU time (user + system, all its t
 three are measured ``--repeats`` times, interleaved, and the medians reported. Everything
 runs on a private stack (Kafka, Redis) started for the benchmark and stopped after it.
 
+``--variant KEY=VALUE`` (repeatable) adds a fourth job, measured interleaved with the others:
+the Kafka job with those config keys changed (e.g. ``--variant flink.state_changelog=false``),
+reported as ``variant_events_per_s`` and ``variant_cpu_us_per_event`` (its samples are checked
+too).
+
 ``--profile DIR`` also records JFR profiles of one small and one large Kafka run
 (``DIR/kafka-small.jfr``, ``DIR/kafka-large.jfr``) and prints where the CPU of an extra event
 goes, part by part (their difference; see ``bench/jvm_profile.py``).
@@ -42,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -287,6 +294,9 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=1_000_000, help="impressions of the large runs")
     ap.add_argument("--repeats", type=int, default=3, help="measurements (medians reported)")
     ap.add_argument("--profile", type=Path, default=None, help="JFR of a small and a large run")
+    ap.add_argument("--variant", action="append", metavar="KEY=VALUE", default=[],
+                    help="also measure the Kafka job with this config key changed, e.g. "
+                    "flink.state_changelog=false (repeatable: all at once)")  # fmt: skip
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fluxrec-bench-join-") as tmp:
         cfg = load_config(write_test_config(Path(tmp), s3_server=False))
@@ -306,6 +316,26 @@ def main() -> None:
     print(json.dumps(out))
 
 
+def _override(cfg: Any, dotted: str, value: Any) -> Any:
+    """``cfg`` (a frozen config dataclass) with the dotted key ``dotted`` set to ``value``."""
+    head, _, rest = dotted.partition(".")
+    if not hasattr(cfg, head):
+        raise SystemExit(f"--variant {dotted}: no config key {head!r} in {type(cfg).__name__}")
+    return replace(cfg, **{head: _override(getattr(cfg, head), rest, value) if rest else value})
+
+
+def _variant(cfg: Config, items: list[str]) -> Config | None:
+    """The config of ``--variant KEY=VALUE ...`` (YAML values), or None without any."""
+    if not items:
+        return None
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {item!r}: use KEY=VALUE with a dotted config key")
+        cfg = _override(cfg, key.strip(), yaml.safe_load(value))
+    return cfg
+
+
 def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     t0 = int(time.time() * 1000) - a.large * STEP_MS - 3_600_000
     create_table_env(cfg)  # starts the gateway JVM
@@ -316,6 +346,9 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
         "sql": lambda n: run_sql(cfg, n, t0, clock),
         "kafka": lambda n: run_kafka(cfg, inputs[n], n, clock),
     }
+    variant = _variant(cfg, a.variant)
+    if variant is not None:
+        jobs["variant"] = lambda n: run_kafka(variant, inputs[n], n, clock)
     for job in jobs.values():  # warm-up: class loading, code generation, JIT
         job(a.small)
     dn = n_events(a.large) - n_events(a.small)
@@ -328,7 +361,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             small, large = job(a.small), job(a.large)
             rates[name].append(dn / (large["s"] - small["s"]))
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
-            if name == "kafka":
+            if name in ("kafka", "variant"):
                 samples_ok &= _same_samples(want, large["samples"])
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
@@ -346,6 +379,13 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     med = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
     load = os.getloadavg()
+    extra = {}
+    if variant is not None:
+        extra = {
+            "variant": a.variant,
+            "variant_events_per_s": round(med["variant"]),
+            "variant_cpu_us_per_event": round(cpu["variant"], 2),
+        }
     return {
         "small": a.small,
         "large": a.large,
@@ -359,6 +399,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
         "vs_anchor": round(med["kafka"] / med["anchor"], 3),
         "cpu_us_per_event": round(cpu["kafka"], 2),
         "samples_ok": samples_ok,
+        **extra,
     }
 
 

@@ -52,6 +52,8 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
                 _S + "InternalTimerServiceImpl.deleteEventTimeTimer",
                 _T + "operators.process.WritableInternalTimeContext")),
     ("keyed state: TTL checks and cleanup", (_F + "runtime.state.ttl.",)),
+    ("changelog state backend (logging each state change)", (
+        _F + "state.changelog.", _F + "changelog.fs.")),
     ("keyed state (heap)", (_H, _F + "runtime.state.KeyGroupRangeAssignment",
                             _S + "AbstractStreamOperator.setKeyContext",
                             _F + "runtime.state.AbstractKeyedStateBackend")),

@@ -38,6 +38,12 @@ import java.util.Arrays;
  * and decide the samples (window strategy) and the actions that came before their impression
  * (orphans). Timers are unnamed: each firing re-derives what is due from the state.
  *
+ * <p>Every timer is registered in {@code eval}, where its deadline is known, not re-armed in
+ * {@code onTimer} (one timer per key at the next deadline): Flink 2.2 silently drops a timer at
+ * or behind the timer service's watermark, and {@code onTimer} cannot see how far the watermark
+ * that fires it goes (its {@code currentWatermark()} is the previous one), so a timer re-armed
+ * there during a watermark jump may never fire (tried: samples and orphans went missing).
+ *
  * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
  * before {@code eval} sees them, and this function must see them to dead-letter them.
  */
