@@ -63,6 +63,11 @@ SAMPLE_CONFIGS = (
 TUNING: dict[str, Any] = {
     # exactly-once samples become visible when a checkpoint completes: check often
     "flink.checkpoint_interval_ms": 200,
+    # one subtask per operator: on one machine the join shares its cores with the replay,
+    # Kafka, the trainer and the server, and a second subtask of each operator cost more
+    # than it gave (bench-pipeline at 5,000/s on 2 cores: join 0.80 -> 0.66 core, and the
+    # rate sustained; BENCHMARKS.md); --set flink.parallelism=N on a larger machine
+    "flink.parallelism": 1,
     # live replay sends each partition in event-time order: little disorder to wait for
     "join.watermark_out_of_orderness_ms": 150,
     # a sparse partition (clicks) must not hold the watermark back for long

@@ -44,7 +44,8 @@ def test_a_short_demo_runs_every_stage_and_leaves_nothing_running(
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "fluxrec.cli", "demo", "--config", str(stack_config_path),
-         "--duration", "12", "--rate", "100", "--window", "3", "--run-dir", str(run)],
+         "--duration", "12", "--rate", "100", "--window", "3", "--run-dir", str(run),
+         "--set", "flink.parallelism=2"],  # the demo's own is 1: the other test runs it
         cwd=REPO, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     out = proc.stdout + proc.stderr

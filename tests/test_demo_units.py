@@ -62,6 +62,7 @@ def test_a_run_has_its_own_names_and_absolute_paths(
     assert cfg.trainer.checkpoint_dir == (tmp_path / "run" / "trainer").resolve()
     assert [(lb.name, lb.window_ms) for lb in cfg.join.labels] == [("click", 7000)]
     assert cfg.join.strategy == "fake_negative" and cfg.join.bot_max_actions == 0
+    assert cfg.flink.parallelism == 1 and cfg.flink.checkpoint_interval_ms == 200  # TUNING
     assert cfg.trainer.metrics_port == 1234
     assert [f.name for f in cfg.features.sparse] == ["user_id", "item_id", "category", "position"]
     # the synthetic stream runs one label window (and 2 s) past the duration
@@ -75,8 +76,11 @@ def test_overrides_and_sources(tmp_path: Path) -> None:
     }
     with pytest.raises(DemoError, match="KEY=VALUE"):
         parse_set(["batch_size"])
-    path = _run_config(tmp_path, overrides={"flink.checkpoint_interval_ms": 777})
-    assert load_config(path).flink.checkpoint_interval_ms == 777
+    path = _run_config(
+        tmp_path, overrides={"flink.checkpoint_interval_ms": 777, "flink.parallelism": 2}
+    )
+    cfg = load_config(path)
+    assert cfg.flink.checkpoint_interval_ms == 777 and cfg.flink.parallelism == 2
     for name, sample in (
         ("obd", "obd.yaml"),
         ("taobao_userbehavior", "taobao.yaml"),
