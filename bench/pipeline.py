@@ -47,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,7 @@ PROCESSES = ("replay", "join", "trainer", "server", "kafka", "redis", "demo")
 
 def producer_ceiling(bootstrap: str, n: int = 100_000) -> float:
     """Impressions/s kafka-python sends with the replay's producer settings (module doc)."""
-    from kafka import KafkaProducer
-
+    from replay.produce import new_producer
     from replay.settings import ReplayConfig, SyntheticConfig
     from replay.synthetic import SyntheticSource
     from replay.types import Impression, to_event
@@ -82,14 +82,7 @@ def producer_ceiling(bootstrap: str, n: int = 100_000) -> float:
     ]
     topic = unique_name("bench-anchor")
     ensure_topics(bootstrap, [topic], 2)
-    kp = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        batch_size=rc.producer.batch_size,
-        compression_type="lz4",
-    )
+    kp = new_producer(bootstrap, replace(rc.producer, linger_ms=2, compression="lz4"))
     t0 = time.monotonic()
     for key, value in payloads:
         kp.send(topic, value=value, key=key)

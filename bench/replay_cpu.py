@@ -125,23 +125,14 @@ def anchor(
     bootstrap: str, rate: float, duration_s: float, kafka_pid: int, linger_ms: int
 ) -> dict[str, Any]:
     """kafka-python sending ready payloads at ``rate``/s (module doc)."""
-    from kafka import KafkaProducer
-
+    from replay.produce import new_producer
     from replay.settings import ProducerConfig
 
-    pc = ProducerConfig()
     n = int(rate * duration_s)
     payloads = _payloads(n)
     topic = unique_name("bench-replay-anchor")
     ensure_topics(bootstrap, [topic], 2)
-    kp = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=linger_ms,
-        batch_size=pc.batch_size,
-        compression_type=None if pc.compression == "none" else pc.compression,
-    )
+    kp = new_producer(bootstrap, ProducerConfig(linger_ms=linger_ms))
     kp.send(topic, value=b"{}", key=b"warm-up").get(timeout=30)
     sampler = CpuSampler({"kafka": kafka_pid})
     sampler.start()

@@ -22,7 +22,7 @@ from replay.errors import ProduceError
 from replay.settings import ProducerConfig
 from replay.types import Event, Stream, dumps
 
-__all__ = ["Pacer", "ensure_topics", "produce", "write_lines"]
+__all__ = ["Pacer", "ensure_topics", "new_producer", "produce", "write_lines"]
 
 
 class Pacer:
@@ -99,6 +99,21 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> Non
         raise _unreachable(bootstrap, e) from None
 
 
+def new_producer(bootstrap: str, producer: ProducerConfig) -> Any:
+    """A kafka-python ``KafkaProducer`` with ``producer``'s settings, ``acks=all`` and
+    idempotence (retries keep the per-key, event-time order)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=producer.linger_ms,
+        batch_size=producer.batch_size,
+        compression_type=None if producer.compression == "none" else producer.compression,
+    )
+
+
 def produce(
     events: Iterable[Event],
     bootstrap: str,
@@ -112,18 +127,10 @@ def produce(
 
     Raises :class:`ProduceError` when the broker cannot be reached or refuses a record.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
-        kp = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=True,  # retries keep the per-key (event-time) order
-            linger_ms=producer.linger_ms,
-            batch_size=producer.batch_size,
-            compression_type=None if producer.compression == "none" else producer.compression,
-        )
+        kp = new_producer(bootstrap, producer)
     except KafkaError as e:
         raise _unreachable(bootstrap, e) from None
     failed: list[BaseException] = []
