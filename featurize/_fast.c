@@ -24,14 +24,17 @@
  *
  * Ids: blake2b (RFC 7693) with an 8-byte digest of field + "\x1f" + value, its first 8
  * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
- * fields keep their decimal int64. A bounded cache maps (field, value) to its id.
+ * fields keep their decimal int64. A bounded cache maps (field, value) to its id; the
+ * values it misses and the sample ids are hashed eight at a time (b2_ids: one vector
+ * register holds a state word of all eight, AVX-512 or AVX2 chosen at load time).
  * A parser serves one call at a time (its lock); samples() parses with the GIL released.
  *
  * Where the time goes (perf, 763-byte Samples of 26 sparse and 13 dense fields): the
  * cache's probes (memory: they are prefetched a record at a time, and a large table is
  * asked for huge pages, or most probes also miss the TLB), the strings (scanned 16
  * bytes at a time with SSE2, else 8 with SWAR), the keys (a producer writes its fields
- * in one order: the name expected next is one masked 8-byte compare), blake2b.
+ * in one order: the name expected next is one masked 8-byte compare), blake2b (a
+ * fresh batch misses the cache for ~3 of its 26 values a record).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -158,6 +161,106 @@ static int64_t b2_id(const uint8_t *prefix, size_t plen, const uint8_t *data, si
     memset(block + fill, 0, 128 - fill);
     b2_compress(h, block, total, 1);
     return (int64_t)h[0];
+}
+
+/* The ids of LANES one-block messages (at most 128 bytes each) at once: the same
+   function as b2_id, written lane by lane over arrays so that the compiler keeps each
+   state word of all lanes in one vector register (AVX-512: 8 lanes in one, AVX2: two);
+   the sample ids of a batch are hashed this way (sid_xor). */
+enum { LANES = 8 };
+
+#if !defined(CLONES) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones) /* one build per level, chosen at load time */
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef CLONES
+#define CLONES
+#endif
+
+#define B2_G8(a, b, c, d, x, y)                  \
+    for (int l = 0; l < LANES; l++) {            \
+        a[l] = a[l] + b[l] + x[l];               \
+        d[l] = rotr64(d[l] ^ a[l], 32);          \
+        c[l] = c[l] + d[l];                      \
+        b[l] = rotr64(b[l] ^ c[l], 24);          \
+        a[l] = a[l] + b[l] + y[l];               \
+        d[l] = rotr64(d[l] ^ a[l], 16);          \
+        c[l] = c[l] + d[l];                      \
+        b[l] = rotr64(b[l] ^ c[l], 63);          \
+    }
+
+/* out[l] = the id of the first len[l] bytes of block[l] (zero after them), len <= 128 */
+CLONES static void b2_ids(const uint8_t block[LANES][128], const uint64_t len[LANES],
+                          int64_t out[LANES]) {
+    uint64_t m[16][LANES], v[16][LANES];
+    for (int i = 0; i < 16; i++)
+        for (int l = 0; l < LANES; l++) m[i][l] = load64(block[l] + 8 * i);
+    for (int i = 0; i < 8; i++)
+        for (int l = 0; l < LANES; l++) {
+            v[i][l] = B2_IV[i] ^ (i ? 0 : 0x01010000ULL ^ 8);
+            v[i + 8][l] = B2_IV[i];
+        }
+    for (int l = 0; l < LANES; l++) {
+        v[12][l] ^= len[l];
+        v[14][l] = ~v[14][l];
+    }
+#if defined(__clang__)
+#pragma unroll
+#elif defined(__GNUC__)
+#pragma GCC unroll 12
+#endif
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G8(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        B2_G8(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        B2_G8(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        B2_G8(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        B2_G8(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        B2_G8(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        B2_G8(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        B2_G8(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+    for (int l = 0; l < LANES; l++)
+        out[l] = (int64_t)(B2_IV[0] ^ 0x01010000ULL ^ 8 ^ v[0][l] ^ v[8][l]);
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+} Span;
+
+/* XOR of the ids of prefix + s[i] over i < k: LANES at a time where they fit a block */
+static uint64_t xor_ids(const uint8_t *prefix, size_t plen, const Span *s, size_t k) {
+    uint8_t block[LANES][128];
+    uint64_t len[LANES];
+    int64_t out[LANES];
+    uint64_t x = 0;
+    int l = 0;
+    for (size_t i = 0; i <= k; i++) {
+        if (i < k && plen + s[i].len > 128) {
+            x ^= (uint64_t)b2_id(prefix, plen, s[i].p, s[i].len);
+            continue;
+        }
+        if (i < k) {
+            len[l] = plen + s[i].len;
+            memcpy(block[l], prefix, plen);
+            memcpy(block[l] + plen, s[i].p, s[i].len);
+            memset(block[l] + len[l], 0, 128 - len[l]);
+            l++;
+        }
+        if (l == LANES || (i == k && l)) {
+            int used = l;
+            for (; l < LANES; l++) { /* idle lanes: hashed, not counted */
+                len[l] = 0;
+                memset(block[l], 0, 128);
+            }
+            b2_ids(block, len, out);
+            for (l = 0; l < used; l++) x ^= (uint64_t)out[l];
+            l = 0;
+        }
+    }
+    return x;
 }
 
 /* ------------------------------------------------------------------ growable buffers */
@@ -350,8 +453,9 @@ typedef struct {
     /* per call */
     Buf *ids, *offsets;
     Buf pend;          /* Pending values of the current record */
+    struct Misses *miss; /* values the cache missed, hashed together (flush) */
     Buf dense_out, label_out, time_out, fake_out, ok_out;
-    int64_t xor_ids;
+    Buf sids;          /* Span of each committed record's sample_id (xor_ids) */
     uint32_t *seen;    /* per record: sparse / dense fields already read (duplicates) */
     float *row;        /* the dense row of the current record */
     PyObject *unknown; /* request: counts of unknown feature names, or NULL */
@@ -365,33 +469,6 @@ static inline const uint8_t *entry_bytes(const Cache *c, const Entry *e) {
     return e->len <= 8 ? (const uint8_t *)&e->data : (const uint8_t *)c->arena.data + e->data;
 }
 
-/* The id of value [s, s + n) of field f with hash k: from the cache, or hashed and kept. */
-static int64_t cached_id(Parser *P, uint32_t f, const uint8_t *s, size_t n, uint64_t k,
-                         uint64_t w) {
-    Cache *c = &P->cache;
-    if (c->cap) {
-        size_t j = k & (c->cap - 1);
-        for (Entry *e; (e = &c->slots[j])->key; j = (j + 1) & (c->cap - 1))
-            if (e->key == k && e->field == f && e->len == n &&
-                (n <= 8 ? e->data == w : same(entry_bytes(c, e), s, n)))
-                return e->id;
-    }
-    int64_t id = b2_id(P->prefix[f], P->sparse[f].len + 1, s, n);
-    if (n > UINT32_MAX) return id;
-    if (c->count >= c->limit) cache_clear(c);
-    if ((c->count + 1) * 2 > c->cap && cache_grow(c)) return id; /* no memory: uncached */
-    uint64_t data = w; /* short values: their bytes */
-    if (n > 8) {
-        data = c->arena.len;
-        if (buf_put(&c->arena, s, n)) return id;
-    }
-    size_t j = k & (c->cap - 1);
-    while (c->slots[j].key) j = (j + 1) & (c->cap - 1);
-    c->slots[j] = (Entry){k, id, f, (uint32_t)n, data};
-    c->count++;
-    return id;
-}
-
 /* A value waiting for its id: the cache is probed per record, after every slot the
    record needs was prefetched (a large cache misses the CPU's caches on most probes;
    prefetching them together overlaps those misses) */
@@ -402,6 +479,101 @@ typedef struct {
     size_t at;  /* index of the id in ids[field] */
     uint64_t w; /* a short value's bytes (short_word) */
 } Pending;
+
+/* Values the cache missed (in committed records only), kept until LANES distinct ones
+   are there or the call ends (flush): then they are hashed together (b2_ids), their ids
+   written where they go, and they enter the cache. A value missed again before that is
+   queued as a copy of the first (dup). The cache does not change between two flushes. */
+enum { MISS_MAX = 64 };
+struct Misses {
+    Pending q[MISS_MAX];
+    int dup[MISS_MAX]; /* index of the first of the same value, or -1 */
+    int n, distinct;
+};
+
+static void cache_put(Cache *c, uint32_t f, const uint8_t *s, size_t n, uint64_t k, uint64_t w,
+                      int64_t id) {
+    if (c->count >= c->limit) cache_clear(c);
+    if ((c->count + 1) * 2 > c->cap && cache_grow(c)) return; /* no memory: uncached */
+    uint64_t data = w; /* short values: their bytes */
+    if (n > 8) {
+        data = c->arena.len;
+        if (buf_put(&c->arena, s, n)) return;
+    }
+    size_t j = k & (c->cap - 1);
+    while (c->slots[j].key) j = (j + 1) & (c->cap - 1);
+    c->slots[j] = (Entry){k, id, f, (uint32_t)n, data};
+    c->count++;
+}
+
+static void flush(Parser *P) {
+    struct Misses *M = P->miss;
+    uint8_t block[LANES][128];
+    uint64_t len[LANES];
+    int64_t out[LANES], id[MISS_MAX];
+    int lane[MISS_MAX], l = 0;
+    for (int i = 0; i < M->n; i++) {
+        const Pending *q = &M->q[i];
+        size_t plen = P->sparse[q->field].len + 1;
+        lane[i] = -1;
+        if (M->dup[i] >= 0) continue;
+        if (plen + q->len > 128) { /* more than one block: alone */
+            id[i] = b2_id(P->prefix[q->field], plen, q->s, q->len);
+            continue;
+        }
+        len[l] = plen + q->len;
+        memcpy(block[l], P->prefix[q->field], plen);
+        memcpy(block[l] + plen, q->s, q->len);
+        memset(block[l] + len[l], 0, 128 - len[l]);
+        lane[i] = l++;
+    }
+    if (l) {
+        for (int j = l; j < LANES; j++) { /* idle lanes */
+            len[j] = 0;
+            memset(block[j], 0, 128);
+        }
+        b2_ids(block, len, out);
+    }
+    for (int i = 0; i < M->n; i++) {
+        const Pending *q = &M->q[i];
+        if (lane[i] >= 0) id[i] = out[lane[i]];
+        if (M->dup[i] >= 0) id[i] = id[M->dup[i]];
+        memcpy(P->ids[q->field].data + 8 * q->at, &id[i], 8);
+        if (M->dup[i] < 0) cache_put(&P->cache, q->field, q->s, q->len, q->key, q->w, id[i]);
+    }
+    M->n = M->distinct = 0;
+}
+
+/* Queue value p, which the cache missed (flush). */
+static void missed(Parser *P, const Pending *p) {
+    struct Misses *M = P->miss;
+    int dup = -1;
+    for (int i = 0; i < M->n && dup < 0; i++) {
+        const Pending *q = &M->q[i];
+        if (M->dup[i] < 0 && q->key == p->key && q->field == p->field && q->len == p->len &&
+            (p->len <= 8 ? q->w == p->w : same(q->s, p->s, p->len)))
+            dup = i;
+    }
+    M->q[M->n] = *p;
+    M->dup[M->n++] = dup;
+    if (dup < 0) M->distinct++;
+    if (M->distinct == LANES || M->n == MISS_MAX) flush(P);
+}
+
+/* The id of pending value p from the cache, or 0 and p queued (missed) */
+static inline int cached_id(Parser *P, const Pending *p, int64_t *id) {
+    Cache *c = &P->cache;
+    if (c->cap) {
+        size_t j = p->key & (c->cap - 1);
+        for (Entry *e; (e = &c->slots[j])->key; j = (j + 1) & (c->cap - 1))
+            if (e->key == p->key && e->field == p->field && e->len == p->len &&
+                (p->len <= 8 ? e->data == p->w : same(entry_bytes(c, e), p->s, p->len))) {
+                *id = e->id;
+                return 1;
+            }
+    }
+    return 0;
+}
 
 HOT int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *end) {
     uint64_t w = n <= 8 ? short_word(s, n, end) : 0;
@@ -420,6 +592,7 @@ HOT int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *e
     return buf_put8(&P->ids[f], &placeholder) ? FAIL : OK;
 }
 
+/* The ids of the current record's pending values: from the cache, or queued (missed) */
 static void resolve(Parser *P) {
     Pending *p = (Pending *)P->pend.data;
     size_t k = P->pend.len / sizeof(Pending);
@@ -430,8 +603,11 @@ static void resolve(Parser *P) {
             if (e->key == p[i].key && e->len > 8) __builtin_prefetch(c->arena.data + e->data);
         }
     for (size_t i = 0; i < k; i++) {
-        int64_t id = cached_id(P, p[i].field, p[i].s, p[i].len, p[i].key, p[i].w);
-        memcpy(P->ids[p[i].field].data + 8 * p[i].at, &id, 8);
+        int64_t id;
+        if (cached_id(P, &p[i], &id))
+            memcpy(P->ids[p[i].field].data + 8 * p[i].at, &id, 8);
+        else
+            missed(P, &p[i]);
     }
     P->pend.len = 0;
 }
@@ -966,8 +1142,9 @@ static void reset_out(Parser *P) {
         buf_put(&P->offsets[f], &zero, 8); /* 256 bytes reserved: cannot fail after the first */
     }
     P->dense_out.len = P->label_out.len = P->time_out.len = P->fake_out.len = P->ok_out.len = 0;
-    P->xor_ids = 0;
+    P->sids.len = 0;
     P->pend.len = 0;
+    P->miss->n = P->miss->distinct = 0;
 }
 
 /* Commit the current record: offsets and the dense row. */
@@ -1082,8 +1259,8 @@ static int sample(Parser *P, const uint8_t *p, size_t len) {
     if (buf_put(&P->label_out, &y, 4) || buf_put(&P->time_out, &t, 8) ||
         buf_put(&P->fake_out, &fk, 1) || commit(P))
         return FAIL;
-    P->xor_ids ^= (uint64_t)b2_id(SID_PREFIX, sizeof SID_PREFIX - 1, sid, sid_n);
-    return OK;
+    Span id = {sid, sid_n};
+    return buf_put(&P->sids, &id, sizeof id) ? FAIL : OK;
 }
 
 /* Per sparse field: 1 where every record has exactly one value (offsets 0, 1, ..., m),
@@ -1126,11 +1303,6 @@ static void lock_parser(Parser *P) {
     }
 }
 
-typedef struct {
-    const uint8_t *p;
-    size_t len;
-} Span;
-
 /* The values are parsed with the GIL released (a daemon featurizes the next batch on a
    thread while this one trains); each is held by a reference taken before. */
 static PyObject *Parser_samples(Parser *P, PyObject *values) {
@@ -1157,6 +1329,7 @@ static PyObject *Parser_samples(Parser *P, PyObject *values) {
     Py_DECREF(seq);
     lock_parser(P);
     int failed = 0;
+    uint64_t x = 0; /* xor_ids of the committed records' sample ids */
     Py_BEGIN_ALLOW_THREADS
     reset_out(P);
     P->unknown = NULL;
@@ -1170,6 +1343,10 @@ static PyObject *Parser_samples(Parser *P, PyObject *values) {
         }
         if (buf_put(&P->ok_out, &ok, 1)) failed = 1;
     }
+    if (!failed) flush(P);
+    x = failed ? 0
+             : xor_ids(SID_PREFIX, sizeof SID_PREFIX - 1, (const Span *)P->sids.data,
+                       P->sids.len / sizeof(Span));
     Py_END_ALLOW_THREADS
     PyObject *out = failed ? PyErr_NoMemory()
                            : Py_BuildValue("(NNNNNNNKN)", buf_take(&P->ok_out),
@@ -1177,7 +1354,7 @@ static PyObject *Parser_samples(Parser *P, PyObject *values) {
                                            buf_list(P->offsets, P->n_sparse),
                                            buf_take(&P->dense_out), buf_take(&P->label_out),
                                            buf_take(&P->time_out), buf_take(&P->fake_out),
-                                           (unsigned long long)P->xor_ids, one_each(P));
+                                           (unsigned long long)x, one_each(P));
     PyThread_release_lock(P->lock);
     for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
     PyMem_Free(held);
@@ -1252,6 +1429,7 @@ static int request(Parser *P, const uint8_t *p, size_t len, Py_ssize_t max, int 
     }
     ws(&s);
     if (s.p != s.end || shapes != 1) return SLOW;
+    flush(P);
     return OK;
 }
 
@@ -1350,7 +1528,8 @@ static int Parser_init(Parser *P, PyObject *args, PyObject *kw) {
     P->offsets = calloc((size_t)k, sizeof(Buf));
     P->seen = calloc((size_t)(P->n_sparse + P->n_dense + 1), sizeof(uint32_t));
     P->row = calloc((size_t)(P->n_dense + 1), sizeof(float));
-    if (!P->raw || !P->prefix || !P->ids || !P->offsets || !P->seen || !P->row) {
+    P->miss = calloc(1, sizeof(struct Misses));
+    if (!P->raw || !P->prefix || !P->ids || !P->offsets || !P->seen || !P->row || !P->miss) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1393,6 +1572,8 @@ static void Parser_dealloc(Parser *P) {
     free(P->fake_out.data);
     free(P->ok_out.data);
     free(P->pend.data);
+    free(P->sids.data);
+    free(P->miss);
     slots_free(P->cache.slots, P->cache.mapped);
     free(P->cache.arena.data);
     Py_XDECREF(P->names);
