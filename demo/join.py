@@ -6,12 +6,12 @@ for latency, with a Prometheus endpoint and an end-of-stream drain.
 Compared with ``fluxrec join run`` it sets what matters for freshness and is not in the
 deployment config: watermarks are emitted every ``--watermark-interval-ms`` (Flink's
 default is 200 ms) and network buffers are flushed every ``--buffer-timeout-ms`` (default
-100 ms); its JVM compiles with C1 only (:data:`C1_ONLY`, ``--jvm-args``). The Flink metrics
-are served by Flink's Prometheus reporter on ``--prometheus-port``. SIGTERM *drains* the
-job: stop-with-savepoint advancing to the end of event time, so every window still open is
-closed, its samples are emitted and committed (the end of the replay is the end of the
-stream); SIGINT cancels it. Prints one line per state change (``running JOB``, ``drained``,
-``cancelled``, ``finished``).
+100 ms); its JVM compiles with C1 only (:data:`C1_ONLY`, added to ``flink.jvm_args``;
+``--jvm-args``). The Flink metrics are served by Flink's Prometheus reporter on
+``--prometheus-port``. SIGTERM *drains* the job: stop-with-savepoint advancing to the end
+of event time, so every window still open is closed, its samples are emitted and committed
+(the end of the replay is the end of the stream); SIGINT cancels it. Prints one line per
+state change (``running JOB``, ``drained``, ``cancelled``, ``finished``).
 """
 
 from __future__ import annotations
@@ -57,21 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--savepoint-dir", type=Path, default=None)
     p.add_argument("--log-dir", type=Path, default=None, help="the Flink JVM's log folder")
     p.add_argument(
-        "--jvm-args", default=os.environ.get("JVM_ARGS", C1_ONLY),
-        help=f"options of the Flink JVM (default: $JVM_ARGS, else {C1_ONLY!r})",
+        "--jvm-args", default=os.environ.get("JVM_ARGS"),
+        help=f"options of the Flink JVM (default: $JVM_ARGS, else {C1_ONLY!r} and the "
+        "config's flink.jvm_args)",
     )  # fmt: skip
     ns = p.parse_args(argv)
+    from fluxrec.config import load_config
+
+    cfg = load_config(ns.config)
     # PyFlink starts the gateway JVM (and the MiniCluster in it) with $JVM_ARGS
-    os.environ["JVM_ARGS"] = ns.jvm_args
+    jvm_args = ns.jvm_args if ns.jvm_args is not None else f"{C1_ONLY} {cfg.flink.jvm_args}"
+    os.environ["JVM_ARGS"] = jvm_args.strip()
     if ns.log_dir is not None:  # else PyFlink's JVMs all write one file inside the venv
         ns.log_dir.mkdir(parents=True, exist_ok=True)
         os.environ["FLINK_LOG_DIR"] = str(ns.log_dir)
 
-    from fluxrec.config import load_config
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import JoinTopics, join_job
 
-    cfg = load_config(ns.config)
     if ns.prometheus_port:
         _reporter_on_classpath()
     t_env = create_table_env(cfg)

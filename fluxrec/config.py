@@ -175,6 +175,12 @@ class FlinkConfig:
     # backend), and a full copy of it every materialize_interval_ms; false: all of it each time
     state_changelog: bool = True
     materialize_interval_ms: int = 30000
+    #: flags of the JVM that runs the jobs: PyFlink's JVM (its local MiniCluster: `join
+    #: run`, the demo, the benchmarks), unless $JVM_ARGS is set, and the task managers of
+    #: the session cluster `stack up` may start. G1, named so that a small container does
+    #: not fall back to the serial collector; -XX:+UseParallelGC costs ~27% less CPU per
+    #: event but pauses the job for seconds as its state grows (BENCHMARKS.md)
+    jvm_args: str = "-XX:+UseG1GC"
     cluster: FlinkClusterConfig = field(default_factory=FlinkClusterConfig)
 
 

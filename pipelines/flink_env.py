@@ -9,6 +9,7 @@ JVM gateway.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,9 @@ def create_table_env(
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("the Flink jobs need pyflink: pip install 'fluxrec[flink]'") from e
 
+    # PyFlink starts its JVM (and a local MiniCluster in it) at its first Java object in a
+    # process, with the flags in $JVM_ARGS
+    os.environ.setdefault("JVM_ARGS", cfg.flink.jvm_args)
     interval = (
         cfg.flink.checkpoint_interval_ms
         if checkpoint_interval_ms is None

@@ -191,6 +191,26 @@ def test_kafka_jvm_args_reach_the_broker_command(tmp_path: Path) -> None:
     assert "-XX:+UseSerialGC" in cmd and "-Dfluxrec.note=a b" in cmd
 
 
+def test_flink_jvm_args_reach_the_task_managers_and_the_local_jvm(tmp_path: Path) -> None:
+    """flink.jvm_args: the session cluster's task managers (their config.yaml) and, unless
+    $JVM_ARGS is set, PyFlink's JVM (create_table_env sets it before the JVM starts; the
+    live check of the running JVM is in test_flink_smoke)."""
+    from fluxrec.stack.flink import FlinkTaskManager
+
+    stack = {"state_dir": str(tmp_path / "state"), "jars_dir": "jars"}
+
+    def task_manager_opts(**flink: str) -> object:
+        _write(tmp_path, _base() | {"stack": stack, "flink": flink})
+        tm = FlinkTaskManager(load_config(tmp_path / "deploy.yaml"))
+        tm.prepare()
+        conf = yaml.safe_load((tm.conf_dir / "config.yaml").read_text())
+        return conf["env.java.opts.taskmanager"]
+
+    assert load_config(_write(tmp_path, _base())).flink.jvm_args == "-XX:+UseG1GC"
+    assert task_manager_opts() == "-XX:+UseG1GC"
+    assert task_manager_opts(jvm_args="-XX:+UseSerialGC -Xss2m") == "-XX:+UseSerialGC -Xss2m"
+
+
 def test_extends_cycle_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

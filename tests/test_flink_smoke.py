@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import pytest
@@ -41,6 +42,14 @@ def test_smoke_job_delivers_exactly_the_expected_records(
 
     t_env = create_table_env(stack_config, checkpoint_interval_ms=0)
     smoke_job(t_env, stack_config, src, dst).wait()
+    # PyFlink's JVM (the MiniCluster's) runs with $JVM_ARGS, which create_table_env sets
+    # to flink.jvm_args unless it was set: G1 by default
+    from pyflink.java_gateway import get_gateway
+
+    mx = get_gateway().jvm.java.lang.management.ManagementFactory
+    assert set(os.environ["JVM_ARGS"].split()) <= set(mx.getRuntimeMXBean().getInputArguments())
+    if "-XX:+UseG1GC" in os.environ["JVM_ARGS"]:
+        assert "G1 Young Generation" in {gc.getName() for gc in mx.getGarbageCollectorMXBeans()}
 
     got = [json.loads(v) for v in consume_all(stack_config.kafka.bootstrap, dst, len(expected))]
     key = lambda r: r["id"]  # noqa: E731

@@ -58,6 +58,7 @@ class _FlinkService(Service):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         lines = {
             "env.java.opts.all": _java_opts(),
+            "env.java.opts.taskmanager": self.cfg.flink.jvm_args,
             "jobmanager.rpc.address": LOOPBACK,
             "jobmanager.rpc.port": c.rpc_port,
             "jobmanager.bind-host": LOOPBACK,
