@@ -102,6 +102,28 @@ static inline uint64_t load64(const uint8_t *p) { /* little-endian on any host *
         b = rotr64(b ^ c, 63);          \
     } while (0)
 
+/* blake2b's 12 rounds over state v[16] and message m[16] with G (B2_G: words; B2_G8:
+   arrays of LANES words), unrolled: the message schedule becomes constant offsets */
+#if defined(__clang__)
+#define B2_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define B2_UNROLL _Pragma("GCC unroll 12")
+#else
+#define B2_UNROLL
+#endif
+#define B2_ROUNDS(G, v, m)                                       \
+    B2_UNROLL for (int r = 0; r < 12; r++) {                     \
+        const uint8_t *s = B2_SIGMA[r];                          \
+        G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);            \
+        G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);            \
+        G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);           \
+        G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);           \
+        G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);           \
+        G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);         \
+        G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);          \
+        G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);          \
+    }
+
 static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
     uint64_t m[16], v[16];
     for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
@@ -111,23 +133,7 @@ static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int
     }
     v[12] ^= t; /* messages here are far below 2^64 bytes: the high counter stays 0 */
     if (last) v[14] = ~v[14];
-    /* unrolled: the message schedule becomes constant offsets */
-#if defined(__clang__)
-#pragma unroll
-#elif defined(__GNUC__)
-#pragma GCC unroll 12
-#endif
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = B2_SIGMA[r];
-        B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
-        B2_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
-        B2_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
-        B2_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
-        B2_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
-        B2_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
-        B2_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
-        B2_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
-    }
+    B2_ROUNDS(B2_G, v, m);
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
@@ -205,22 +211,7 @@ CLONES static void b2_ids(const uint8_t block[LANES][128], const uint64_t len[LA
         v[12][l] ^= len[l];
         v[14][l] = ~v[14][l];
     }
-#if defined(__clang__)
-#pragma unroll
-#elif defined(__GNUC__)
-#pragma GCC unroll 12
-#endif
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = B2_SIGMA[r];
-        B2_G8(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
-        B2_G8(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
-        B2_G8(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
-        B2_G8(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
-        B2_G8(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
-        B2_G8(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
-        B2_G8(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
-        B2_G8(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
-    }
+    B2_ROUNDS(B2_G8, v, m);
     for (int l = 0; l < LANES; l++)
         out[l] = (int64_t)(B2_IV[0] ^ 0x01010000ULL ^ 8 ^ v[0][l] ^ v[8][l]);
 }
