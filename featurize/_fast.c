@@ -175,7 +175,7 @@ static int64_t b2_id(const uint8_t *prefix, size_t plen, const uint8_t *data, si
    the sample ids of a batch are hashed this way (sid_xor). */
 enum { LANES = 8 };
 
-#if !defined(CLONES) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if !defined(CLONES) && defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
 #if __has_attribute(target_clones) /* one build per level, chosen at load time */
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
