@@ -24,7 +24,8 @@
  *
  * Ids: blake2b (RFC 7693) with an 8-byte digest of field + "\x1f" + value, its first 8
  * bytes read as a little-endian int64 (featurize.hashing, "blake2b64-field-v1"); raw
- * fields keep their decimal int64. A bounded cache maps (field, value) to its id; the
+ * fields keep their decimal int64. A bounded cache maps (field, value) to its id (a
+ * value of 1-8 bytes in its field's table, any other in a shared one: Cache); the
  * values it misses and the sample ids are hashed eight at a time (b2_ids: one vector
  * register holds a state word of all eight, AVX-512 or AVX2 chosen at load time).
  * A parser serves one call at a time (its lock); samples() parses with the GIL released.
@@ -292,6 +293,12 @@ static PyObject *buf_take(Buf *b) { /* a bytearray copy of the buffer */
 
 /* ------------------------------------------------------------------ value cache */
 
+/* The cache: a value of 1-8 bytes (most ids and categories) in its field's table of
+   16-byte slots, four to a cache line, the value's bytes as the key (a fast-path string
+   has no byte below 0x20, so no short value is 0, the empty slot, and its bytes give its
+   length); any other value in one table of 32-byte slots, with its field, length and
+   bytes (in the arena when longer than 8). Their probes miss the CPU's caches when the
+   tables are large: the smaller slots halve the memory that a batch's probes touch. */
 typedef struct { /* 32 bytes: two to a cache line */
     uint64_t key;   /* hash of (field, value); 0 = empty slot */
     int64_t id;
@@ -299,19 +306,34 @@ typedef struct { /* 32 bytes: two to a cache line */
     uint64_t data;  /* the value's bytes when len <= 8, else its offset in the arena */
 } Entry;
 
+typedef struct { /* 16 bytes */
+    uint64_t w; /* the value's bytes (short_word); 0 = empty slot */
+    int64_t id;
+} Short;
+
+typedef struct {
+    Short *slots;
+    size_t cap, count, mapped;
+} ShortTable;
+
 typedef struct {
     Entry *slots;
-    size_t cap, count, limit;
+    size_t cap, count, limit; /* count: values in all tables, cleared together at limit */
     Buf arena;
     size_t mapped; /* bytes of the mapping that holds slots (0: calloc) */
+    ShortTable *fields; /* per sparse field */
+    Py_ssize_t n_fields;
+    size_t long_count;
 } Cache;
 
-/* Zeroed slots. A large table is a mapping of its own, asked to sit on huge pages: its
-   probes land anywhere in it, and with 4 KiB pages most would also miss the TLB. */
+static inline int is_short(size_t n) { return n - 1 < 8; } /* 1 to 8 bytes */
+
+/* Zeroed memory for a table. A large one is a mapping of its own, asked to sit on huge
+   pages: its probes land anywhere in it, and with 4 KiB pages most would also miss the TLB. */
 enum { HUGE = 2 << 20 };
 
-static Entry *slots_alloc(size_t cap, size_t *mapped) {
-    size_t size = cap * sizeof(Entry);
+static void *slots_alloc(size_t cap, size_t each, size_t *mapped) {
+    size_t size = cap * each;
     *mapped = 0;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (size >= HUGE) {
@@ -323,10 +345,10 @@ static Entry *slots_alloc(size_t cap, size_t *mapped) {
         }
     }
 #endif
-    return calloc(cap, sizeof(Entry));
+    return calloc(cap, each);
 }
 
-static void slots_free(Entry *slots, size_t mapped) {
+static void slots_free(void *slots, size_t mapped) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (mapped) {
         munmap(slots, mapped);
@@ -396,29 +418,58 @@ static uint64_t mix_hash(uint32_t field, const uint8_t *s, size_t n) {
     return h ? h : 1;
 }
 
+/* The cache's hash of a value of 1-8 bytes in word w, within its field's table (a
+   bijection: 0 only for 0, the empty slot). */
+static inline uint64_t mix_word(uint64_t w) {
+    w = (w ^ (w >> 31)) * 0x7FB5D329728EA185ULL;
+    w = (w ^ (w >> 27)) * 0x81DADEF4BC2DD44DULL;
+    return w ^ (w >> 33);
+}
+
 static void cache_clear(Cache *c) {
     if (c->slots) memset(c->slots, 0, c->cap * sizeof(Entry));
-    c->count = 0;
+    for (Py_ssize_t f = 0; f < c->n_fields; f++) {
+        ShortTable *t = &c->fields[f];
+        if (t->slots) memset(t->slots, 0, t->cap * sizeof(Short));
+        t->count = 0;
+    }
+    c->count = c->long_count = 0;
     c->arena.len = 0;
 }
 
-static int cache_grow(Cache *c) {
-    size_t cap = c->cap ? c->cap * 2 : 4096;
-    size_t mapped;
-    Entry *s = slots_alloc(cap, &mapped);
-    if (!s) return -1;
-    for (size_t i = 0; i < c->cap; i++) {
-        Entry *e = &c->slots[i];
-        if (!e->key) continue;
-        size_t j = e->key & (cap - 1);
-        while (s[j].key) j = (j + 1) & (cap - 1);
-        s[j] = *e;
+/* A slot's hash for its place in a table, 0 for an empty slot. */
+static uint64_t short_hash(const void *slot) { return mix_word(((const Short *)slot)->w); }
+static uint64_t entry_hash(const void *slot) { return ((const Entry *)slot)->key; }
+
+/* A table `old` of *cap slots of `each` bytes doubled (`first` slots when empty), every
+   slot re-placed at its hash; old freed. NULL (old kept) when there is no memory. */
+static void *table_grow(void *old, size_t *cap, size_t *mapped, size_t each, size_t first,
+                        uint64_t (*hash)(const void *)) {
+    size_t n = *cap ? *cap * 2 : first, m;
+    uint8_t *s = slots_alloc(n, each, &m);
+    if (!s) return NULL;
+    for (size_t i = 0; i < *cap; i++) {
+        const uint8_t *e = (const uint8_t *)old + i * each;
+        uint64_t h = hash(e);
+        if (!h) continue;
+        size_t j = h & (n - 1);
+        while (hash(s + j * each)) j = (j + 1) & (n - 1);
+        memcpy(s + j * each, e, each);
     }
-    slots_free(c->slots, c->mapped);
-    c->slots = s;
-    c->mapped = mapped;
-    c->cap = cap;
-    return 0;
+    slots_free(old, *mapped);
+    *mapped = m;
+    *cap = n;
+    return s;
+}
+
+static int short_grow(ShortTable *t) {
+    Short *s = table_grow(t->slots, &t->cap, &t->mapped, sizeof(Short), 1024, short_hash);
+    return s ? (t->slots = s, 0) : -1;
+}
+
+static int cache_grow(Cache *c) {
+    Entry *s = table_grow(c->slots, &c->cap, &c->mapped, sizeof(Entry), 4096, entry_hash);
+    return s ? (c->slots = s, 0) : -1;
 }
 
 /* ------------------------------------------------------------------ the parser object */
@@ -485,7 +536,17 @@ struct Misses {
 static void cache_put(Cache *c, uint32_t f, const uint8_t *s, size_t n, uint64_t k, uint64_t w,
                       int64_t id) {
     if (c->count >= c->limit) cache_clear(c);
-    if ((c->count + 1) * 2 > c->cap && cache_grow(c)) return; /* no memory: uncached */
+    if (is_short(n)) {
+        ShortTable *t = &c->fields[f];
+        if ((t->count + 1) * 2 > t->cap && short_grow(t)) return; /* no memory: uncached */
+        size_t j = k & (t->cap - 1);
+        while (t->slots[j].w) j = (j + 1) & (t->cap - 1);
+        t->slots[j] = (Short){w, id};
+        t->count++;
+        c->count++;
+        return;
+    }
+    if ((c->long_count + 1) * 2 > c->cap && cache_grow(c)) return; /* no memory: uncached */
     uint64_t data = w; /* short values: their bytes */
     if (n > 8) {
         data = c->arena.len;
@@ -494,6 +555,7 @@ static void cache_put(Cache *c, uint32_t f, const uint8_t *s, size_t n, uint64_t
     size_t j = k & (c->cap - 1);
     while (c->slots[j].key) j = (j + 1) & (c->cap - 1);
     c->slots[j] = (Entry){k, id, f, (uint32_t)n, data};
+    c->long_count++;
     c->count++;
 }
 
@@ -554,6 +616,16 @@ static void missed(Parser *P, const Pending *p) {
 /* The id of pending value p from the cache, or 0 and p queued (missed) */
 static inline int cached_id(Parser *P, const Pending *p, int64_t *id) {
     Cache *c = &P->cache;
+    if (is_short(p->len)) {
+        const ShortTable *t = &c->fields[p->field];
+        if (!t->cap) return 0;
+        for (size_t j = p->key & (t->cap - 1); t->slots[j].w; j = (j + 1) & (t->cap - 1))
+            if (t->slots[j].w == p->w) {
+                *id = t->slots[j].id;
+                return 1;
+            }
+        return 0;
+    }
     if (c->cap) {
         size_t j = p->key & (c->cap - 1);
         for (Entry *e; (e = &c->slots[j])->key; j = (j + 1) & (c->cap - 1))
@@ -568,9 +640,16 @@ static inline int cached_id(Parser *P, const Pending *p, int64_t *id) {
 
 HOT int pend(Parser *P, uint32_t f, const uint8_t *s, size_t n, const uint8_t *end) {
     uint64_t w = n <= 8 ? short_word(s, n, end) : 0;
-    uint64_t k = n <= 8 ? mix_short(f, w, n) : mix_hash(f, s, n);
     Cache *c = &P->cache;
-    if (c->cap) __builtin_prefetch(&c->slots[k & (c->cap - 1)]);
+    uint64_t k;
+    if (is_short(n)) { /* no byte of s is 0 (plain_string): w is not the empty slot */
+        const ShortTable *t = &c->fields[f];
+        k = mix_word(w);
+        if (t->cap) __builtin_prefetch(&t->slots[k & (t->cap - 1)]);
+    } else {
+        k = n ? mix_hash(f, s, n) : mix_short(f, 0, 0);
+        if (c->cap) __builtin_prefetch(&c->slots[k & (c->cap - 1)]);
+    }
     int64_t placeholder = 0;
     if (n > UINT32_MAX) return SLOW;
     if (P->pend.len + sizeof(Pending) > P->pend.cap && buf_reserve(&P->pend, sizeof(Pending)))
@@ -590,6 +669,7 @@ static void resolve(Parser *P) {
     Cache *c = &P->cache;
     if (c->cap) /* values in the arena: fetch them too before comparing */
         for (size_t i = 0; i < k; i++) {
+            if (p[i].len <= 8) continue;
             const Entry *e = &c->slots[p[i].key & (c->cap - 1)];
             if (e->key == p[i].key && e->len > 8) __builtin_prefetch(c->arena.data + e->data);
         }
@@ -1520,7 +1600,9 @@ static int Parser_init(Parser *P, PyObject *args, PyObject *kw) {
     P->seen = calloc((size_t)(P->n_sparse + P->n_dense + 1), sizeof(uint32_t));
     P->row = calloc((size_t)(P->n_dense + 1), sizeof(float));
     P->miss = calloc(1, sizeof(struct Misses));
-    if (!P->raw || !P->prefix || !P->ids || !P->offsets || !P->seen || !P->row || !P->miss) {
+    P->cache.fields = calloc((size_t)k, sizeof(ShortTable));
+    P->cache.n_fields = P->n_sparse;
+    if (!P->cache.fields || !P->raw || !P->prefix || !P->ids || !P->offsets || !P->seen || !P->row || !P->miss) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1566,6 +1648,9 @@ static void Parser_dealloc(Parser *P) {
     free(P->sids.data);
     free(P->miss);
     slots_free(P->cache.slots, P->cache.mapped);
+    for (Py_ssize_t f = 0; P->cache.fields && f < P->cache.n_fields; f++)
+        slots_free(P->cache.fields[f].slots, P->cache.fields[f].mapped);
+    free(P->cache.fields);
     free(P->cache.arena.data);
     Py_XDECREF(P->names);
     if (P->lock) PyThread_free_lock(P->lock);

@@ -183,6 +183,32 @@ def test_names_that_share_a_prefix_any_order_and_a_large_cache() -> None:
     assert fz.slow_values == 0
 
 
+@pytest.mark.parametrize("cache_size", [5, 1_000_000])
+def test_values_of_every_length_in_every_field(cache_size: int) -> None:
+    """The C path caches a value of 1-8 bytes in its field's table, keyed by its bytes,
+    and any other (empty, longer) in one table for all: the same value in two fields,
+    values that differ in length only or across the 8-byte line, cleared (a small
+    cache) or not, all give the reference's ids, the first time and from the cache."""
+    words = ["a" * n for n in range(12)] + ["é" * n for n in range(1, 6)] + ["a\tb", "7" * 8]
+    docs: list[Any] = []
+    for i in range(60):
+        user = [words[(i + k) % len(words)] for k in range(i % 3 + 1)]
+        tags = [words[(i * 7 + k) % len(words)] for k in range(i % 4)]
+        docs.append({"v": 1, "sample_id": f"s-{i}", "event_time_ms": i,
+                     "features": {"sparse": {"user_id": user, "tags": tags},
+                                  "dense": {"price": i, "age": 1}},
+                     "labels": {"click": i % 2}, "strategy": "window"})  # fmt: skip
+    values = [json.dumps(d, ensure_ascii=False).encode() for d in docs]
+    fz = Featurizer(SPEC, cache_size=cache_size)
+    assert fz.native
+    for _ in range(2):  # the second time from the cache (unless it was cleared)
+        _check(SPEC, values, docs, fz.samples(values))
+    escaped = [
+        d for d in docs if any("\t" in w for v in d["features"]["sparse"].values() for w in v)
+    ]
+    assert escaped and fz.slow_values == 2 * len(escaped)  # only they left the C path
+
+
 def test_sample_ids_of_every_length_in_batches_of_any_size() -> None:
     """The C path hashes the sample ids of a batch eight at a time where prefix and id fit
     one blake2b block (<= 118 bytes of id), one by one otherwise; idle lanes of the last
