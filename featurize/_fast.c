@@ -1146,7 +1146,11 @@ HOT int sparse_list(Parser *P, Scan *s, Py_ssize_t f) {
 }
 
 /* A features object {"sparse": {...}, "dense": {...}}: ids appended, row filled. */
-static int features(Parser *P, Scan *s) {
+static int features(Parser *P, Scan *scan) {
+    /* the scan in registers: its address is taken only by a copy (u) for the cold calls,
+       so the stores into the output buffers (bytes, which may alias anything) do not
+       make the compiler reload and store it around each one */
+    Scan t = *scan, u, *s = &t;
     int more, r, have_sparse = 0, have_dense = 0;
     memset(P->seen, 0, (size_t)(P->n_sparse + P->n_dense) * sizeof(uint32_t));
     for (Py_ssize_t j = 0; j < P->n_dense; j++) P->row[j] = 0.0f;
@@ -1171,7 +1175,9 @@ static int features(Parser *P, Scan *s) {
                         f = find_name(P->sparse, P->n_sparse, b, m, &P->hint_sparse);
                     }
                     if (f < 0) {
-                        if ((r = unknown_value(P, s, "sparse", b, m))) return r;
+                        u = t;
+                        if ((r = unknown_value(P, &u, "sparse", b, m))) return r;
+                        t = u;
                     } else {
                         if (P->seen[f]++) return SLOW;
                         if ((r = sparse_list(P, s, f))) return r;
@@ -1183,7 +1189,9 @@ static int features(Parser *P, Scan *s) {
                         j = find_name(P->dense, P->n_dense, b, m, &P->hint_dense);
                     }
                     if (j < 0) {
-                        if ((r = unknown_value(P, s, "dense", b, m))) return r;
+                        u = t;
+                        if ((r = unknown_value(P, &u, "dense", b, m))) return r;
+                        t = u;
                     } else {
                         double d;
                         if (P->seen[P->n_sparse + j]++) return SLOW;
@@ -1195,11 +1203,14 @@ static int features(Parser *P, Scan *s) {
                 }
                 if (next_member(s, &inner)) return SLOW;
             }
-        } else if (skip_value(s)) {
-            return SLOW;
+        } else {
+            u = t;
+            if (skip_value(&u)) return SLOW;
+            t = u;
         }
         if (next_member(s, &more)) return SLOW;
     }
+    *scan = t;
     return OK;
 }
 
