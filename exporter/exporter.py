@@ -6,7 +6,7 @@ For each accepted cut, in this order (a reader never sees an incomplete version)
     2. versions/SEQ/manifest.json                            sizes, sha256s, offsets, ...
     3. LATEST.json                                           the pointer readers poll
     4. PUBLISH redis.channel {"sequence": SEQ, "base_snapshot": BASE, "kind": ...}
-    5. prune versions older than the oldest retained snapshot
+    5. after a snapshot: prune versions older than the oldest retained snapshot
 
 The safety gate (``GateRefused``, counted in ``stats``) compares scales, never sums, so a
 delta's few rows and a snapshot's many are measured alike. The scale of a table in a cut
@@ -369,7 +369,7 @@ class Exporter:
         self, seq: int, base: int, cut: Cut, body: dict[str, Any], rollback_of: int | None
     ) -> dict[str, Any]:
         """Write the manifest of admitted version ``seq`` (``body``: its objects or parts,
-        all written), then LATEST.json, notify, prune; the gate's references of
+        all written), then LATEST.json, notify, prune (after a snapshot); the gate's references of
         :meth:`_admit` take effect."""
         if self._admitted is None or self._admitted[0] != seq:
             self._failed()
@@ -398,7 +398,8 @@ class Exporter:
             self.stats.failed += 1  # readers see it once the next version's LATEST lands
             raise
         self._notify(doc)
-        self.prune()
+        if cut.full:  # only a new snapshot makes older versions prunable
+            self.prune()
         return doc
 
     def _manifest(

@@ -260,10 +260,17 @@ class FileStore(ObjectStore):
         return _joined(parts)
 
     def list(self, prefix: str = "") -> list[str]:
-        if not self.root.is_dir():
+        # walked from the deepest directory the prefix names: pruning lists one version's
+        # folder at a time, and a walk of the whole store each time grew with its square
+        head = prefix.rpartition("/")[0]
+        try:
+            top = self._path(head) if head else self.root
+        except BadKey:
+            return []  # no valid key starts with it
+        if not top.is_dir():
             return []
         out = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(top):
             for name in files:
                 if name.startswith(_TMP_PREFIX):
                     continue

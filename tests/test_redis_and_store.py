@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from exporter.errors import BadKey, ObjectNotFound, StoreError
-from exporter.store import ObjectStore, OssStore, open_store
+from exporter.store import FileStore, ObjectStore, OssStore, open_store
 from fluxrec.config import Config
 from fluxrec.testing import unique_name, wait_until
 
@@ -60,6 +62,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
     yield s
     for key in s.list():
         s.delete(key)
+
+
+def test_file_store_lists_below_the_prefix_folder_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing one version's folder walks that folder, not the whole store (pruning lists
+    every old version in turn: walking the store each time made it quadratic)."""
+    store = FileStore(tmp_path)
+    for seq in range(3):
+        for name in ("manifest.json", "dense.fxd"):
+            store.put(f"versions/{seq:03d}/{name}", b"x")
+    store.put("LATEST.json", b"{}")
+    walked: list[str] = []
+    real_walk = os.walk
+
+    def walk(top: Any, *args: Any, **kw: Any) -> Any:
+        walked.append(os.path.relpath(top, tmp_path))
+        return real_walk(top, *args, **kw)
+
+    monkeypatch.setattr(os, "walk", walk)
+    assert store.list("versions/001/") == ["versions/001/dense.fxd", "versions/001/manifest.json"]
+    assert store.list("versions/00") == [
+        f"versions/{s:03d}/{n}" for s in range(3) for n in ("dense.fxd", "manifest.json")
+    ]
+    assert store.list("LATEST") == ["LATEST.json"]
+    assert store.list("versions/9/") == [] and store.list("../") == []
+    assert walked == ["versions/001", "versions", "."]
 
 
 def test_store_put_get_list_delete(store: ObjectStore) -> None:
