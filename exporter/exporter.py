@@ -77,7 +77,6 @@ from exporter.manifest import (
     parse_manifest,
     sign_manifest,
     table_key,
-    version_prefix,
 )
 from exporter.settings import ExporterConfig
 from exporter.store import ObjectStore
@@ -104,12 +103,17 @@ def hmac_key_from_env(cfg: ExporterConfig) -> bytes | None:
 
 def list_versions(store: ObjectStore) -> list[int]:
     """Sequences that have a manifest, ascending."""
-    out = []
+    return sorted(seq for seq, keys in _version_keys(store).items() if manifest_key(seq) in keys)
+
+
+def _version_keys(store: ObjectStore) -> dict[int, list[str]]:
+    """The keys under ``versions/`` by sequence, from one listing."""
+    out: dict[int, list[str]] = {}
     for key in store.list("versions/"):
         parts = key.split("/")
-        if len(parts) == 3 and parts[2] == "manifest.json" and parts[1].isdigit():
-            out.append(int(parts[1]))
-    return sorted(out)
+        if len(parts) >= 3 and parts[1].isdigit():
+            out.setdefault(int(parts[1]), []).append(key)
+    return out
 
 
 def _square_sum(arr: npt.NDArray[np.float32]) -> dict[str, Any]:
@@ -467,7 +471,8 @@ class Exporter:
     def prune(self) -> int:
         """Delete versions older than the oldest of the last ``retain_snapshots`` snapshots
         (never the chain of our own base snapshot)."""
-        versions = list_versions(self.store)
+        keys = _version_keys(self.store)  # one listing: a remote store pays per request
+        versions = sorted(seq for seq, ks in keys.items() if manifest_key(seq) in ks)
         keep = max(self.cfg.retain_snapshots, 1)
         snaps = []
         for seq in reversed(versions):
@@ -484,8 +489,9 @@ class Exporter:
                 break
             # the manifest goes first so no reader finds a manifest without its payload
             self.store.delete(manifest_key(seq))
-            for key in self.store.list(version_prefix(seq)):
-                self.store.delete(key)
+            for key in keys[seq]:
+                if key != manifest_key(seq):
+                    self.store.delete(key)
             self._kinds.pop(seq, None)
             removed += 1
         self.stats.pruned_versions += removed
