@@ -32,7 +32,8 @@ import java.util.Arrays;
  * JSON {@code v}), 2 = a dead letter ({@code v}), 0 = a count only; every row counts one fact,
  * metric code {@code mc} ({@link Reasons}) in metric window {@code mq}.
  *
- * <p>State: one entry per key ({@link Pair}), read and written once per call, without TTL:
+ * <p>State: one entry per key ({@link Pair}), read and written once per call, without TTL
+ * (once its sample is out and no correction can follow, without the sample's fields):
  * event-time timers release it once the watermark passes {@code t_imp + max(max window + late
  * horizon, dedup_ttl_ms)} (no action can match any more, and the dedup horizon has passed),
  * and decide the samples (window strategy) and the actions that came before their impression
@@ -288,6 +289,12 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         pair.emitted = true;
         writeSample(pair.id, pair.labelTimes, false, pair.body);
         emit(SAMPLE, pair.id, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
+        if (!spec.fakeNegative && !spec.lateCorrection) {
+            // no correction can follow: the entry only dedups from here on (until keepUntil,
+            // join.dedup_ttl_ms), so it keeps neither the sample's fields nor its id
+            pair.body = null;
+            pair.id = null;
+        }
     }
 
     private void emitCorrection(Pair pair, int label, long t) {
