@@ -63,8 +63,9 @@ bench-trainer: venv
 	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/trainer_workers.py
 
-bench-export: venv
+bench-export: deps
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/prune.py
 
 bench-serve: venv
 	$(BIN)/python bench/serve.py

@@ -483,19 +483,24 @@ class Exporter:
         if len(snaps) < keep:
             return 0
         keep_from = min(snaps[-1], self.base_snapshot)
-        removed = 0
-        for seq in versions:
-            if seq >= keep_from:
-                break
-            # the manifest goes first so no reader finds a manifest without its payload
-            self.store.delete(manifest_key(seq))
-            for key in keys[seq]:
-                if key != manifest_key(seq):
-                    self.store.delete(key)
+        old = [seq for seq in versions if seq < keep_from]
+        # the manifests go first so that no reader finds a manifest without its payload; each
+        # group in as few requests as the store allows (one per 1,000 keys on S3 and OSS).
+        # Payloads below keep_from whose manifest is gone (a prune cut short) go too.
+        self.store.delete_many([manifest_key(seq) for seq in old])
+        self.store.delete_many(
+            [
+                k
+                for seq in sorted(keys)
+                if seq < keep_from
+                for k in keys[seq]
+                if k != manifest_key(seq)
+            ]
+        )
+        for seq in old:
             self._kinds.pop(seq, None)
-            removed += 1
-        self.stats.pruned_versions += removed
-        return removed
+        self.stats.pruned_versions += len(old)
+        return len(old)
 
     def _kind(self, seq: int) -> str | None:
         if seq not in self._kinds:

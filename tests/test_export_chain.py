@@ -120,6 +120,20 @@ def _exporter(store: ObjectStore, **kw: object) -> Exporter:
     return Exporter(store, cfg)
 
 
+def follow_pruned_chain(
+    store: ObjectStore, seed: int, versions: int = 7
+) -> tuple[Trainer, Exporter, DeltaConsumer]:
+    """``versions`` versions published (a snapshot every fourth, one retained) and followed
+    by a consumer that is checked against the trainer after each."""
+    t, ex = Trainer(seed), Exporter(store, ExporterConfig(snapshot_every=3, retain_snapshots=1))
+    c = DeltaConsumer(store)
+    for _ in range(versions):
+        t.publish(ex)
+        c.sync()
+        _assert_same(c, t)
+    return t, ex, c
+
+
 def test_random_chain_equals_trainer_tables(store: ObjectStore) -> None:
     t, ex = Trainer(1), _exporter(store)
     c = DeltaConsumer(store)
@@ -190,6 +204,22 @@ def test_gap_recovers_from_snapshot(store: ObjectStore) -> None:
     c.sync()
     assert c.version == 9 and c.stats.gaps_recovered == 1
     _assert_same(c, t)
+
+
+def test_prune_removes_payloads_left_without_a_manifest(store: ObjectStore) -> None:
+    """A prune cut short between the manifests and the payloads (or a publish cut short
+    before its manifest) leaves payloads without a manifest: the next prune removes those
+    below the kept range, and nothing at or above it."""
+    t, ex = Trainer(4), _exporter(store, snapshot_every=3, retain_snapshots=1)
+    for _ in range(5):  # versions 0-4, snapshots 0 and 4: 0-3 pruned
+        t.publish(ex)
+    store.put("versions/000000000002/tables/item_id.fxd", b"left by a prune cut short")
+    store.put("versions/000000000010/tables/item_id.fxd", b"a publish under way")
+    for _ in range(4):  # versions 5-8, the snapshot at 8 prunes 4-7 and the orphan of 2
+        t.publish(ex)
+    seqs = {int(k.split("/")[1]) for k in store.list("versions/")}
+    assert seqs == {8, 10}
+    assert list_versions(store) == [8]
 
 
 def test_rollback_pins_a_named_version(store: ObjectStore) -> None:

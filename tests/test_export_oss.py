@@ -5,10 +5,11 @@ signature (OSS v1: HMAC-SHA1 over verb, MD5, type, date and the canonical resour
 Verified here (see also ``exporter/README.md``): URL parsing (bucket, prefix), path-style
 requests to an IP endpoint, virtual-hosted requests (``BUCKET.oss-cn-hangzhou.aliyuncs.com``,
 sent through the local server as an HTTP proxy), request signing with the configured
-credentials (a wrong secret is refused), put/get/list/delete wire format, NoSuchKey ->
-ObjectNotFound, retries with backoff on HTTP 503 and a clear error once they are used up,
-and a whole delta chain over oss://. Not verified: a real OSS service (TLS, its exact
-error bodies, V4 signatures, STS tokens, list pagination beyond one page).
+credentials (a wrong secret is refused), put/get/list/delete and multi-object delete wire
+format (its Content-MD5 checked), NoSuchKey -> ObjectNotFound, retries with backoff on HTTP
+503 and a clear error once they are used up, and a whole delta chain over oss://. Not
+verified: a real OSS service (TLS, its exact error bodies, V4 signatures, STS tokens, list
+pagination beyond one page).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,7 +33,7 @@ from exporter.exporter import Exporter
 from exporter.sdk import DeltaConsumer
 from exporter.settings import ExporterConfig
 from exporter.store import OssStore
-from tests.test_export_chain import Trainer, _assert_same
+from tests.test_export_chain import Trainer, _assert_same, follow_pruned_chain
 
 KEY_ID, SECRET = "test-id", "test-secret"
 BUCKET = "fluxrec-bucket"
@@ -43,6 +45,7 @@ class FakeOss(ThreadingHTTPServer):
     requests: list[str]
     bad_signatures: int
     hosts: list[str]
+    keep_on_delete: set[str]  # keys a multi-object delete leaves out of its result
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -64,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
     def _check_signature(self) -> bool:
         url = urlparse(self.path)
         q = parse_qs(url.query, keep_blank_values=True)
-        sub = sorted(k for k in q if k in ("acl", "uploads", "location"))
+        sub = sorted(k for k in q if k in ("acl", "uploads", "location", "delete"))
         resource = self._resource() + ("?" + "&".join(sub) if sub else "")
         oss_headers = "".join(
             f"{k.lower()}:{v}\n"
@@ -142,17 +145,34 @@ class Handler(BaseHTTPRequestHandler):
         elif self.command == "DELETE":
             objs.pop(key, None)
             self._reply(204)
+        elif self.command == "POST" and "delete" in parse_qs(url.query, keep_blank_values=True):
+            self._delete_multiple()
         else:
             self._error(400, "InvalidRequest")
 
-    do_GET = do_PUT = do_DELETE = _handle
+    def _delete_multiple(self) -> None:
+        """DeleteMultipleObjects: the keys of the XML body; the result lists those deleted."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        if self.headers.get("Content-MD5") != md5:
+            self._error(400, "InvalidDigest")
+            return
+        deleted = []
+        for k in (o.findtext("Key", "") for o in ET.fromstring(body).iter("Object")):
+            if k not in self.server.keep_on_delete:
+                self.server.objects.pop(k, None)  # a missing key counts as deleted, as on OSS
+                deleted.append(f"<Deleted><Key>{escape(k)}</Key></Deleted>")
+        result = '<?xml version="1.0" encoding="UTF-8"?><DeleteResult>'
+        self._reply(200, (result + "".join(deleted) + "</DeleteResult>").encode())
+
+    do_GET = do_PUT = do_DELETE = do_POST = _handle
 
 
 @pytest.fixture
 def oss() -> Iterator[tuple[FakeOss, OssStore]]:
     srv = FakeOss(("127.0.0.1", 0), Handler)
     srv.objects, srv.fail_next, srv.requests, srv.bad_signatures = {}, 0, [], 0
-    srv.hosts = []
+    srv.hosts, srv.keep_on_delete = [], set()
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     endpoint = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -206,6 +226,39 @@ def test_delta_chain_over_oss(oss: tuple[FakeOss, OssStore]) -> None:
         t.publish(ex)
         c.sync()
     _assert_same(c, t)
+
+
+def test_pruning_over_oss_deletes_in_multi_object_requests(
+    oss: tuple[FakeOss, OssStore],
+) -> None:
+    """A prune sends its manifests in one multi-object delete and then their payloads in
+    another (not a request per object), and leaves exactly the retained versions."""
+    srv, store = oss
+    _t, ex, _c = follow_pruned_chain(store, 22)
+    assert ex.stats.pruned_versions > 0
+    assert not [r for r in srv.requests if r.startswith("DELETE")]
+    posts = [r for r in srv.requests if r.startswith("POST") and "delete" in r]
+    assert len(posts) == 2  # the prune after the snapshot at 4: manifests, then payloads
+    kept = {int(k.split("/")[3]) for k in srv.objects if k.startswith("some/prefix/versions/")}
+    assert kept == {4, 5, 6} and ex.sequence == 6
+
+
+def test_oss_delete_many_in_batches_of_1000_and_failures_named(
+    oss: tuple[FakeOss, OssStore],
+) -> None:
+    srv, store = oss
+    keys = [f"k/{i:04d}" for i in range(2001)]
+    for k in keys[:3]:
+        store.put(k, b"x")
+    store.delete_many(keys)  # a missing key is not an error
+    assert srv.objects == {}
+    assert len([r for r in srv.requests if r.startswith("POST")]) == 3
+    store.put("k/a", b"x")
+    store.put("k/b", b"x")
+    srv.keep_on_delete = {"some/prefix/k/b"}
+    with pytest.raises(StoreError, match=r"delete k/b: not in the deleted list"):
+        store.delete_many(["k/a", "k/b"])
+    assert list(srv.objects) == ["some/prefix/k/b"]
 
 
 def test_oss_store_virtual_hosted_requests_to_a_region_endpoint(

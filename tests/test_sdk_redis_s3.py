@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from exporter import store as store_module
 from exporter.errors import OversizedPayload
 from exporter.exporter import Exporter
 from exporter.sdk import DeltaConsumer, InMemoryTables, RedisTables
@@ -16,7 +17,7 @@ from exporter.settings import ExporterConfig
 from exporter.store import open_store
 from fluxrec.config import Config
 from fluxrec.testing import unique_name
-from tests.test_export_chain import Trainer, _assert_same
+from tests.test_export_chain import Trainer, _assert_same, follow_pruned_chain
 
 
 def _wait(cond, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
@@ -113,18 +114,30 @@ def test_redis_table_backend(tmp_path: Path, redis_url: str) -> None:
 def test_chain_through_real_s3(stack_config: Config) -> None:
     store = open_store("s3://" + unique_name("b") + "/p", stack_config.object_store)
     store.ensure_container()
-    t, ex = Trainer(13), Exporter(store, ExporterConfig(snapshot_every=3, retain_snapshots=1))
-    c = DeltaConsumer(store)
-    for _ in range(7):
-        t.publish(ex)
-        c.sync()
-        _assert_same(c, t)
+    t, ex, _c = follow_pruned_chain(store, 13)
     late = DeltaConsumer(store)
     late.sync()
     _assert_same(late, t)
     assert ex.stats.pruned_versions > 0
+    # pruned with multi-object deletes: only the last snapshot's chain is left
+    assert {int(k.split("/")[1]) for k in store.list("versions/")} == {4, 5, 6}
     key = f"versions/{ex.sequence:012d}/manifest.json"
     size = len(store.get(key))
     assert len(store.get(key, max_bytes=size)) == size
     with pytest.raises(OversizedPayload):  # ContentLength checked before the body is read
         store.get(key, max_bytes=size - 1)
+
+
+@pytest.mark.s3
+def test_delete_many_on_real_s3_in_batches(
+    stack_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3's multi-object delete, split into batches (of 2 here), missing keys included."""
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 2)
+    store = open_store("s3://" + unique_name("b") + "/p", stack_config.object_store)
+    store.ensure_container()
+    for i in range(5):
+        store.put(f"d/{i}", b"x")
+    store.put("e/0", b"y")
+    store.delete_many([f"d/{i}" for i in range(6)])  # d/5 does not exist
+    assert store.list() == ["e/0"]
