@@ -25,8 +25,9 @@ reported as ``variant_events_per_s`` and ``variant_cpu_us_per_event`` (its sampl
 too).
 
 ``--profile DIR`` also records JFR profiles of one small and one large Kafka run
-(``DIR/kafka-small.jfr``, ``DIR/kafka-large.jfr``) and prints where the CPU of an extra event
-goes, part by part (their difference; see ``bench/jvm_profile.py``).
+(``DIR/kafka-small.jfr``, ``DIR/kafka-large.jfr``; with ``--variant``, of the variant too:
+``DIR/variant-*.jfr``) and prints where the CPU of an extra event goes, part by part (their
+difference; see ``bench/jvm_profile.py``).
 
 The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_events_per_s``,
 ``anchor_events_per_s``, ``vs_anchor`` (kafka / anchor), ``cpu_us_per_event`` (kafka) and
@@ -370,12 +371,15 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             )
     if a.profile:  # a profile of a small and a large run: their difference per event
         a.profile.mkdir(parents=True, exist_ok=True)
-        runs = {}
-        for size in ("small", "large"):
-            jfr = a.profile / f"kafka-{size}.jfr"
-            n = getattr(a, size)
-            runs[size] = (jfr, run_kafka(cfg, inputs[n], n, clock, jfr=jfr)["threads"])
-        print(marginal_breakdown(runs["small"], runs["large"], dn), flush=True)
+        for name, job_cfg in (("kafka", cfg), ("variant", variant)):
+            if job_cfg is None:
+                continue
+            runs = {}
+            for size in ("small", "large"):
+                jfr = a.profile / f"{name}-{size}.jfr"
+                n = getattr(a, size)
+                runs[size] = (jfr, run_kafka(job_cfg, inputs[n], n, clock, jfr=jfr)["threads"])
+            print(f"{name}:\n{marginal_breakdown(runs['small'], runs['large'], dn)}", flush=True)
     med = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
     load = os.getloadavg()
