@@ -135,13 +135,13 @@ class JoinSql:
         out: list[tuple[str, str]] = [
             (
                 p("imp"),
-                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.body, et FROM ("
-                f"SELECT payload, et, fluxrec_impression(payload) AS e FROM {p('imp_raw')})",
+                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.body FROM ("
+                f"SELECT payload, fluxrec_impression(payload) AS e FROM {p('imp_raw')})",
             ),
             (
                 p("act"),
-                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.user_id, e.label, et "
-                f"FROM (SELECT payload, et, fluxrec_action(payload) AS e FROM {p('act_raw')})",
+                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.user_id, e.label "
+                f"FROM (SELECT payload, fluxrec_action(payload) AS e FROM {p('act_raw')})",
             ),
             # the valid actions, and the impressions' watermark: the clock rows are none
             # (RAND() is below 1) but their watermark flows, so that the dedup sees the job's

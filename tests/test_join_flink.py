@@ -196,8 +196,9 @@ def test_fake_negative_with_late_corrections_equals_the_reference(
 @pytest.mark.parametrize("strategy", ["window", "fake_negative"])
 def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: str) -> None:
     """Each decision (action dedup, bot count, everything per (request_id, item_id)) is made by
-    exactly one operator that all its consumers share, and each payload is parsed by one call:
-    the optimizer must not split one into differing copies."""
+    exactly one operator that all its consumers share, and each payload is parsed by one call
+    (and its time by one in the watermark): the optimizer must not split one into differing
+    copies."""
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import JoinTopics, build_join
 
@@ -206,6 +207,9 @@ def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: 
     graph = plan[plan.index("== Optimized Execution Plan ==") :]
     assert graph.count("fluxrec_impression(") == 1
     assert graph.count("fluxrec_action(") == 1
+    # the event time is read once per payload, by each source's watermark (nothing
+    # downstream reads the rowtime column)
+    assert graph.count("fluxrec_event_time(") == 2
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_dedup_actions(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_bot_count(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_join(") == 1
