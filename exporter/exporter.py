@@ -483,20 +483,13 @@ class Exporter:
         if len(snaps) < keep:
             return 0
         keep_from = min(snaps[-1], self.base_snapshot)
-        old = [seq for seq in versions if seq < keep_from]
-        # the manifests go first so that no reader finds a manifest without its payload; each
-        # group in as few requests as the store allows (one per 1,000 keys on S3 and OSS).
-        # Payloads below keep_from whose manifest is gone (a prune cut short) go too.
+        # every folder below keep_from goes, also one whose manifest is already gone (a prune
+        # or a publish cut short); the manifests first, so that no reader finds a manifest
+        # without its payload, each group in as few requests as the store allows
+        below = [seq for seq in sorted(keys) if seq < keep_from]
+        old = [seq for seq in below if manifest_key(seq) in keys[seq]]
         self.store.delete_many([manifest_key(seq) for seq in old])
-        self.store.delete_many(
-            [
-                k
-                for seq in sorted(keys)
-                if seq < keep_from
-                for k in keys[seq]
-                if k != manifest_key(seq)
-            ]
-        )
+        self.store.delete_many([k for seq in below for k in keys[seq] if k != manifest_key(seq)])
         for seq in old:
             self._kinds.pop(seq, None)
         self.stats.pruned_versions += len(old)
