@@ -143,6 +143,10 @@ def _gateway_pid() -> int:
 
 
 def _timed(run: Callable[[], Any], clock: JvmClock) -> tuple[float, float, Any]:
+    """Wall and CPU seconds of ``run()``, after a full collection: each run starts with the
+    garbage of the ones before it collected, so that none pays for another's (the jobs share
+    one JVM, and a job's state becomes garbage when it ends)."""
+    _jcmd(clock.pid, "GC.run")
     cpu, started = clock.cpu_s(), time.perf_counter()
     out = run()
     return time.perf_counter() - started, clock.cpu_s() - cpu, out
