@@ -224,13 +224,15 @@ def _payload_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
     return _datagen(name, f"payload AS {payload},{rest}", rows)
 
 
-def _blackholes(t_env: Any, prefix: str, *names: str) -> dict[str, str]:
-    sinks = {}
-    for name in names:
-        sinks[name] = f"{prefix}_{name}_sink"
+def _blackholes(t_env: Any, prefix: str) -> dict[str, str]:
+    """The records sink ``(topic, k, v)`` and the metrics sink ``(k, v)``, into blackhole."""
+    sinks = {"records": f"{prefix}_records_sink", "metrics": f"{prefix}_metrics_sink"}
+    for name, columns in (
+        ("records", "topic STRING, k STRING, v STRING"),
+        ("metrics", "k STRING, v STRING"),
+    ):
         t_env.execute_sql(
-            f"CREATE TEMPORARY TABLE {sinks[name]} (k STRING, v STRING) "
-            "WITH ('connector' = 'blackhole')"
+            f"CREATE TEMPORARY TABLE {sinks[name]} ({columns}) WITH ('connector' = 'blackhole')"
         )
     return sinks
 
@@ -241,8 +243,8 @@ def run_sql(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     prepare_join(t_env, cfg)
     t_env.execute_sql(_payload_table("cj_imp_raw", n, t0, False, cfg))
     t_env.execute_sql(_payload_table("cj_act_raw", n, t0, True, cfg))
-    sinks = _blackholes(t_env, "cj", "samples", "dead", "metrics")
-    stmt = declare_join(t_env, cfg, "cj", sinks=sinks)
+    sinks = _blackholes(t_env, "cj")
+    stmt = declare_join(t_env, cfg, "cj", sinks=sinks, record_topics=("samples", "dead"))
     wall, cpu, _ = _timed(lambda: stmt.execute().wait(), clock)
     return {"s": wall, "cpu_s": cpu}
 

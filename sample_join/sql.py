@@ -13,12 +13,12 @@ shipped in ``pipeline.jars``); SQL wires them together. With ``P`` the table pre
     P_out = fluxrec_join(P_events, partitioned by request_id, item_id)
         impression dedup, too_late, the match of every label, samples (window: on a timer;
         fake_negative: at once, plus corrections), dead letters, one count row per fact
-    P_out ─► samples (kind 1), dead letters (kind 2), metrics: counts per (window, code),
-                                                      running totals, an upsert changelog
+    P_out ─► records: samples (kind 1) and dead letters (kind 2), one sink writing two topics
+          ─► metrics: counts per (window, code), running totals, an upsert changelog
 
 The contracts and the semantics are in ``CONTRACTS.md``; the executable reference of the
-same semantics is :mod:`sample_join.reference`. Outputs are rows ``(k STRING, v STRING)``:
-Kafka key and JSON value.
+same semantics is :mod:`sample_join.reference`. Outputs are rows ``(topic STRING, k STRING,
+v STRING)`` (records) and ``(k STRING, v STRING)`` (metrics): topic, Kafka key, JSON value.
 
 Every stateful function sees the job's watermark (the minimum over both topics):
 ``fluxrec_dedup_actions`` gets the impressions' watermark through a union with the
@@ -68,6 +68,11 @@ def interval(ms: int) -> str:
     return f"INTERVAL '{d} {h:02d}:{m:02d}:{s:02d}.{milli:03d}' DAY TO SECOND(3)"
 
 
+def _literal(text: str) -> str:
+    """A SQL string literal: ``_literal("it's")`` is ``'it''s'``."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def source_columns(cfg: JoinConfig) -> str:
     """The columns of a raw event table: ``payload`` and the rowtime ``et`` with its
     watermark (``fluxrec_event_time``: 0 when the time does not parse or is in the future,
@@ -82,8 +87,9 @@ def source_columns(cfg: JoinConfig) -> str:
 @dataclass(frozen=True)
 class JoinSql:
     """The statements of one job: :meth:`functions` before the source tables, then
-    :meth:`views`; the three ``*_select()`` queries feed the samples, dead-letter and metrics
-    sinks (all rows ``(k, v)``). The job parameter :data:`SPEC_PARAMETER` must be
+    :meth:`views`; :meth:`records_select` feeds the sink of the samples and dead letters
+    (rows ``(topic, k, v)``), :meth:`metrics_select` the metrics sink (rows ``(k, v)``).
+    The job parameter :data:`SPEC_PARAMETER` must be
     :meth:`spec_parameter`."""
 
     cfg: JoinConfig
@@ -197,7 +203,7 @@ SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label FROM {sc
         out.append((
             p("out"),
             f"""
-SELECT kind, k, v, mq, mc FROM fluxrec_join(
+SELECT * FROM fluxrec_join(
   events => TABLE {p("events")} PARTITION BY (request_id, item_id),
   uid => '{p("join")}')""",
         ))  # fmt: skip
@@ -205,13 +211,17 @@ SELECT kind, k, v, mq, mc FROM fluxrec_join(
 
     # ------------------------------------------------------------------ outputs
 
-    def samples_select(self) -> str:
-        """Rows ``(k, v)`` for the samples topic: samples and corrections."""
-        return f"SELECT k, v FROM {self._v('out')} WHERE kind = 1"
-
-    def dead_letters_select(self) -> str:
-        """Rows ``(k, v)`` for the dead-letter topic (CONTRACTS.md section 3)."""
-        return f"SELECT k, v FROM {self._v('out')} WHERE kind = 2"
+    def records_select(self, samples_topic: str, dead_letter_topic: str) -> str:
+        """Rows ``(topic, k, v)`` for one Kafka sink writing two topics: samples and
+        corrections to ``samples_topic``, dead letters (CONTRACTS.md section 3) to
+        ``dead_letter_topic``. One sink, not one per topic: each row the join emits is then
+        copied to two consumers (this and the metrics), not three, and one producer commits a
+        transaction per checkpoint."""
+        samples, dead = _literal(samples_topic), _literal(dead_letter_topic)
+        return (
+            f"SELECT CASE WHEN kind = 1 THEN {samples} ELSE {dead} END, k, v "
+            f"FROM {self._v('out')} WHERE kind > 0"
+        )
 
     def metrics_select(self) -> str:
         """Rows ``(k, v)`` for the metrics topic, an upsert changelog: the newest value of a
