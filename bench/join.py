@@ -143,13 +143,18 @@ def _gateway_pid() -> int:
 
 
 def _timed(run: Callable[[], Any], clock: JvmClock) -> tuple[float, float, Any]:
-    """Wall and CPU seconds of ``run()``, after a full collection: each run starts with the
-    garbage of the ones before it collected, so that none pays for another's (the jobs share
-    one JVM, and a job's state becomes garbage when it ends)."""
+    """Wall and CPU seconds of ``run()``, and its CPU seconds per kind of thread (task
+    threads, garbage collection, JIT compiler, ...: :class:`ThreadCpu`), after a full
+    collection: each run starts with the garbage of the ones before it collected, so that none
+    pays for another's (the jobs share one JVM, and a job's state becomes garbage when it
+    ends)."""
     _jcmd(clock.pid, "GC.run")
+    threads = ThreadCpu(clock.pid)
+    threads.start()
     cpu, started = clock.cpu_s(), time.perf_counter()
     out = run()
-    return time.perf_counter() - started, clock.cpu_s() - cpu, out
+    wall, cpu = time.perf_counter() - started, clock.cpu_s() - cpu
+    return wall, cpu, (out, threads.stop())
 
 
 # ------------------------------------------------------------------ the three jobs
@@ -174,14 +179,13 @@ def run_kafka(
     ensure_topics(cfg.kafka.bootstrap, outputs, cfg.kafka.partitions)
     cfg = replace(cfg, join=replace(cfg.join, group_id=unique_name("bench-join")))
     t_env = create_table_env(cfg)
-    threads = ThreadCpu(clock.pid)
     if jfr is not None:
         _jcmd(clock.pid, "JFR.start", "name=bench", "settings=profile", f"filename={jfr}")
-        threads.start()
-    wall, cpu, _ = _timed(lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock)
-    out: dict[str, Any] = {"s": wall, "cpu_s": cpu}
+    wall, cpu, (_, threads) = _timed(
+        lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock
+    )
+    out: dict[str, Any] = {"s": wall, "cpu_s": cpu, "threads": threads}
     if jfr is not None:
-        out["threads"] = threads.stop()
         _jcmd(clock.pid, "JFR.stop", "name=bench")
     out["samples"] = read_topic(cfg.kafka.bootstrap, topics.samples, expected=n, idle_s=1)
     return out
@@ -245,8 +249,8 @@ def run_sql(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     t_env.execute_sql(_payload_table("cj_act_raw", n, t0, True, cfg))
     sinks = _blackholes(t_env, "cj")
     stmt = declare_join(t_env, cfg, "cj", sinks=sinks, record_topics=("samples", "dead"))
-    wall, cpu, _ = _timed(lambda: stmt.execute().wait(), clock)
-    return {"s": wall, "cpu_s": cpu}
+    wall, cpu, (_, threads) = _timed(lambda: stmt.execute().wait(), clock)
+    return {"s": wall, "cpu_s": cpu, "threads": threads}
 
 
 def run_anchor(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
@@ -278,8 +282,8 @@ FROM aj_imp i LEFT JOIN aj_click c
   ON c.request_id = i.request_id AND c.item_id = i.item_id
   AND c.et BETWEEN i.et AND i.et + {window}
 """
-    wall, cpu, _ = _timed(lambda: t_env.execute_sql(stmt).wait(), clock)
-    return {"s": wall, "cpu_s": cpu}
+    wall, cpu, (_, threads) = _timed(lambda: t_env.execute_sql(stmt).wait(), clock)
+    return {"s": wall, "cpu_s": cpu, "threads": threads}
 
 
 # ------------------------------------------------------------------ main
@@ -370,9 +374,13 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
             if name in ("kafka", "variant"):
                 samples_ok &= _same_samples(want, large["samples"])
+            split = ", ".join(
+                f"{kind.split(' (')[0]} {(large['threads'].get(kind, 0.0) - us) / dn * 1e6:.1f}"
+                for kind, us in sorted(small["threads"].items())
+            )
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
-                f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event",
+                f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event ({split})",
                 flush=True,
             )
     if a.profile:  # a profile of a small and a large run: their difference per event
