@@ -15,8 +15,10 @@ impressions two seconds later, in event-time order) goes through three jobs, in 
 All at parallelism 2. Each job runs with a small and a large input (after one warm-up run of
 each, not counted: class loading, code generation, JIT); its rate is ``(large - small) /
 (t_large - t_small)`` events per second, so start-up and shutdown cancel out, and its CPU per
-event is the same difference of the job JVM's CPU time (user + system, all its threads). The
-three are measured ``--repeats`` times, interleaved, and the medians reported. Everything
+event is the same difference of the job JVM's CPU time (user + system, all its threads;
+each repeat also prints it per kind of thread). Every timed run starts after a full
+collection, so that no job pays for the garbage of the one before. The three are measured
+``--repeats`` times, interleaved, and the medians reported. Everything
 runs on a private stack (Kafka, Redis) started for the benchmark and stopped after it.
 
 ``--variant KEY=VALUE`` (repeatable) adds a fourth job, measured interleaved with the others:
