@@ -144,19 +144,19 @@ def _gateway_pid() -> int:
     raise RuntimeError("no PyFlink gateway JVM found among this process's children")
 
 
-def _timed(run: Callable[[], Any], clock: JvmClock) -> tuple[float, float, Any]:
-    """Wall and CPU seconds of ``run()``, and its CPU seconds per kind of thread (task
-    threads, garbage collection, JIT compiler, ...: :class:`ThreadCpu`), after a full
-    collection: each run starts with the garbage of the ones before it collected, so that none
-    pays for another's (the jobs share one JVM, and a job's state becomes garbage when it
-    ends)."""
+def _timed(run: Callable[[], Any], clock: JvmClock) -> dict[str, Any]:
+    """``{"s": wall seconds, "cpu_s": JVM CPU seconds, "threads": CPU seconds per kind of
+    thread}`` of ``run()`` (task threads, garbage collection, JIT compiler, ...:
+    :class:`ThreadCpu`), after a full collection: each run starts with the garbage of the
+    ones before it collected, so that none pays for another's (the jobs share one JVM, and a
+    job's state becomes garbage when it ends)."""
     _jcmd(clock.pid, "GC.run")
     threads = ThreadCpu(clock.pid)
     threads.start()
     cpu, started = clock.cpu_s(), time.perf_counter()
-    out = run()
+    run()
     wall, cpu = time.perf_counter() - started, clock.cpu_s() - cpu
-    return wall, cpu, (out, threads.stop())
+    return {"s": wall, "cpu_s": cpu, "threads": threads.stop()}
 
 
 # ------------------------------------------------------------------ the three jobs
@@ -174,8 +174,8 @@ def run_kafka(
     cfg: Config, inputs: tuple[str, str], n: int, clock: JvmClock, jfr: Path | None = None
 ) -> dict[str, Any]:
     """The bounded production job over the ``n`` impressions of ``inputs`` (a new consumer
-    group and new output topics each time): seconds, JVM CPU seconds, samples; with ``jfr``,
-    also a JFR recording there and the CPU of each kind of thread."""
+    group and new output topics each time): :func:`_timed`'s figures and the samples; with
+    ``jfr``, also a JFR recording there."""
     topics = JoinTopics(*inputs, *(unique_name("bench") for _ in range(3)))
     outputs = [topics.samples, topics.dead_letters, topics.metrics]
     ensure_topics(cfg.kafka.bootstrap, outputs, cfg.kafka.partitions)
@@ -183,10 +183,7 @@ def run_kafka(
     t_env = create_table_env(cfg)
     if jfr is not None:
         _jcmd(clock.pid, "JFR.start", "name=bench", "settings=profile", f"filename={jfr}")
-    wall, cpu, (_, threads) = _timed(
-        lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock
-    )
-    out: dict[str, Any] = {"s": wall, "cpu_s": cpu, "threads": threads}
+    out = _timed(lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock)
     if jfr is not None:
         _jcmd(clock.pid, "JFR.stop", "name=bench")
     out["samples"] = read_topic(cfg.kafka.bootstrap, topics.samples, expected=n, idle_s=1)
@@ -251,8 +248,7 @@ def run_sql(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     t_env.execute_sql(_payload_table("cj_act_raw", n, t0, True, cfg))
     sinks = _blackholes(t_env, "cj")
     stmt = declare_join(t_env, cfg, "cj", sinks=sinks, record_topics=("samples", "dead"))
-    wall, cpu, (_, threads) = _timed(lambda: stmt.execute().wait(), clock)
-    return {"s": wall, "cpu_s": cpu, "threads": threads}
+    return _timed(lambda: stmt.execute().wait(), clock)
 
 
 def run_anchor(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
@@ -284,8 +280,7 @@ FROM aj_imp i LEFT JOIN aj_click c
   ON c.request_id = i.request_id AND c.item_id = i.item_id
   AND c.et BETWEEN i.et AND i.et + {window}
 """
-    wall, cpu, (_, threads) = _timed(lambda: t_env.execute_sql(stmt).wait(), clock)
-    return {"s": wall, "cpu_s": cpu, "threads": threads}
+    return _timed(lambda: t_env.execute_sql(stmt).wait(), clock)
 
 
 # ------------------------------------------------------------------ main
@@ -379,9 +374,12 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
             if name in ("kafka", "variant"):
                 samples_ok &= _same_samples(want, large["samples"])
+            per_kind = {
+                kind: (large["threads"].get(kind, 0.0) - small["threads"].get(kind, 0.0)) / dn
+                for kind in small["threads"].keys() | large["threads"].keys()
+            }
             split = ", ".join(
-                f"{kind.split(' (')[0]} {(large['threads'].get(kind, 0.0) - us) / dn * 1e6:.1f}"
-                for kind, us in sorted(small["threads"].items())
+                f"{kind.split(' (')[0]} {cpu * 1e6:.1f}" for kind, cpu in sorted(per_kind.items())
             )
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
