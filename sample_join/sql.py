@@ -16,6 +16,10 @@ shipped in ``pipeline.jars``); SQL wires them together. With ``P`` the table pre
     P_out ─► records: samples (kind 1) and dead letters (kind 2), one sink writing two topics
           ─► metrics: counts per (window, code), running totals, an upsert changelog
 
+A valid impression's row in ``P_imp`` carries its payload and ``spans``, where the sample's
+fields stand in it (48 bytes), not a copy of those fields: every operator on the way copies
+the row's strings, and ``fluxrec_join`` writes the sample's fields from the payload once.
+
 The contracts and the semantics are in ``CONTRACTS.md``; the executable reference of the
 same semantics is :mod:`sample_join.reference`. Outputs are rows ``(topic STRING, k STRING,
 v STRING)`` (records) and ``(k STRING, v STRING)`` (metrics): topic, Kafka key, JSON value.
@@ -141,7 +145,7 @@ class JoinSql:
         out: list[tuple[str, str]] = [
             (
                 p("imp"),
-                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.body FROM ("
+                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.spans FROM ("
                 f"SELECT payload, fluxrec_impression(payload) AS e FROM {p('imp_raw')})",
             ),
             (
@@ -184,21 +188,21 @@ FROM fluxrec_bot_count(
   acts => TABLE {p("act_unique")} PARTITION BY user_id, uid => '{p("bot_count")}')""",
             ))  # fmt: skip
         scored = p("act_scored") if bots else unique
-        no_body = "CAST(NULL AS BYTES)"
+        no_spans = "CAST(NULL AS BYTES)"
         out.append((
             p("events"),
             f"""
-SELECT FALSE AS is_action, payload, reason, t, request_id, item_id, body,
+SELECT FALSE AS is_action, payload, reason, t, request_id, item_id, spans,
   CAST(NULL AS INT) AS label
 FROM {p("imp")}
 UNION ALL
-SELECT TRUE, payload, reason, t, request_id, item_id, {no_body}, label
+SELECT TRUE, payload, reason, t, request_id, item_id, {no_spans}, label
 FROM {p("act")} WHERE reason IS NOT NULL
 UNION ALL
-SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label
+SELECT TRUE, payload, verdict, t, request_id, item_id, {no_spans}, label
 FROM {p("act_dedup")} WHERE verdict IS NOT NULL
 UNION ALL
-SELECT TRUE, payload, verdict, t, request_id, item_id, {no_body}, label FROM {scored}""",
+SELECT TRUE, payload, verdict, t, request_id, item_id, {no_spans}, label FROM {scored}""",
         ))  # fmt: skip
         out.append((
             p("out"),

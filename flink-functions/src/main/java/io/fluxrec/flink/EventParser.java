@@ -222,24 +222,67 @@ public final class EventParser {
         return unescape(buf, s, e);
     }
 
+    /** The fields of a sample's body, in the order it writes them. */
+    private static final int[] BODY_FIELDS = {
+        REQUEST_ID, ITEM_ID, USER_ID, EVENT_TIME_MS, FEATURES, P_CLICK
+    };
+
+    /** Bytes of {@link #bodySpans()}: a (start, stop) pair of big-endian int32 per body field. */
+    public static final int BODY_SPANS_BYTES = BODY_FIELDS.length * 8;
+
     /**
-     * The sample's fields of a valid impression as they stand in the payload, for {@code
-     * SampleJoin}: {@code "request_id":..,"item_id":..,"user_id":..,"event_time_ms":..,
-     * "features":{..}} and {@code ,"p_click":..} when it is a number (the reference passes it
-     * through as written).
+     * Where the sample's fields of a valid impression stand in the payload, for {@code
+     * SampleJoin} to write the sample's body from the payload ({@link #writeBody}) without
+     * carrying a copy of it through the job: for each of {@code request_id, item_id, user_id,
+     * event_time_ms, features, p_click}, the [start, stop) offsets of its value from the
+     * payload's first byte (quotes included), as two big-endian int32; 48 bytes. {@code p_click}
+     * has start -1 when it is not a number (the reference passes a number through as written
+     * and drops anything else).
      */
-    public void writeBody(ByteSink out) {
-        for (int f : new int[] {REQUEST_ID, ITEM_ID, USER_ID, EVENT_TIME_MS, FEATURES, P_CLICK}) {
+    public byte[] bodySpans() {
+        byte[] spans = new byte[BODY_SPANS_BYTES];
+        for (int i = 0; i < BODY_FIELDS.length; i++) {
+            int f = BODY_FIELDS[i];
             byte k = kind[f];
-            if (f == P_CLICK && k != INT && k != BIG_INT && k != FLOAT) {
+            boolean kept = f != P_CLICK || k == INT || k == BIG_INT || k == FLOAT;
+            putInt(spans, 8 * i, kept ? start[f] - pos0 : -1);
+            putInt(spans, 8 * i + 4, kept ? stop[f] - pos0 : -1);
+        }
+        return spans;
+    }
+
+    /**
+     * The sample's fields as they stand in a valid impression's payload {@code b[base, ...)},
+     * at the {@link #bodySpans() spans} its parse gave: {@code "request_id":..,"item_id":..,
+     * "user_id":..,"event_time_ms":..,"features":{..}} and {@code ,"p_click":..} when it is a
+     * number.
+     */
+    public static void writeBody(ByteSink out, byte[] b, int base, byte[] spans) {
+        for (int i = 0; i < BODY_FIELDS.length; i++) {
+            int from = getInt(spans, 8 * i);
+            if (from < 0) {
                 continue;
             }
-            if (f != REQUEST_ID) {
+            if (i > 0) {
                 out.write((byte) ',');
             }
-            out.write((byte) '"').ascii(NAMES[f]).ascii("\":");
-            out.write(buf, start[f], stop[f] - start[f]);
+            out.write((byte) '"').ascii(NAMES[BODY_FIELDS[i]]).ascii("\":");
+            out.write(b, base + from, getInt(spans, 8 * i + 4) - from);
         }
+    }
+
+    private static void putInt(byte[] b, int at, int v) {
+        b[at] = (byte) (v >>> 24);
+        b[at + 1] = (byte) (v >>> 16);
+        b[at + 2] = (byte) (v >>> 8);
+        b[at + 3] = (byte) v;
+    }
+
+    private static int getInt(byte[] b, int at) {
+        return (b[at] << 24)
+                | ((b[at + 1] & 0xff) << 16)
+                | ((b[at + 2] & 0xff) << 8)
+                | (b[at + 3] & 0xff);
     }
 
     // ------------------------------------------------------------------ grammar

@@ -53,7 +53,7 @@ public final class ParseCli {
                 }
                 if (impression) {
                     ByteSink body = new ByteSink(b.length);
-                    parser.writeBody(body);
+                    EventParser.writeBody(body, b, 0, parser.bodySpans()); // as SampleJoin does
                     out.ascii(",\"body\":");
                     JsonOut.payload(out, body.toArray(), 0, body.size());
                 } else {

@@ -2,6 +2,7 @@ package io.fluxrec.flink;
 
 import static org.apache.flink.table.annotation.ArgumentTrait.SET_SEMANTIC_TABLE;
 
+import org.apache.flink.core.memory.MemorySegment;
 import org.apache.flink.table.annotation.ArgumentHint;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
@@ -9,6 +10,7 @@ import org.apache.flink.table.annotation.StateHint;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
+import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
@@ -23,7 +25,8 @@ import java.util.Arrays;
  *
  * <p>Input {@code events}, partitioned by (request_id, item_id): every event once, {@code
  * is_action} telling its stream. An impression as parsed ({@code reason} null when valid,
- * {@code body} its sample fields); an action with {@code reason} null for a unique, timely,
+ * {@code spans} where its sample fields stand in its payload, {@link
+ * EventParser#bodySpans}); an action with {@code reason} null for a unique, timely,
  * non-bot action of label {@code label}, else its validation reason, {@code duplicate},
  * {@code too_late} or {@code bot} (decided upstream: {@link DedupActions} and {@link
  * BotCount}).
@@ -70,7 +73,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     private static final int T = 3;
     private static final int REQUEST_ID = 4;
     private static final int ITEM_ID = 5;
-    private static final int BODY = 6;
+    private static final int SPANS = 6;
     private static final int LABEL = 7;
 
     /**
@@ -113,7 +116,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                                                     "ROW<is_action BOOLEAN, payload STRING,"
                                                             + " reason STRING, t BIGINT,"
                                                             + " request_id STRING, item_id STRING,"
-                                                            + " body BYTES, label INT>",
+                                                            + " spans BYTES, label INT>",
                                             bridgedTo = RowData.class))
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
@@ -144,7 +147,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
         keepUntil(time, pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
         pair.t = t;
-        pair.body = row.getBinary(BODY);
+        pair.body = body(row.getString(PAYLOAD), row.getBinary(SPANS));
         pair.emitted = false;
         pair.id = sampleId(row.getString(REQUEST_ID).toBytes(), row.getString(ITEM_ID).toBytes());
         if (spec.fakeNegative) {
@@ -343,6 +346,20 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         sink.write((byte) '"').ascii(spec.strategy);
         sink.ascii(correction ? "\",\"correction\":true," : "\",\"correction\":false,");
         sink.write(body).write((byte) '}');
+    }
+
+    /** The sample's fields, copied once from the payload at the spans its parse gave. */
+    private byte[] body(StringData payload, byte[] spans) {
+        sink.reset();
+        BinaryStringData s = (BinaryStringData) payload; // Flink's only StringData
+        s.ensureMaterialized(); // one made from a java.lang.String has no bytes until then
+        MemorySegment[] segments = s.getSegments();
+        if (segments.length == 1 && !segments[0].isOffHeap()) { // in place, no copy
+            EventParser.writeBody(sink, segments[0].getArray(), s.getOffset(), spans);
+        } else {
+            EventParser.writeBody(sink, s.toBytes(), 0, spans);
+        }
+        return sink.toArray();
     }
 
     /** {@code request_id|item_id|0} (CONTRACTS.md section 2), decoded. */

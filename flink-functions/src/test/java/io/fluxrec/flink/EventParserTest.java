@@ -40,12 +40,39 @@ class EventParserTest {
         assertNull(p.reason(true, ACTIONS));
         assertEquals(1700000000000L, p.time());
         assertArrayEquals(utf8("r1"), p.decoded(EventParser.REQUEST_ID));
-        ByteSink body = new ByteSink(16);
-        p.writeBody(body);
-        assertEquals(
+        byte[] spans = p.bodySpans();
+        assertEquals(EventParser.BODY_SPANS_BYTES, spans.length);
+        String want =
                 "\"request_id\":\"r1\",\"item_id\":\"i9\",\"user_id\":\"u3\","
                         + "\"event_time_ms\":1700000000000,\"features\":{\"sparse\":{\"a\":[\"x\"]}},"
-                        + "\"p_click\":0.25",
+                        + "\"p_click\":0.25";
+        ByteSink body = new ByteSink(16);
+        EventParser.writeBody(body, b, 0, spans);
+        assertEquals(want, new String(body.toArray(), StandardCharsets.UTF_8));
+        // the spans are offsets from the payload's first byte: the payload may lie anywhere
+        byte[] inside = new byte[b.length + 7];
+        System.arraycopy(b, 0, inside, 5, b.length);
+        assertTrue(p.parse(inside, 5, b.length));
+        assertArrayEquals(spans, p.bodySpans());
+        body.reset();
+        EventParser.writeBody(body, inside, 5, spans);
+        assertEquals(want, new String(body.toArray(), StandardCharsets.UTF_8));
+    }
+
+    @Test
+    void aBodyLeavesOutAPClickThatIsNotANumber() {
+        EventParser p = new EventParser();
+        byte[] b =
+                utf8(
+                        "{\"v\":1,\"request_id\":\"r\",\"item_id\":\"i\",\"user_id\":\"u\","
+                                + "\"p_click\":\"high\",\"event_time_ms\":5,\"features\":{}}");
+        assertTrue(p.parse(b, 0, b.length));
+        assertNull(p.reason(true, ACTIONS));
+        ByteSink body = new ByteSink(16);
+        EventParser.writeBody(body, b, 0, p.bodySpans());
+        assertEquals(
+                "\"request_id\":\"r\",\"item_id\":\"i\",\"user_id\":\"u\","
+                        + "\"event_time_ms\":5,\"features\":{}",
                 new String(body.toArray(), StandardCharsets.UTF_8));
     }
 
