@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import signal
@@ -264,6 +265,12 @@ def connect(tc: TrainerConfig, env: Mapping[str, str] | None = None) -> Comm:
         device = f"cuda:{local_rank}" if cuda else "cpu"
         if cuda:
             torch.cuda.set_device(local_rank)
+        # torch.optim's first optimizer imports torch._dynamo, and that import, done while a
+        # group exists, keeps references to it that destroy_process_group cannot drop: gloo's
+        # threads then outlive close() and die with the interpreter, which now and then
+        # aborts the exit ("terminate called without an active exception"). Imported first,
+        # it holds none, and close() ends the group's threads.
+        importlib.import_module("torch._dynamo")
         torch.distributed.init_process_group(
             "nccl" if cuda else "gloo",
             store=store,
