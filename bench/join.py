@@ -29,7 +29,8 @@ too).
 ``--profile DIR`` also records JFR profiles of one small and one large Kafka run
 (``DIR/kafka-small.jfr``, ``DIR/kafka-large.jfr``; with ``--variant``, of the variant too:
 ``DIR/variant-*.jfr``) and prints where the CPU of an extra event goes, part by part (their
-difference; see ``bench/jvm_profile.py``).
+difference; see ``bench/jvm_profile.py``), and the bytes it allocates (the heap's growth
+between collections; each recording ends with one, so none is left uncounted).
 
 The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_events_per_s``,
 ``anchor_events_per_s``, ``vs_anchor`` (kafka / anchor), ``cpu_us_per_event`` (kafka) and
@@ -55,7 +56,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.jvm_profile import ThreadCpu, marginal_breakdown
+from bench.jvm_profile import ThreadCpu, allocated_bytes, marginal_breakdown
 from fluxrec.config import Config, load_config
 from fluxrec.stack import Stack
 from fluxrec.testing import unique_name, write_test_config
@@ -184,7 +185,8 @@ def run_kafka(
     if jfr is not None:
         _jcmd(clock.pid, "JFR.start", "name=bench", "settings=profile", f"filename={jfr}")
     out = _timed(lambda: join_job(t_env, cfg, topics, bounded=True).wait(), clock)
-    if jfr is not None:
+    if jfr is not None:  # a full collection last: the recording sees all it allocated
+        _jcmd(clock.pid, "GC.run")
         _jcmd(clock.pid, "JFR.stop", "name=bench")
     out["samples"] = read_topic(cfg.kafka.bootstrap, topics.samples, expected=n, idle_s=1)
     return out
@@ -397,6 +399,8 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
                 n = getattr(a, size)
                 runs[size] = (jfr, run_kafka(job_cfg, inputs[n], n, clock, jfr=jfr)["threads"])
             print(f"{name}:\n{marginal_breakdown(runs['small'], runs['large'], dn)}", flush=True)
+            heap = (allocated_bytes(runs["large"][0]) - allocated_bytes(runs["small"][0])) / dn
+            print(f"{name}: {heap / 1e3:.2f} KB allocated per event (large - small)", flush=True)
     med = {name: statistics.median(v) for name, v in rates.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
     load = os.getloadavg()

@@ -15,6 +15,7 @@ Two views of one run of the job JVM:
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -192,6 +193,29 @@ def cpu_by_part(jfr: Path, threads: dict[str, float]) -> dict[str, float]:
     for name, n in counts.items():
         out[name] = threads.get(TASKS, 0.0) * n / total
     return out
+
+
+def allocated_bytes(jfr: Path) -> int:
+    """Bytes the JVM allocated during a recording: the heap's growth between collections
+    (``jdk.GCHeapSummary``: used before each one minus used after the one before). Exact up
+    to the last collection, so a recording should end with one (``jcmd PID GC.run``)."""
+    out = subprocess.run(
+        ["jfr", "print", "--json", "--events", "jdk.GCHeapSummary", str(jfr)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    events = sorted(
+        (e["values"] for e in json.loads(out)["recording"]["events"]),
+        key=lambda v: (v["gcId"], v["when"] != "Before GC"),
+    )
+    total, after = 0, None
+    for v in events:
+        if v["when"] == "Before GC" and after is not None:
+            total += v["heapUsed"] - after
+        elif v["when"] == "After GC":
+            after = v["heapUsed"]
+    return total
 
 
 def marginal_breakdown(

@@ -22,9 +22,11 @@ import java.util.Arrays;
  * STRING} with bytes 20..24 ({@code "r1"}), and every other field {@code ABSENT}.
  *
  * <p>Not thread-safe: {@link #forThread} gives each thread its own. Within a source's thread
- * the same payload is parsed for the watermark, the rowtime column and the record; {@link
- * #parse} remembers the last payload array (by identity; a Kafka record's value array is never
- * reused for another record) and does not parse it again.
+ * the same payload is parsed for the watermark and for the record; {@link #parse} keeps a copy of
+ * the last payload (up to {@link #REMEMBER_MAX} bytes) and does not parse the same bytes again.
+ * By content, not by array: Flink's generated watermark code hands the function a copy of the
+ * payload, so the record's array is another one with the same bytes (a payload that differs is
+ * told apart within its first bytes, where the request id is).
  */
 public final class EventParser {
 
@@ -95,6 +97,12 @@ public final class EventParser {
     private final boolean[] escaped = new boolean[FIELDS];
 
     private byte[] buf = new byte[0];
+    /** A copy of the payload parsed last ({@code len0} bytes; -1: none), kept by {@link #parse}. */
+    private byte[] last = new byte[0];
+    /** Payloads longer than this are not remembered (the copy would stay with the thread). */
+    static final int REMEMBER_MAX = 64 * 1024;
+    /** Payloads parsed, not counting those remembered; for tests. */
+    int parses;
     private int pos0;
     private int len0 = -1;
     private int pos;
@@ -110,11 +118,27 @@ public final class EventParser {
      * only then are the fields set.
      */
     public boolean parse(byte[] b, int off, int len) {
-        if (b == buf && off == pos0 && len == len0) {
+        if (len == len0 && Arrays.equals(b, off, off + len, last, 0, len)) {
+            int shift = off - pos0; // the same bytes: the fields move to where they stand now
+            for (int f = 0; f < FIELDS; f++) {
+                start[f] += shift;
+                stop[f] += shift;
+            }
+            buf = b;
+            pos0 = off;
             return object;
         }
+        parses++;
+        if (len <= REMEMBER_MAX) {
+            if (last.length < len) {
+                last = new byte[Math.max(len, 2 * last.length)];
+            }
+            System.arraycopy(b, off, last, 0, len);
+            len0 = len;
+        } else {
+            len0 = -1;
+        }
         pos0 = off;
-        len0 = len;
         buf = b;
         pos = off;
         end = off + len;
