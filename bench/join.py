@@ -62,9 +62,9 @@ from fluxrec.stack import Stack
 from fluxrec.testing import unique_name, write_test_config
 from fluxrec.topics import ensure_topics, read_topic
 from pipelines.flink_env import create_table_env
-from pipelines.join_job import JoinTopics, declare_join, join_job, prepare_join, source_columns
+from pipelines.join_job import JoinTopics, declare_join, join_job, prepare_join
 from sample_join.reference import RawEvent, run_reference
-from sample_join.sql import interval
+from sample_join.sql import JoinSql, interval, rowtime_columns
 from sample_join.testing import produce_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,9 +224,8 @@ def _payload_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
             f"""{common} || '"event_time_ms":' || CAST({t} AS STRING)"""
             f""" || ',"features":' || {_features_sql(i)} || '}}'"""
         )
-    # a computed column cannot name another: et parses the payload expression itself
-    rest = source_columns(cfg).split(",", 1)[1].replace("payload", f"({payload})")
-    return _datagen(name, f"payload AS {payload},{rest}", rows)
+    # a computed column cannot name another: the rowtime is the event time's own expression
+    return _datagen(name, f"payload AS {payload},\n  {rowtime_columns(cfg.join, t)}", rows)
 
 
 def _blackholes(t_env: Any, prefix: str) -> dict[str, str]:
@@ -248,6 +247,8 @@ def run_sql(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     prepare_join(t_env, cfg)
     t_env.execute_sql(_payload_table("cj_imp_raw", n, t0, False, cfg))
     t_env.execute_sql(_payload_table("cj_act_raw", n, t0, True, cfg))
+    for name, query in JoinSql(cfg.join, "cj").raw_views():
+        t_env.create_temporary_view(name, t_env.sql_query(query))
     sinks = _blackholes(t_env, "cj")
     stmt = declare_join(t_env, cfg, "cj", sinks=sinks, record_topics=("samples", "dead"))
     return _timed(lambda: stmt.execute().wait(), clock)

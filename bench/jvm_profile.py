@@ -41,8 +41,9 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
         _F + "runtime.state.AsyncSnapshotCallable", _F + "runtime.checkpoint.",
         _F + "streaming.runtime.tasks.SubtaskCheckpointCoordinatorImpl",
         _H + "HeapPriorityQueueSnapshot")),
-    ("parse (fluxrec_impression/action/event_time)", (
-        "io.fluxrec.flink.EventParser", "io.fluxrec.flink.ParseEvent")),
+    ("parse (format fluxrec-event, fluxrec_impression/action)", (
+        "io.fluxrec.flink.EventParser", "io.fluxrec.flink.EventFormat",
+        "io.fluxrec.flink.ParseEvent")),
     ("join function logic (SampleJoin)", ("io.fluxrec.flink.SampleJoin",
                                           "io.fluxrec.flink.JsonOut")),
     ("action dedup logic", ("io.fluxrec.flink.DedupActions",)),

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING
 
 from fluxrec.config import Config, load_config
 from pipelines.flink_env import create_table_env, kafka_table_options
-from sample_join.sql import JoinSql
-from sample_join.sql import source_columns as sample_join_columns
+from sample_join.sql import JoinSql, source_columns
 
 if TYPE_CHECKING:
     from pyflink.table import StatementSet, TableEnvironment, TableResult
@@ -63,12 +62,6 @@ _SINK_PRODUCER = {
     "properties.batch.size": "262144",
     "properties.compression.type": "lz4",
 }
-
-
-def source_columns(cfg: Config) -> str:
-    """The columns of a raw event table: ``payload`` plus the rowtime ``et`` and its watermark
-    (needs :func:`prepare_join` first)."""
-    return sample_join_columns(cfg.join)
 
 
 def prepare_join(t_env: TableEnvironment, cfg: Config) -> None:
@@ -105,8 +98,9 @@ def declare_join(
     sinks: dict[str, str],
     record_topics: tuple[str, str],
 ) -> StatementSet:
-    """Create the views over ``{prefix}_imp_raw`` / ``{prefix}_act_raw`` (declared by the
-    caller after :func:`prepare_join`) and return a statement set inserting into the tables
+    """Create the views over the parsed events ``{prefix}_imp`` / ``{prefix}_act`` (tables
+    or views declared by the caller after :func:`prepare_join`: ``sample_join/sql.py``) and
+    return a statement set inserting into the tables
     named by ``sinks``: ``records``, a table of ``(topic STRING, k STRING, v STRING)`` taking
     the samples and the dead letters (``topic`` one of ``record_topics``: (samples, dead
     letters)), and ``metrics``, a table of ``(k STRING, v STRING)``."""
@@ -151,17 +145,18 @@ def build_join(
         "properties.group.id": jc.group_id,
         "scan.startup.mode": "group-offsets",
         "properties.auto.offset.reset": "earliest",
-        "format": "raw",
         "properties.isolation.level": "read_committed",
     }
     if jc.source_idleness_ms:
         src_opts["scan.watermark.idle-timeout"] = f"{jc.source_idleness_ms} ms"
     if bounded:
         src_opts["scan.bounded.mode"] = "latest-offset"
-    for short, topic in (("imp", topics.impressions), ("act", topics.actions)):
+    # the sources parse each value once, into the rows the job takes (format fluxrec-event)
+    sql = JoinSql(jc, prefix)
+    for stream, topic in (("impression", topics.impressions), ("action", topics.actions)):
         t_env.execute_sql(
-            f"CREATE TEMPORARY TABLE {prefix}_{short}_raw (\n  {source_columns(cfg)}\n) "
-            + kafka_table_options(cfg, topic, **src_opts)
+            f"CREATE TEMPORARY TABLE {prefix}_{stream[:3]} (\n  {source_columns(jc, stream)}\n) "
+            + kafka_table_options(cfg, topic, **src_opts, **sql.format_options(stream))
         )
     # samples and dead letters: one exactly-once sink writing both topics (the topic metadata
     # column picks one of the two the table allows)

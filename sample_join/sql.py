@@ -1,10 +1,11 @@
 """The Flink SQL of the sample-join job, generated from :class:`JoinConfig` (plain strings).
 
-The per-record work runs in Java functions (``flink-functions/``, built by ``make deps``,
-shipped in ``pipeline.jars``); SQL wires them together. With ``P`` the table prefix::
+The per-record work runs in Java (``flink-functions/``, built by ``make deps``, shipped in
+``pipeline.jars``); SQL wires it together. With ``P`` the table prefix::
 
-    P_imp_raw ─► fluxrec_impression(payload): one parse ─► P_imp ──────────────────────┐
-    P_act_raw ─► fluxrec_action(payload): one parse ─► P_act                             │
+    Kafka ─► P_imp: the format fluxrec-event parses each value once, in the source, ──────┐
+                    into the row fluxrec_join takes (no operator copies it on the way)     │
+    Kafka ─► P_act: the same for actions                                                  │
         valid ─► P_act_dedup = fluxrec_dedup_actions(partitioned by request_id, item_id):│
                  first arrival per (request_id, item_id, action), too_late               │
                    unique ─► P_act_scored = fluxrec_bot_count(partitioned by user_id):   │
@@ -16,9 +17,14 @@ shipped in ``pipeline.jars``); SQL wires them together. With ``P`` the table pre
     P_out ─► records: samples (kind 1) and dead letters (kind 2), one sink writing two topics
           ─► metrics: counts per (window, code), running totals, an upsert changelog
 
-A valid impression's row in ``P_imp`` carries its payload and ``spans``, where the sample's
-fields stand in it (48 bytes), not a copy of those fields: every operator on the way copies
-the row's strings, and ``fluxrec_join`` writes the sample's fields from the payload once.
+``P_imp`` and ``P_act`` are the parsed events (:data:`IMPRESSION_COLUMNS`,
+:data:`ACTION_COLUMNS`, and a rowtime from ``t``): Kafka tables of the format
+``fluxrec-event`` (:func:`source_columns`, :meth:`JoinSql.format_options`), or, over a
+table of raw payloads that is not Kafka (the benchmark's datagen), views that call the
+scalar functions ``fluxrec_impression``/``fluxrec_action`` (:meth:`JoinSql.raw_views`): the
+same values. A valid impression's row carries its payload and ``spans``, where the sample's
+fields stand in it (48 bytes), not a copy of those fields; ``fluxrec_join`` writes the
+sample's fields from the payload once.
 
 The contracts and the semantics are in ``CONTRACTS.md``; the executable reference of the
 same semantics is :mod:`sample_join.reference`. Outputs are rows ``(topic STRING, k STRING,
@@ -43,7 +49,16 @@ from dataclasses import dataclass
 
 from sample_join.settings import JoinConfig, check_join_config
 
-__all__ = ["FUNCTIONS", "SPEC_PARAMETER", "JoinSql", "interval"]
+__all__ = [
+    "ACTION_COLUMNS",
+    "FUNCTIONS",
+    "IMPRESSION_COLUMNS",
+    "SPEC_PARAMETER",
+    "JoinSql",
+    "interval",
+    "rowtime_columns",
+    "source_columns",
+]
 
 #: The job parameter the Java functions read their settings from.
 SPEC_PARAMETER = "fluxrec.join.spec"
@@ -77,15 +92,36 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def source_columns(cfg: JoinConfig) -> str:
-    """The columns of a raw event table: ``payload`` and the rowtime ``et`` with its
-    watermark (``fluxrec_event_time``: 0 when the time does not parse or is in the future,
-    so that such events cannot move the watermark)."""
+#: The columns of the parsed impressions (``P_imp``): exactly the rows ``fluxrec_join``
+#: takes, so that nothing stands between the source and the shuffle. ``spans`` is null and
+#: ``reason`` set for an invalid impression; ``label`` is always null.
+IMPRESSION_COLUMNS = (
+    "is_action BOOLEAN, payload STRING, reason STRING, t BIGINT, request_id STRING, "
+    "item_id STRING, spans BYTES, label INT"
+)
+
+#: The columns of the parsed actions (``P_act``); ``label`` indexes the configured labels.
+ACTION_COLUMNS = (
+    "payload STRING, reason STRING, t BIGINT, request_id STRING, item_id STRING, "
+    "user_id STRING, label INT"
+)
+
+
+def rowtime_columns(cfg: JoinConfig, t: str = "t") -> str:
+    """The rowtime ``et`` of a table of events whose event time is the expression ``t`` (null:
+    none parsed), and its watermark: ``fluxrec_event_time`` gives 0 for a missing or future
+    time, so that such events cannot move the watermark."""
     return (
-        "payload STRING,\n"
-        f"  et AS TO_TIMESTAMP_LTZ(fluxrec_event_time(payload, {cfg.max_future_skew_ms}), 3),\n"
+        f"et AS TO_TIMESTAMP_LTZ(fluxrec_event_time({t}, {cfg.max_future_skew_ms}), 3),\n"
         f"  WATERMARK FOR et AS et - {interval(cfg.watermark_out_of_orderness_ms)}"
     )
+
+
+def source_columns(cfg: JoinConfig, stream: str) -> str:
+    """The columns of the Kafka table of ``stream`` (``impression`` or ``action``) in the
+    format ``fluxrec-event``, with its rowtime and watermark."""
+    columns = IMPRESSION_COLUMNS if stream == "impression" else ACTION_COLUMNS
+    return f"{columns},\n  {rowtime_columns(cfg)}"
 
 
 @dataclass(frozen=True)
@@ -121,10 +157,22 @@ class JoinSql:
         }
         return json.dumps(doc, ensure_ascii=False)
 
+    def spec_base64(self) -> str:
+        """:meth:`spec` as the functions and the format read it: base64 of its UTF-8."""
+        return base64.b64encode(self.spec().encode()).decode()
+
     def spec_parameter(self) -> str:
         """``pipeline.global-job-parameters`` carrying the spec (base64: no ``,`` or ``:``)."""
-        encoded = base64.b64encode(self.spec().encode()).decode()
-        return f"{SPEC_PARAMETER}:{encoded}"
+        return f"{SPEC_PARAMETER}:{self.spec_base64()}"
+
+    def format_options(self, stream: str) -> dict[str, str]:
+        """The options of a Kafka table of ``stream`` (``impression`` or ``action``) whose
+        values the format ``fluxrec-event`` parses (``EventFormat.java``)."""
+        return {
+            "format": "fluxrec-event",
+            "fluxrec-event.stream": stream,
+            "fluxrec-event.spec": self.spec_base64(),
+        }
 
     @staticmethod
     def functions() -> list[str]:
@@ -136,16 +184,16 @@ class JoinSql:
 
     # ------------------------------------------------------------------ views
 
-    def views(self) -> list[tuple[str, str]]:
-        """``(name, query)`` of every view, in dependency order. The job registers them as
-        Table objects (``create_temporary_view``): a SQL view that calls a process table
-        function is parsed again when used, which Flink 2.2 fails on."""
+    def raw_views(self) -> list[tuple[str, str]]:
+        """``(name, query)`` of ``P_imp`` and ``P_act`` over tables of raw payloads
+        ``P_imp_raw``/``P_act_raw`` (a ``payload`` column and a rowtime) that are not Kafka:
+        one call of the parse function per payload, the same rows as the format gives."""
         p = self._v
-        bots = self.cfg.bot_max_actions > 0
-        out: list[tuple[str, str]] = [
+        return [
             (
                 p("imp"),
-                "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.spans FROM ("
+                "SELECT FALSE AS is_action, payload, e.reason, e.t, e.request_id, e.item_id, "
+                "e.spans, CAST(NULL AS INT) AS label FROM ("
                 f"SELECT payload, fluxrec_impression(payload) AS e FROM {p('imp_raw')})",
             ),
             (
@@ -153,6 +201,15 @@ class JoinSql:
                 "SELECT payload, e.reason, e.t, e.request_id, e.item_id, e.user_id, e.label "
                 f"FROM (SELECT payload, fluxrec_action(payload) AS e FROM {p('act_raw')})",
             ),
+        ]
+
+    def views(self) -> list[tuple[str, str]]:
+        """``(name, query)`` of every view over ``P_imp`` and ``P_act``, in dependency order.
+        The job registers them as Table objects (``create_temporary_view``): a SQL view that
+        calls a process table function is parsed again when used, which Flink 2.2 fails on."""
+        p = self._v
+        bots = self.cfg.bot_max_actions > 0
+        out: list[tuple[str, str]] = [
             # the valid actions, and the impressions' watermark: the clock rows are none
             # (RAND() is below 1) but their watermark flows, so that the dedup sees the job's
             (
@@ -161,7 +218,7 @@ class JoinSql:
                 f"FROM {p('act')} WHERE reason IS NULL UNION ALL "
                 "SELECT CAST(NULL AS STRING), CAST(NULL AS STRING), CAST(NULL AS STRING), "
                 "CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT) "
-                f"FROM {p('imp_raw')} WHERE RAND() > 1",
+                f"FROM {p('imp')} WHERE RAND() > 1",
             ),
             (
                 p("act_dedup"),
@@ -192,9 +249,7 @@ FROM fluxrec_bot_count(
         out.append((
             p("events"),
             f"""
-SELECT FALSE AS is_action, payload, reason, t, request_id, item_id, spans,
-  CAST(NULL AS INT) AS label
-FROM {p("imp")}
+SELECT is_action, payload, reason, t, request_id, item_id, spans, label FROM {p("imp")}
 UNION ALL
 SELECT TRUE, payload, reason, t, request_id, item_id, {no_spans}, label
 FROM {p("act")} WHERE reason IS NOT NULL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -196,26 +197,53 @@ def test_fake_negative_with_late_corrections_equals_the_reference(
 @pytest.mark.parametrize("strategy", ["window", "fake_negative"])
 def test_the_plan_has_one_operator_per_decision(stack_config: Config, strategy: str) -> None:
     """Each decision (action dedup, bot count, everything per (request_id, item_id)) is made by
-    exactly one operator that all its consumers share, and each payload is parsed by one call
-    (and its time by one in the watermark): the optimizer must not split one into differing
-    copies."""
+    exactly one operator that all its consumers share, and each payload is parsed once, by its
+    source's format (the watermark reads the parsed time): the optimizer must not split one
+    into differing copies, and nothing stands between the impressions' source and the join's
+    shuffle (an operator there would copy every payload)."""
     from pipelines.flink_env import create_table_env
     from pipelines.join_job import JoinTopics, build_join
 
     cfg = replace(stack_config, join=replace(JOIN, strategy=strategy))  # type: ignore[arg-type]
     plan = build_join(create_table_env(cfg), cfg, JoinTopics(*"abcde")).explain()
     graph = plan[plan.index("== Optimized Execution Plan ==") :]
-    assert graph.count("fluxrec_impression(") == 1
-    assert graph.count("fluxrec_action(") == 1
-    # the event time is read once per payload, by each source's watermark (nothing
-    # downstream reads the rowtime column)
-    assert graph.count("fluxrec_event_time(") == 2
+    assert graph.count("fluxrec_impression(") == graph.count("fluxrec_action(") == 0
+    # the watermark's time is computed once per event, in each source (nothing downstream
+    # reads the rowtime column), from the parsed time
+    assert graph.count("fluxrec_event_time(t, ") == 2
+    # the impressions' scan (or the mini-batch assigner over it) feeds the join's shuffle as
+    # it is: its rows are the join's rows
+    scan = re.search(
+        r"\(reuse_id=\[(\d+)\]\)\n\+- TableSourceScan\(table=\[\[\w+, \w+, fj_imp,", graph
+    )
+    assert scan is not None, graph
+    lines = graph.splitlines()
+    uses = [
+        i
+        for i, line in enumerate(lines)
+        if f"Reused(reference_id=[{scan[1]}])" in line and "fluxrec_join(" in _root(lines, i)
+    ]
+    assert len(uses) == 1 and _parent(lines, uses[0]).lstrip(" :+-").startswith("Union(")
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_dedup_actions(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_bot_count(") == 1
     assert graph.count("ProcessTableFunction(invocation=[fluxrec_join(") == 1
     # the metrics: summed where the join emits them, then once per (window, code)
     assert graph.count("LocalGroupAggregate(") == graph.count("GlobalGroupAggregate(") == 1
     assert graph.count("TableSourceScan(") == 2
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" :+-"))
+
+
+def _parent(lines: list[str], i: int) -> str:
+    """The operator above line ``i`` of a plan tree (Flink's explain indents by 3)."""
+    return next(lines[j] for j in range(i - 1, -1, -1) if _indent(lines[j]) < _indent(lines[i]))
+
+
+def _root(lines: list[str], i: int) -> str:
+    """The first line of the tree that line ``i`` belongs to."""
+    return next(lines[j] for j in range(i, -1, -1) if _indent(lines[j]) == 0)
 
 
 def test_pathological_payloads_reach_the_dead_letters_with_the_reference_reason(
@@ -246,3 +274,27 @@ def test_pathological_payloads_reach_the_dead_letters_with_the_reference_reason(
     assert len(ref.samples) == 1
     topics = _run_job(cfg, new_topic, events)
     _check_against_reference(cfg, topics, ref)
+
+
+def test_views_over_raw_payloads_give_the_samples_of_the_reference(stack_config: Config) -> None:
+    """The path for tables of raw payloads that are not Kafka (``make bench-join``'s datagen
+    job): the scalar parse functions (``JoinSql.raw_views``) give the rows the Kafka format
+    gives, so the job's samples are the reference's."""
+    from bench.join import _payload_table, _reference_samples
+    from pipelines.flink_env import create_table_env
+    from pipelines.join_job import prepare_join
+    from sample_join.sql import JoinSql
+
+    n, t0 = 3_000, int(time.time() * 1000) - 3_600_000
+    t_env = create_table_env(stack_config, checkpoint_interval_ms=1000)
+    prepare_join(t_env, stack_config)
+    t_env.execute_sql(_payload_table("rj_imp_raw", n, t0, False, stack_config))
+    t_env.execute_sql(_payload_table("rj_act_raw", n, t0, True, stack_config))
+    sql = JoinSql(stack_config.join, "rj")
+    for name, query in sql.raw_views() + sql.views():
+        t_env.create_temporary_view(name, t_env.sql_query(query))
+    with t_env.sql_query(sql.records_select("s", "d")).execute().collect() as rows:
+        records = [(r[0], r[2]) for r in rows]
+    assert not [v for topic, v in records if topic == "d"]
+    got = sorted(json.dumps(json.loads(v), sort_keys=True) for topic, v in records)
+    assert got == _reference_samples(stack_config, n, t0)

@@ -1,6 +1,6 @@
 """The Java parse of the join (``flink-functions/``, EventParser) against the Python reference.
 
-Every payload goes through ``io.fluxrec.flink.ParseCli`` (the parser the job's functions use,
+Every payload goes through ``io.fluxrec.flink.ParseCli`` (the decoder of the job's sources,
 in one JVM) and through ``sample_join.reference``; the reason, the event time, the decoded
 fields, the sample fields and the dead-letter payload must agree: valid events of every
 shape, every kind of invalid one, pathological ones (deep nesting, a 10 MB string, invalid
@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import random
 import subprocess
+from pathlib import Path
 from typing import Any
 
+import pyflink
 import pytest
 
 from fluxrec.stack.setup import find_java, functions_jar
@@ -185,7 +188,10 @@ def _java(payloads: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     lines = "".join(
         f"{stream[0]} {base64.b64encode(b).decode()}\n" for stream, b in payloads
     ).encode()
-    argv = [find_java(), "-cp", str(functions_jar()), "io.fluxrec.flink.ParseCli"]
+    # the CLI decodes with the sources' format, whose rows are Flink's: Flink's jars beside it
+    flink_lib = Path(pyflink.__file__).parent / "lib" / "*"
+    classpath = f"{functions_jar()}{os.pathsep}{flink_lib}"
+    argv = [find_java(), "-cp", classpath, "io.fluxrec.flink.ParseCli"]
     r = subprocess.run(
         [*argv, JoinSql(CFG).spec(), str(NOW)], input=lines, capture_output=True, check=False
     )

@@ -21,21 +21,9 @@ import java.util.Arrays;
  * {"v":1,"request_id":"r1"}}, {@code kind[V] == INT, number[V] == 1}, {@code kind[REQUEST_ID] ==
  * STRING} with bytes 20..24 ({@code "r1"}), and every other field {@code ABSENT}.
  *
- * <p>Not thread-safe: {@link #forThread} gives each thread its own. Within a source's thread
- * the same payload is parsed for the watermark and for the record; {@link #parse} keeps a copy of
- * the last payload (up to {@link #REMEMBER_MAX} bytes) and does not parse the same bytes again.
- * By content, not by array: Flink's generated watermark code hands the function a copy of the
- * payload, so the record's array is another one with the same bytes (a payload that differs is
- * told apart within its first bytes, where the request id is).
+ * <p>Not thread-safe: each decoder holds its own.
  */
 public final class EventParser {
-
-    private static final ThreadLocal<EventParser> PER_THREAD = ThreadLocal.withInitial(EventParser::new);
-
-    /** This thread's parser. */
-    public static EventParser forThread() {
-        return PER_THREAD.get();
-    }
 
     /** Containers (objects, arrays) nested deeper than this make a payload malformed. */
     public static final int MAX_DEPTH = 128;
@@ -97,14 +85,8 @@ public final class EventParser {
     private final boolean[] escaped = new boolean[FIELDS];
 
     private byte[] buf = new byte[0];
-    /** A copy of the payload parsed last ({@code len0} bytes; -1: none), kept by {@link #parse}. */
-    private byte[] last = new byte[0];
-    /** Payloads longer than this are not remembered (the copy would stay with the thread). */
-    static final int REMEMBER_MAX = 64 * 1024;
-    /** Payloads parsed, not counting those remembered; for tests. */
-    int parses;
+    /** Where the payload parsed last starts in its array: the origin of {@link #bodySpans}. */
     private int pos0;
-    private int len0 = -1;
     private int pos;
     private int end;
     private boolean object;
@@ -118,26 +100,6 @@ public final class EventParser {
      * only then are the fields set.
      */
     public boolean parse(byte[] b, int off, int len) {
-        if (len == len0 && Arrays.equals(b, off, off + len, last, 0, len)) {
-            int shift = off - pos0; // the same bytes: the fields move to where they stand now
-            for (int f = 0; f < FIELDS; f++) {
-                start[f] += shift;
-                stop[f] += shift;
-            }
-            buf = b;
-            pos0 = off;
-            return object;
-        }
-        parses++;
-        if (len <= REMEMBER_MAX) {
-            if (last.length < len) {
-                last = new byte[Math.max(len, 2 * last.length)];
-            }
-            System.arraycopy(b, off, last, 0, len);
-            len0 = len;
-        } else {
-            len0 = -1;
-        }
         pos0 = off;
         buf = b;
         pos = off;

@@ -1,5 +1,7 @@
 package io.fluxrec.flink;
 
+import org.apache.flink.table.data.RowData;
+
 import java.io.BufferedReader;
 import java.io.BufferedOutputStream;
 import java.io.InputStreamReader;
@@ -8,11 +10,12 @@ import java.nio.charset.StandardCharsets;
 import java.util.Base64;
 
 /**
- * The parse of the join's functions on the command line, so that tests compare it with the
- * Python reference on many payloads in one process (no Flink needed):
+ * The parse of the join's Kafka sources ({@link EventFormat}'s rows) on the command line, so
+ * that tests compare it with the Python reference on many payloads in one process (no job: only
+ * Flink's jars on the class path, as in PyFlink's {@code lib}):
  *
  * <pre>
- *   java -cp fluxrec-flink-functions.jar io.fluxrec.flink.ParseCli SPEC_JSON NOW_MS &lt; in &gt; out
+ *   java -cp fluxrec-flink-functions.jar:FLINK_LIB/* io.fluxrec.flink.ParseCli SPEC_JSON NOW_MS &lt; in &gt; out
  * </pre>
  *
  * Each input line is {@code i BASE64} (an impression) or {@code a BASE64} (an action); each
@@ -27,9 +30,11 @@ public final class ParseCli {
     private ParseCli() {}
 
     public static void main(String[] args) throws Exception {
-        JoinSpec spec = JoinSpec.of(args[0]);
+        String spec = Base64.getEncoder().encodeToString(args[0].getBytes(StandardCharsets.UTF_8));
         long now = Long.parseLong(args[1]);
-        EventParser parser = new EventParser();
+        String[] columns = {"payload", "reason", "t", "request_id", "item_id", "user_id", "label", "spans"};
+        EventFormat.Decoder impressions = EventFormat.Decoder.of(true, spec, columns);
+        EventFormat.Decoder actions = EventFormat.Decoder.of(false, spec, columns);
         ByteSink out = new ByteSink(1 << 16);
         BufferedReader in =
                 new BufferedReader(new InputStreamReader(System.in, StandardCharsets.US_ASCII));
@@ -38,30 +43,28 @@ public final class ParseCli {
         while ((line = in.readLine()) != null) {
             boolean impression = line.charAt(0) == 'i';
             byte[] b = Base64.getDecoder().decode(line.substring(2));
-            parser.parse(b, 0, b.length);
-            String reason = parser.reason(impression, spec.actions);
-            if (reason == null && parser.time() > now + spec.maxFutureSkewMs) {
-                reason = Reasons.FUTURE_EVENT;
-            }
+            RowData row = (impression ? impressions : actions).decode(b, now);
             out.reset();
-            out.ascii("{\"reason\":").ascii(reason == null ? "null" : "\"" + reason + "\"");
-            out.ascii(",\"t\":").ascii(parser.hasTime() ? Long.toString(parser.time()) : "null");
-            if (reason == null) {
-                for (int f : new int[] {EventParser.REQUEST_ID, EventParser.ITEM_ID, EventParser.USER_ID}) {
-                    out.ascii(",\"").ascii(EventParser.NAMES[f]).ascii("\":");
-                    JsonOut.string(out, parser.decoded(f));
+            out.ascii("{\"reason\":");
+            out.ascii(row.isNullAt(1) ? "null" : "\"" + row.getString(1) + "\"");
+            out.ascii(",\"t\":").ascii(row.isNullAt(2) ? "null" : Long.toString(row.getLong(2)));
+            if (row.isNullAt(1)) {
+                for (int f = 3; f <= 5; f++) {
+                    out.ascii(",\"").ascii(columns[f]).ascii("\":");
+                    JsonOut.string(out, row.getString(f).toBytes());
                 }
                 if (impression) {
                     ByteSink body = new ByteSink(b.length);
-                    EventParser.writeBody(body, b, 0, parser.bodySpans()); // as SampleJoin does
+                    EventParser.writeBody(body, b, 0, row.getBinary(7)); // as SampleJoin does
                     out.ascii(",\"body\":");
                     JsonOut.payload(out, body.toArray(), 0, body.size());
                 } else {
-                    out.ascii(",\"label\":").decimal(parser.label());
+                    out.ascii(",\"label\":").decimal(row.getInt(6));
                 }
             }
             out.ascii(",\"payload\":");
-            JsonOut.payload(out, b, 0, b.length);
+            byte[] payload = row.getString(0).toBytes();
+            JsonOut.payload(out, payload, 0, payload.length);
             out.ascii("}\n");
             stdout.write(out.toArray());
         }

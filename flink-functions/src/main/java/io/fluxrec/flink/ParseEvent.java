@@ -1,13 +1,15 @@
 package io.fluxrec.flink;
 
-import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ScalarFunction;
 
 /**
- * Base of the two parse functions: one parse of a raw Kafka value per event.
+ * The parse of a raw payload as a scalar function, for tables of payloads that are not Kafka
+ * (the benchmark's datagen): the rows of the Kafka sources' format ({@link EventFormat}), by
+ * the same decoder, one call per payload.
  *
  * <p>Declared non-deterministic: otherwise the planner may inline one call per field access
  * of the returned row (and the future-event check reads the clock anyway).
@@ -16,38 +18,38 @@ public abstract class ParseEvent extends ScalarFunction {
 
     private static final long serialVersionUID = 1L;
 
-    /** This thread's parser ({@link EventParser#forThread}), set by every call. */
-    protected transient EventParser parser;
-    protected transient JoinSpec spec;
+    private transient EventFormat.Decoder decoder;
 
     @Override
     public void open(FunctionContext context) throws Exception {
-        spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
+        String spec = context.getJobParameter(JoinSpec.JOB_PARAMETER, null);
+        JoinSpec.fromJob(spec); // a clear error when the job did not set it
+        decoder = EventFormat.Decoder.of(impression(), spec, columns());
     }
+
+    /** Whether the payloads are impressions (else actions). */
+    abstract boolean impression();
+
+    /** The columns of the result ({@link EventFormat#COLUMNS}). */
+    abstract String[] columns();
 
     @Override
     public boolean isDeterministic() {
         return false;
     }
 
-    /** Parses the payload; returns its reason (null: valid so far) after the future check. */
-    protected final String parse(StringData payload, boolean impression) {
-        parser = EventParser.forThread();
-        byte[] b = payload.toBytes();
-        parser.parse(b, 0, b.length);
-        String reason = parser.reason(impression, spec.actions);
-        if (reason == null && parser.time() > System.currentTimeMillis() + spec.maxFutureSkewMs) {
-            reason = Reasons.FUTURE_EVENT;
-        }
-        return reason;
+    /** The row of one payload, as the Kafka source's format decodes it. */
+    protected final RowData decode(StringData payload) {
+        return decoder.decode(payload.toBytes(), System.currentTimeMillis());
     }
 
-    protected final Long time() {
-        return parser.hasTime() ? parser.time() : null;
-    }
-
-    protected final StringData string(int field) {
-        return StringData.fromBytes(parser.decoded(field));
+    /**
+     * The time an event moves the watermark with: its event time {@code t} (null: none parsed)
+     * when not in the future, else 0, so that such events cannot move the watermark
+     * (CONTRACTS.md 4.1).
+     */
+    public static long watermarkTime(Long t, long maxFutureSkewMs, long nowMs) {
+        return t == null || t > nowMs + maxFutureSkewMs ? 0L : t;
     }
 
     /**
@@ -55,30 +57,26 @@ public abstract class ParseEvent extends ScalarFunction {
      * event time if the payload is an object with an integer {@code event_time_ms}, else null),
      * the join keys, and for a valid impression {@code spans}: where the sample's fields stand
      * in the payload ({@link EventParser#bodySpans}, 48 bytes), from which {@code SampleJoin}
-     * writes the sample's body, {@code "request_id":..,"item_id":..,"user_id":..,
-     * "event_time_ms":..,"features":{..}[,"p_click":..]}, as written in the payload. The
-     * spans, not the body, travel with the payload: one copy of the fields fewer per operator.
+     * writes the sample's body.
      */
     public static final class Impression extends ParseEvent {
         private static final long serialVersionUID = 1L;
 
-        public @org.apache.flink.table.annotation.DataTypeHint(
+        @Override
+        boolean impression() {
+            return true;
+        }
+
+        @Override
+        String[] columns() {
+            return new String[] {"reason", "t", "request_id", "item_id", "spans"};
+        }
+
+        public @DataTypeHint(
                 value = "ROW<reason STRING, t BIGINT, request_id STRING, item_id STRING, spans BYTES>",
                 bridgedTo = RowData.class) RowData eval(
-                @org.apache.flink.table.annotation.DataTypeHint(
-                                value = "STRING",
-                                bridgedTo = StringData.class)
-                        StringData payload) {
-            String reason = parse(payload, true);
-            if (reason != null) {
-                return GenericRowData.of(StringData.fromString(reason), time(), null, null, null);
-            }
-            return GenericRowData.of(
-                    null,
-                    time(),
-                    string(EventParser.REQUEST_ID),
-                    string(EventParser.ITEM_ID),
-                    parser.bodySpans());
+                @DataTypeHint(value = "STRING", bridgedTo = StringData.class) StringData payload) {
+            return decode(payload);
         }
     }
 
@@ -90,35 +88,31 @@ public abstract class ParseEvent extends ScalarFunction {
     public static final class Action extends ParseEvent {
         private static final long serialVersionUID = 1L;
 
-        public @org.apache.flink.table.annotation.DataTypeHint(
+        @Override
+        boolean impression() {
+            return false;
+        }
+
+        @Override
+        String[] columns() {
+            return new String[] {"reason", "t", "request_id", "item_id", "user_id", "label"};
+        }
+
+        public @DataTypeHint(
                 value =
                         "ROW<reason STRING, t BIGINT, request_id STRING, item_id STRING,"
                                 + " user_id STRING, label INT>",
                 bridgedTo = RowData.class) RowData eval(
-                @org.apache.flink.table.annotation.DataTypeHint(
-                                value = "STRING",
-                                bridgedTo = StringData.class)
-                        StringData payload) {
-            String reason = parse(payload, false);
-            if (reason != null) {
-                return GenericRowData.of(
-                        StringData.fromString(reason), time(), null, null, null, null);
-            }
-            return GenericRowData.of(
-                    null,
-                    time(),
-                    string(EventParser.REQUEST_ID),
-                    string(EventParser.ITEM_ID),
-                    string(EventParser.USER_ID),
-                    parser.label());
+                @DataTypeHint(value = "STRING", bridgedTo = StringData.class) StringData payload) {
+            return decode(payload);
         }
     }
 
     /**
-     * {@code fluxrec_event_time(payload, max_future_skew_ms)} for the rowtime column of a
-     * source: the event time when it parses and is not in the future, else 0, so that such
-     * events cannot move the watermark (CONTRACTS.md 4.1). It also runs in the source's
-     * watermark generator, where job parameters cannot be read: the skew is an argument.
+     * {@code fluxrec_event_time(t, max_future_skew_ms)} for the rowtime column of a source:
+     * {@link #watermarkTime} of the event time {@code t} the source parsed. It runs in the
+     * source's watermark generator, where job parameters cannot be read: the skew is an
+     * argument.
      */
     public static final class EventTime extends ScalarFunction {
         private static final long serialVersionUID = 1L;
@@ -128,19 +122,8 @@ public abstract class ParseEvent extends ScalarFunction {
             return false;
         }
 
-        public long eval(
-                @org.apache.flink.table.annotation.DataTypeHint(
-                                value = "STRING",
-                                bridgedTo = StringData.class)
-                        StringData payload,
-                long maxFutureSkewMs) {
-            EventParser parser = EventParser.forThread();
-            byte[] b = payload.toBytes();
-            parser.parse(b, 0, b.length);
-            if (!parser.hasTime() || parser.time() > System.currentTimeMillis() + maxFutureSkewMs) {
-                return 0L;
-            }
-            return parser.time();
+        public long eval(Long t, long maxFutureSkewMs) {
+            return watermarkTime(t, maxFutureSkewMs, System.currentTimeMillis());
         }
     }
 }
