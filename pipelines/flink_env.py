@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from fluxrec.config import Config
 from fluxrec.errors import ConfigError
 from fluxrec.stack.setup import connector_jar, functions_jar
+from sample_join.sql import literal
 
 if TYPE_CHECKING:
     from pyflink.table import TableEnvironment
@@ -135,9 +136,5 @@ def kafka_table_options(cfg: Config, topic: str, **extra: str) -> str:
         "properties.bootstrap.servers": cfg.kafka.bootstrap,
         **extra,
     }
-    body = ",\n  ".join(f"'{k}' = '{_quote(v)}'" for k, v in opts.items())
+    body = ",\n  ".join(f"{literal(k)} = {literal(v)}" for k, v in opts.items())
     return f"WITH (\n  {body}\n)"
-
-
-def _quote(v: str) -> str:
-    return v.replace("'", "''")

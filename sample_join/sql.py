@@ -56,6 +56,7 @@ __all__ = [
     "SPEC_PARAMETER",
     "JoinSql",
     "interval",
+    "literal",
     "rowtime_columns",
     "source_columns",
 ]
@@ -87,8 +88,8 @@ def interval(ms: int) -> str:
     return f"INTERVAL '{d} {h:02d}:{m:02d}:{s:02d}.{milli:03d}' DAY TO SECOND(3)"
 
 
-def _literal(text: str) -> str:
-    """A SQL string literal: ``_literal("it's")`` is ``'it''s'``."""
+def literal(text: str) -> str:
+    """A SQL string literal: ``literal("it's")`` is ``'it''s'``."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -276,7 +277,7 @@ SELECT * FROM fluxrec_join(
         ``dead_letter_topic``. One sink, not one per topic: each row the join emits is then
         copied to two consumers (this and the metrics), not three, and one producer commits a
         transaction per checkpoint."""
-        samples, dead = _literal(samples_topic), _literal(dead_letter_topic)
+        samples, dead = literal(samples_topic), literal(dead_letter_topic)
         return (
             f"SELECT CASE WHEN kind = 1 THEN {samples} ELSE {dead} END, k, v "
             f"FROM {self._v('out')} WHERE kind > 0"
