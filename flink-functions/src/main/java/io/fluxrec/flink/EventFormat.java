@@ -195,11 +195,14 @@ public final class EventFormat implements DeserializationFormatFactory {
 
         /** A decoder of the given columns (names of {@link #COLUMNS}), for tools and tests. */
         public static Decoder of(boolean impression, String spec, String... names) {
-            return new Decoder(
-                    impression,
-                    spec,
-                    Arrays.stream(names).mapToInt(COLUMNS::indexOf).toArray(),
-                    null);
+            int[] columns = Arrays.stream(names).mapToInt(COLUMNS::indexOf).toArray();
+            for (int i = 0; i < columns.length; i++) {
+                if (columns[i] < 0) {
+                    throw new IllegalArgumentException(
+                            "no column " + names[i] + "; the columns are " + COLUMNS);
+                }
+            }
+            return new Decoder(impression, spec, columns, null);
         }
 
         @Override

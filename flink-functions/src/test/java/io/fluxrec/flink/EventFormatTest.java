@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertSame;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.charset.StandardCharsets;
@@ -91,6 +92,13 @@ class EventFormatTest {
         RowData tombstone = d.decode(null, T);
         assertEquals(Reasons.MALFORMED_JSON, tombstone.getString(2).toString());
         assertEquals(0, tombstone.getString(1).toBytes().length);
+    }
+
+    @Test
+    void aDecoderOfAnUnknownColumnIsRefused() {
+        assertThrows(
+                IllegalArgumentException.class,
+                () -> EventFormat.Decoder.of(true, SPEC, "payload", "body"));
     }
 
     @Test
