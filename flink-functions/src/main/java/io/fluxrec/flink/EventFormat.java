@@ -21,7 +21,9 @@ import org.apache.flink.table.types.logical.LogicalTypeRoot;
 
 import java.util.Arrays;
 import java.util.List;
+import java.util.Locale;
 import java.util.Set;
+import java.util.stream.Collectors;
 
 /**
  * The {@code fluxrec-event} format: a Kafka value parsed once, in the source, into the row the
@@ -77,27 +79,44 @@ public final class EventFormat implements DeserializationFormatFactory {
                     .noDefaultValue()
                     .withDescription("the join settings, base64 of their JSON (JoinSql.spec)");
 
-    /** The columns a table of this format may declare, and their types. */
-    static final List<String> COLUMNS =
-            List.of(
-                    "is_action", "payload", "reason", "t", "request_id", "item_id", "user_id",
-                    "label", "spans");
+    /** The columns a table of this format may declare (by name), with their types. */
+    enum Column {
+        IS_ACTION(LogicalTypeRoot.BOOLEAN, "BOOLEAN"),
+        PAYLOAD(LogicalTypeRoot.VARCHAR, "STRING"),
+        REASON(LogicalTypeRoot.VARCHAR, "STRING"),
+        T(LogicalTypeRoot.BIGINT, "BIGINT"),
+        REQUEST_ID(LogicalTypeRoot.VARCHAR, "STRING"),
+        ITEM_ID(LogicalTypeRoot.VARCHAR, "STRING"),
+        USER_ID(LogicalTypeRoot.VARCHAR, "STRING"),
+        LABEL(LogicalTypeRoot.INTEGER, "INT"),
+        SPANS(LogicalTypeRoot.VARBINARY, "BYTES");
 
-    private static final List<LogicalTypeRoot> TYPES =
-            List.of(
-                    LogicalTypeRoot.BOOLEAN,
-                    LogicalTypeRoot.VARCHAR,
-                    LogicalTypeRoot.VARCHAR,
-                    LogicalTypeRoot.BIGINT,
-                    LogicalTypeRoot.VARCHAR,
-                    LogicalTypeRoot.VARCHAR,
-                    LogicalTypeRoot.VARCHAR,
-                    LogicalTypeRoot.INTEGER,
-                    LogicalTypeRoot.VARBINARY);
+        final String sqlName = name().toLowerCase(Locale.ROOT);
+        final LogicalTypeRoot type;
+        final String sqlType;
 
-    private static final String SQL_TYPES =
-            "is_action BOOLEAN, payload STRING, reason STRING, t BIGINT, request_id STRING,"
-                    + " item_id STRING, user_id STRING, label INT, spans BYTES";
+        Column(LogicalTypeRoot type, String sqlType) {
+            this.type = type;
+            this.sqlType = sqlType;
+        }
+
+        /** The column of that SQL name, or null. */
+        static Column named(String name) {
+            for (Column c : values()) {
+                if (c.sqlName.equals(name)) {
+                    return c;
+                }
+            }
+            return null;
+        }
+
+        /** All of them as SQL, for error messages: {@code is_action BOOLEAN, payload STRING, ...}. */
+        static String sql() {
+            return Arrays.stream(values())
+                    .map(c -> c.sqlName + " " + c.sqlType)
+                    .collect(Collectors.joining(", "));
+        }
+    }
 
     @Override
     public String factoryIdentifier() {
@@ -139,7 +158,7 @@ public final class EventFormat implements DeserializationFormatFactory {
                     DynamicTableSource.Context ctx, DataType physical) {
                 List<String> names = DataType.getFieldNames(physical);
                 List<DataType> types = DataType.getFieldDataTypes(physical);
-                int[] columns = new int[names.size()];
+                Column[] columns = new Column[names.size()];
                 for (int i = 0; i < columns.length; i++) {
                     columns[i] = column(names.get(i), types.get(i));
                 }
@@ -154,13 +173,13 @@ public final class EventFormat implements DeserializationFormatFactory {
         };
     }
 
-    private static int column(String name, DataType type) {
-        int c = COLUMNS.indexOf(name);
-        if (c < 0 || type.getLogicalType().getTypeRoot() != TYPES.get(c)) {
+    private static Column column(String name, DataType type) {
+        Column c = Column.named(name);
+        if (c == null || type.getLogicalType().getTypeRoot() != c.type) {
             throw new ValidationException(
                     "format " + IDENTIFIER + ": column " + name + " " + type
                             + " is not one it fills; the columns are (any of, by name) "
-                            + SQL_TYPES);
+                            + Column.sql());
         }
         return c;
     }
@@ -176,30 +195,27 @@ public final class EventFormat implements DeserializationFormatFactory {
 
         private final boolean impression;
         private final String spec;
-        private final int[] columns;
+        private final Column[] columns;
         private final TypeInformation<RowData> type;
         private transient EventParser parser;
         private transient JoinSpec joinSpec;
 
-        /**
-         * {@code columns}: per output field, its index in {@link #COLUMNS}; {@code spec}: base64
-         * of the join spec's JSON.
-         */
-        public Decoder(
-                boolean impression, String spec, int[] columns, TypeInformation<RowData> type) {
+        /** {@code columns}: per output field, its column; {@code spec}: base64 of the join spec's JSON. */
+        Decoder(boolean impression, String spec, Column[] columns, TypeInformation<RowData> type) {
             this.impression = impression;
             this.spec = spec;
             this.columns = columns.clone();
             this.type = type;
         }
 
-        /** A decoder of the given columns (names of {@link #COLUMNS}), for tools and tests. */
+        /** A decoder of the given columns (SQL names of {@link Column}), for tools and tests. */
         public static Decoder of(boolean impression, String spec, String... names) {
-            int[] columns = Arrays.stream(names).mapToInt(COLUMNS::indexOf).toArray();
+            Column[] columns = new Column[names.length];
             for (int i = 0; i < columns.length; i++) {
-                if (columns[i] < 0) {
+                columns[i] = Column.named(names[i]);
+                if (columns[i] == null) {
                     throw new IllegalArgumentException(
-                            "no column " + names[i] + "; the columns are " + COLUMNS);
+                            "no column " + names[i] + "; the columns are " + Column.sql());
                 }
             }
             return new Decoder(impression, spec, columns, null);
@@ -239,26 +255,28 @@ public final class EventFormat implements DeserializationFormatFactory {
             return row;
         }
 
-        private Object field(int column, byte[] b, String reason, boolean valid) {
+        private Object field(Column column, byte[] b, String reason, boolean valid) {
             switch (column) {
-                case 0:
+                case IS_ACTION:
                     return !impression;
-                case 1:
+                case PAYLOAD:
                     return BinaryStringData.fromBytes(b);
-                case 2:
+                case REASON:
                     return valid ? null : StringData.fromString(reason);
-                case 3:
+                case T:
                     return parser.hasTime() ? parser.time() : null;
-                case 4:
+                case REQUEST_ID:
                     return valid ? StringData.fromBytes(parser.decoded(EventParser.REQUEST_ID)) : null;
-                case 5:
+                case ITEM_ID:
                     return valid ? StringData.fromBytes(parser.decoded(EventParser.ITEM_ID)) : null;
-                case 6:
+                case USER_ID:
                     return valid ? StringData.fromBytes(parser.decoded(EventParser.USER_ID)) : null;
-                case 7:
+                case LABEL:
                     return valid && !impression ? parser.label() : null;
-                default:
+                case SPANS:
                     return valid && impression ? parser.bodySpans() : null;
+                default:
+                    throw new IllegalStateException("column " + column);
             }
         }
 

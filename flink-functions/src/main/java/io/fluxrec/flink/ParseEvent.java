@@ -30,7 +30,7 @@ public abstract class ParseEvent extends ScalarFunction {
     /** Whether the payloads are impressions (else actions). */
     abstract boolean impression();
 
-    /** The columns of the result ({@link EventFormat#COLUMNS}). */
+    /** The columns of the result (SQL names of {@link EventFormat.Column}). */
     abstract String[] columns();
 
     @Override

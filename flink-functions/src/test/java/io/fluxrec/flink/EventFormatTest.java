@@ -96,9 +96,20 @@ class EventFormatTest {
 
     @Test
     void aDecoderOfAnUnknownColumnIsRefused() {
-        assertThrows(
-                IllegalArgumentException.class,
-                () -> EventFormat.Decoder.of(true, SPEC, "payload", "body"));
+        IllegalArgumentException e =
+                assertThrows(
+                        IllegalArgumentException.class,
+                        () -> EventFormat.Decoder.of(true, SPEC, "payload", "body"));
+        assertTrue(e.getMessage().contains("no column body"), e.getMessage());
+        assertTrue(e.getMessage().contains(EventFormat.Column.sql()), e.getMessage());
+    }
+
+    @Test
+    void theColumnsReadAsTheSqlOfATable() {
+        assertEquals(
+                "is_action BOOLEAN, payload STRING, reason STRING, t BIGINT, request_id STRING,"
+                        + " item_id STRING, user_id STRING, label INT, spans BYTES",
+                EventFormat.Column.sql());
     }
 
     @Test
