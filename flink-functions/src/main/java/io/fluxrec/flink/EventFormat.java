@@ -110,7 +110,7 @@ public final class EventFormat implements DeserializationFormatFactory {
             return null;
         }
 
-        /** All of them as SQL, for error messages: {@code is_action BOOLEAN, payload STRING, ...}. */
+        /** All of them as SQL, for messages: {@code is_action BOOLEAN, payload STRING, ...}. */
         static String sql() {
             return Arrays.stream(values())
                     .map(c -> c.sqlName + " " + c.sqlType)
@@ -200,7 +200,7 @@ public final class EventFormat implements DeserializationFormatFactory {
         private transient EventParser parser;
         private transient JoinSpec joinSpec;
 
-        /** {@code columns}: per output field, its column; {@code spec}: base64 of the join spec's JSON. */
+        /** {@code columns}: per output field, its column; {@code spec}: a base64 JoinSpec. */
         Decoder(boolean impression, String spec, Column[] columns, TypeInformation<RowData> type) {
             this.impression = impression;
             this.spec = spec;
