@@ -4,7 +4,8 @@ Two views of one run of the job JVM:
 
 * :class:`ThreadCpu` reads the CPU time of each of its threads from ``/proc`` while the job
   runs, so every microsecond is counted once, by thread kind: the operators' task threads,
-  checkpoint snapshots, Kafka clients, garbage collection, the JIT compiler, other.
+  checkpoint snapshots, the changelog's uploads, Kafka clients, garbage collection, the JIT
+  compiler, other.
 * a JFR recording (execution samples every 10 ms) splits the task threads' share among the
   parts of the job: each sample goes to the first bucket of :data:`BUCKETS` that one of its
   frames belongs to (our parse and join functions, keyed state, timers, the network stack,
@@ -129,6 +130,7 @@ THREAD_KINDS: list[tuple[str, tuple[str, ...]]] = [
     ("JIT compiler", ("C2 Compiler", "C1 Compiler")),
     ("checkpoint snapshots", ("AsyncOperations", "flink-operator-", "Checkpoint")),
     ("Kafka clients (I/O threads)", ("kafka-producer", "kafka-coordinat", "kafka-admin")),
+    ("changelog uploads", ("ChangelogBlocki", "ChangelogRetryS")),
 ]
 
 
