@@ -170,3 +170,6 @@ def test_compose_config_matches_the_services(compose: dict[str, Any]) -> None:
     assert cfg.kafka.topics == local.kafka.topics
     assert cfg.model == local.model
     assert cfg.features == local.features
+    # the compose task managers run the jobs' JVM flags of the config
+    tm = yaml.safe_load(_env(services["taskmanager"])["FLINK_PROPERTIES"])
+    assert tm["env.java.opts.taskmanager"] == cfg.flink.jvm_args

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fluxrec.config import Config, Secret, iter_keys, load_config, parse_config
+from fluxrec.config import Config, FlinkConfig, Secret, iter_keys, load_config, parse_config
 from fluxrec.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ def test_shipped_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "local.yaml")
     assert cfg.kafka.port == 9092
     assert cfg.flink.parallelism == 2
+    assert cfg.flink.jvm_args == FlinkConfig().jvm_args  # the file shows the default
     assert cfg.stack.state_dir == (REPO / ".fluxrec" / "state").resolve()
     assert cfg.object_store.url == f"file://{(REPO / '.fluxrec' / 'objects').resolve()}"
 
@@ -206,8 +207,9 @@ def test_flink_jvm_args_reach_the_task_managers_and_the_local_jvm(tmp_path: Path
         conf = yaml.safe_load((tm.conf_dir / "config.yaml").read_text())
         return conf["env.java.opts.taskmanager"]
 
-    assert load_config(_write(tmp_path, _base())).flink.jvm_args == "-XX:+UseG1GC"
-    assert task_manager_opts() == "-XX:+UseG1GC"
+    default = "-XX:+UseG1GC -XX:MaxTenuringThreshold=1 -XX:InitialRAMPercentage=12.5"
+    assert load_config(_write(tmp_path, _base())).flink.jvm_args == default
+    assert task_manager_opts() == default
     assert task_manager_opts(jvm_args="-XX:+UseSerialGC -Xss2m") == "-XX:+UseSerialGC -Xss2m"
 
 
