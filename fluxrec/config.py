@@ -178,14 +178,9 @@ class FlinkConfig:
     #: flags of the JVM that runs the jobs: PyFlink's JVM (its local MiniCluster: `join
     #: run`, the demo, the benchmarks), unless $JVM_ARGS is set, and the task managers of
     #: the session cluster `stack up` may start. G1, named so that a small container does
-    #: not fall back to the serial collector; an object that survives one young collection
-    #: is promoted at the next (the join's state entries live for minutes to hours, and G1
-    #: would copy each of them 3-4 times); a local JVM starts with an eighth of the RAM as
-    #: its heap (ignored where -Xms is set, as Flink's task managers do) instead of 1/64, so
-    #: that it does not collect back to back while the state grows. Together: about half the
-    #: garbage collection's CPU per event (BENCHMARKS.md). -XX:+UseParallelGC costs less CPU
-    #: still but pauses the job for seconds as its state grows
-    jvm_args: str = "-XX:+UseG1GC -XX:MaxTenuringThreshold=1 -XX:InitialRAMPercentage=12.5"
+    #: not fall back to the serial collector; -XX:+UseParallelGC costs ~27% less CPU per
+    #: event but pauses the job for seconds as its state grows (BENCHMARKS.md)
+    jvm_args: str = "-XX:+UseG1GC"
     cluster: FlinkClusterConfig = field(default_factory=FlinkClusterConfig)
 
 
