@@ -80,8 +80,9 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
      * Everything about one (request_id, item_id). {@code seen}: the impression arrived (the
      * dedup marker); {@code t}, {@code id}, {@code body}: the unique impression while actions
      * can still match it; {@code labelTimes}: per label, the time of its labelled action or
-     * Long.MIN_VALUE, until the sample is out (then null); {@code pendingTimes}/{@code pendingPayloads}: actions that came before
-     * the impression, per label; {@code keepUntil}: the event time after which it is released.
+     * Long.MIN_VALUE, until the sample is out (then null); {@code pendingTimes}/{@code
+     * pendingPayloads}: actions that came before the impression, per label; {@code
+     * keepUntil}: the event time after which it is released.
      */
     public static class Pair {
         public Boolean seen;
