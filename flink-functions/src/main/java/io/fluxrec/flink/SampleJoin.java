@@ -14,6 +14,7 @@ import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
+import java.nio.ByteBuffer;
 import java.util.Arrays;
 
 /**
@@ -35,12 +36,12 @@ import java.util.Arrays;
  * JSON {@code v}), 2 = a dead letter ({@code v}), 0 = a count only; every row counts one fact,
  * metric code {@code mc} ({@link Reasons}) in metric window {@code mq}.
  *
- * <p>State: one entry per key ({@link Pair}), read and written once per call, without TTL
- * (once its sample is out and no correction can follow, without the sample's fields):
- * event-time timers release it once the watermark passes {@code t_imp + max(max window + late
- * horizon, dedup_ttl_ms)} (no action can match any more, and the dedup horizon has passed),
- * and decide the samples (window strategy) and the actions that came before their impression
- * (orphans). Timers are unnamed: each firing re-derives what is due from the state.
+ * <p>State: one entry per key ({@link Entry}: a {@link Pair}, encoded), read and written once
+ * per call, without TTL (once its sample is out and no correction can follow, without the
+ * sample's fields): event-time timers release it once the watermark passes {@code t_imp +
+ * max(max window + late horizon, dedup_ttl_ms)} (no action can match any more, and the dedup
+ * horizon has passed), and decide the samples (window strategy) and the actions that came
+ * before their impression (orphans). Timers are unnamed: each firing re-derives what is due from the state.
  *
  * <p>Every timer is registered in {@code eval}, where its deadline is known, not re-armed in
  * {@code onTimer} (one timer per key at the next deadline): Flink 2.2 silently drops a timer at
@@ -77,23 +78,154 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     private static final int LABEL = 7;
 
     /**
+     * The state entry of one key: its {@link Pair}, encoded ({@link Pair#encode}; null: none).
+     * One binary field rather than the {@code Pair} itself: the framework converts the entry
+     * from and to its internal row, hashes and compares the two at every call, the changelog
+     * serializes every update and the heap holds every entry for {@code join.dedup_ttl_ms}, and
+     * a single {@code byte[]} costs least in each (3 objects per entry on the heap, not 6).
+     */
+    public static class Entry {
+        public byte[] bytes;
+    }
+
+    /**
      * Everything about one (request_id, item_id). {@code seen}: the impression arrived (the
      * dedup marker); {@code t}, {@code id}, {@code body}: the unique impression while actions
      * can still match it; {@code labelTimes}: per label, the time of its labelled action or
      * Long.MIN_VALUE, until the sample is out (then null); {@code pendingTimes}/{@code
      * pendingPayloads}: actions that came before the impression, per label; {@code
      * keepUntil}: the event time after which it is released.
+     *
+     * <p>Encoded ({@link #encode}, big-endian) as {@code flags:u8}, then each field that is
+     * set, in this order: {@code t:i64}, {@code keepUntil:i64}, {@code labelTimes:(n:u8,
+     * n x i64)}, {@code id:(len:i32, len bytes)}, {@code body:(len:i32, len bytes)}, {@code
+     * pending:(n:u8, n x (time:i64, and unless time is Long.MIN_VALUE: len:i32, len bytes))};
+     * flags: 1 seen, 2 t, 4 emitted is set, 8 emitted is true, 16 keepUntil, 32 labelTimes,
+     * 64 id and body, 128 pending. No field set: null (no entry).
      */
-    public static class Pair {
-        public Boolean seen;
-        public Long t;
-        public byte[] id;
-        public byte[] body;
-        public long[] labelTimes;
-        public Boolean emitted;
-        public long[] pendingTimes;
-        public byte[][] pendingPayloads;
-        public Long keepUntil;
+    static final class Pair {
+        private static final int SEEN = 1;
+        private static final int T = 2;
+        private static final int EMITTED_SET = 4;
+        private static final int EMITTED = 8;
+        private static final int KEEP_UNTIL = 16;
+        private static final int LABEL_TIMES = 32;
+        private static final int SAMPLE = 64;
+        private static final int PENDING = 128;
+
+        Boolean seen;
+        Long t;
+        byte[] id;
+        byte[] body;
+        long[] labelTimes;
+        Boolean emitted;
+        long[] pendingTimes;
+        byte[][] pendingPayloads;
+        Long keepUntil;
+
+        /** The pair of an entry's bytes (null: a new key). */
+        static Pair decode(byte[] bytes) {
+            Pair pair = new Pair();
+            if (bytes == null) {
+                return pair;
+            }
+            ByteBuffer b = ByteBuffer.wrap(bytes);
+            int flags = b.get() & 0xff;
+            pair.seen = (flags & SEEN) != 0 ? Boolean.TRUE : null;
+            pair.emitted = (flags & EMITTED_SET) != 0 ? (flags & EMITTED) != 0 : null;
+            if ((flags & T) != 0) {
+                pair.t = b.getLong();
+            }
+            if ((flags & KEEP_UNTIL) != 0) {
+                pair.keepUntil = b.getLong();
+            }
+            if ((flags & LABEL_TIMES) != 0) {
+                pair.labelTimes = new long[b.get() & 0xff];
+                for (int l = 0; l < pair.labelTimes.length; l++) {
+                    pair.labelTimes[l] = b.getLong();
+                }
+            }
+            if ((flags & SAMPLE) != 0) {
+                pair.id = bytes(b);
+                pair.body = bytes(b);
+            }
+            if ((flags & PENDING) != 0) {
+                int n = b.get() & 0xff;
+                pair.pendingTimes = new long[n];
+                pair.pendingPayloads = new byte[n][];
+                for (int l = 0; l < n; l++) {
+                    pair.pendingTimes[l] = b.getLong();
+                    if (pair.pendingTimes[l] != NONE) {
+                        pair.pendingPayloads[l] = bytes(b);
+                    }
+                }
+            }
+            return pair;
+        }
+
+        /** The entry's bytes (layout above), or null when no field is set. */
+        byte[] encode() {
+            int flags = (seen != null ? SEEN : 0) | (t != null ? T : 0);
+            int size = 1 + (t != null ? 8 : 0);
+            if (emitted != null) {
+                flags |= EMITTED_SET | (emitted ? EMITTED : 0);
+            }
+            if (keepUntil != null) {
+                flags |= KEEP_UNTIL;
+                size += 8;
+            }
+            if (labelTimes != null) {
+                flags |= LABEL_TIMES;
+                size += 1 + 8 * labelTimes.length;
+            }
+            if (id != null) { // id and body are set and cleared together
+                flags |= SAMPLE;
+                size += 8 + id.length + body.length;
+            }
+            if (pendingTimes != null) {
+                flags |= PENDING;
+                size += 1;
+                for (int l = 0; l < pendingTimes.length; l++) {
+                    size += 8 + (pendingTimes[l] != NONE ? 4 + pendingPayloads[l].length : 0);
+                }
+            }
+            if (flags == 0) {
+                return null;
+            }
+            ByteBuffer b = ByteBuffer.allocate(size);
+            b.put((byte) flags);
+            if (t != null) {
+                b.putLong(t);
+            }
+            if (keepUntil != null) {
+                b.putLong(keepUntil);
+            }
+            if (labelTimes != null) {
+                b.put((byte) labelTimes.length);
+                for (long time : labelTimes) {
+                    b.putLong(time);
+                }
+            }
+            if (id != null) {
+                b.putInt(id.length).put(id).putInt(body.length).put(body);
+            }
+            if (pendingTimes != null) {
+                b.put((byte) pendingTimes.length);
+                for (int l = 0; l < pendingTimes.length; l++) {
+                    b.putLong(pendingTimes[l]);
+                    if (pendingTimes[l] != NONE) {
+                        b.putInt(pendingPayloads[l].length).put(pendingPayloads[l]);
+                    }
+                }
+            }
+            return b.array();
+        }
+
+        private static byte[] bytes(ByteBuffer b) {
+            byte[] out = new byte[b.getInt()];
+            b.get(out);
+            return out;
+        }
     }
 
     private transient JoinSpec spec;
@@ -107,7 +239,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     public void eval(
             Context ctx,
-            @StateHint(name = "pair", ttl = "0") Pair pair,
+            @StateHint(name = "pair", ttl = "0") Entry entry,
             @ArgumentHint(
                             name = "events",
                             value = SET_SEMANTIC_TABLE,
@@ -121,11 +253,13 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                                             bridgedTo = RowData.class))
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
+        Pair pair = Pair.decode(entry.bytes);
         if (row.getBoolean(IS_ACTION)) {
             action(time, pair, row);
         } else {
             impression(time, pair, row);
         }
+        entry.bytes = pair.encode(); // the framework writes it only if it changed
     }
 
     private void impression(TimeContext<Long> time, Pair pair, RowData row) {
@@ -255,8 +389,9 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
     }
 
-    public void onTimer(OnTimerContext ctx, Pair pair) {
+    public void onTimer(OnTimerContext ctx, Entry entry) {
         long now = ctx.timeContext(Long.class).time();
+        Pair pair = Pair.decode(entry.bytes);
         if (pair.pendingTimes != null) { // no impression came: orphans
             boolean left = false;
             for (int l = 0; l < pair.pendingTimes.length; l++) {
@@ -284,6 +419,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             ctx.clearAllState();
         } else if (pair.seen == null && pair.pendingTimes == null) {
             ctx.clearAllState(); // only orphans were held, and they are out
+        } else {
+            entry.bytes = pair.encode();
         }
     }
 
