@@ -62,6 +62,24 @@ public final class ByteSink {
         return write(s.getBytes(StandardCharsets.UTF_8));
     }
 
+    /** Big-endian, 4 bytes. */
+    public ByteSink int32(int v) {
+        ensure(4);
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            buf[size++] = (byte) (v >>> shift);
+        }
+        return this;
+    }
+
+    /** Big-endian, 8 bytes. */
+    public ByteSink int64(long v) {
+        ensure(8);
+        for (int shift = 56; shift >= 0; shift -= 8) {
+            buf[size++] = (byte) (v >>> shift);
+        }
+        return this;
+    }
+
     public ByteSink decimal(long v) {
         return ascii(Long.toString(v));
     }

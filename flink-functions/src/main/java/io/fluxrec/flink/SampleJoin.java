@@ -41,7 +41,8 @@ import java.util.Arrays;
  * sample's fields): event-time timers release it once the watermark passes {@code t_imp +
  * max(max window + late horizon, dedup_ttl_ms)} (no action can match any more, and the dedup
  * horizon has passed), and decide the samples (window strategy) and the actions that came
- * before their impression (orphans). Timers are unnamed: each firing re-derives what is due from the state.
+ * before their impression (orphans). Timers are unnamed: each firing re-derives what is due
+ * from the state.
  *
  * <p>Every timer is registered in {@code eval}, where its deadline is known, not re-armed in
  * {@code onTimer} (one timer per key at the next deadline): Flink 2.2 silently drops a timer at
@@ -163,62 +164,45 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             return pair;
         }
 
-        /** The entry's bytes (layout above), or null when no field is set. */
-        byte[] encode() {
-            int flags = (seen != null ? SEEN : 0) | (t != null ? T : 0);
-            int size = 1 + (t != null ? 8 : 0);
-            if (emitted != null) {
-                flags |= EMITTED_SET | (emitted ? EMITTED : 0);
-            }
-            if (keepUntil != null) {
-                flags |= KEEP_UNTIL;
-                size += 8;
-            }
-            if (labelTimes != null) {
-                flags |= LABEL_TIMES;
-                size += 1 + 8 * labelTimes.length;
-            }
-            if (id != null) { // id and body are set and cleared together
-                flags |= SAMPLE;
-                size += 8 + id.length + body.length;
-            }
-            if (pendingTimes != null) {
-                flags |= PENDING;
-                size += 1;
-                for (int l = 0; l < pendingTimes.length; l++) {
-                    size += 8 + (pendingTimes[l] != NONE ? 4 + pendingPayloads[l].length : 0);
-                }
-            }
+        /** The entry's bytes (layout above), built in {@code out}, or null when no field is set. */
+        byte[] encode(ByteSink out) {
+            int flags = (seen != null ? SEEN : 0)
+                    | (t != null ? T : 0)
+                    | (emitted != null ? EMITTED_SET | (emitted ? EMITTED : 0) : 0)
+                    | (keepUntil != null ? KEEP_UNTIL : 0)
+                    | (labelTimes != null ? LABEL_TIMES : 0)
+                    | (id != null ? SAMPLE : 0) // id and body are set and cleared together
+                    | (pendingTimes != null ? PENDING : 0);
             if (flags == 0) {
                 return null;
             }
-            ByteBuffer b = ByteBuffer.allocate(size);
-            b.put((byte) flags);
+            out.reset();
+            out.write((byte) flags);
             if (t != null) {
-                b.putLong(t);
+                out.int64(t);
             }
             if (keepUntil != null) {
-                b.putLong(keepUntil);
+                out.int64(keepUntil);
             }
             if (labelTimes != null) {
-                b.put((byte) labelTimes.length);
+                out.write((byte) labelTimes.length);
                 for (long time : labelTimes) {
-                    b.putLong(time);
+                    out.int64(time);
                 }
             }
             if (id != null) {
-                b.putInt(id.length).put(id).putInt(body.length).put(body);
+                out.int32(id.length).write(id).int32(body.length).write(body);
             }
             if (pendingTimes != null) {
-                b.put((byte) pendingTimes.length);
+                out.write((byte) pendingTimes.length);
                 for (int l = 0; l < pendingTimes.length; l++) {
-                    b.putLong(pendingTimes[l]);
+                    out.int64(pendingTimes[l]);
                     if (pendingTimes[l] != NONE) {
-                        b.putInt(pendingPayloads[l].length).put(pendingPayloads[l]);
+                        out.int32(pendingPayloads[l].length).write(pendingPayloads[l]);
                     }
                 }
             }
-            return b.array();
+            return out.toArray();
         }
 
         private static byte[] bytes(ByteBuffer b) {
@@ -259,7 +243,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         } else {
             impression(time, pair, row);
         }
-        entry.bytes = pair.encode(); // the framework writes it only if it changed
+        entry.bytes = pair.encode(sink); // the framework writes it only if it changed
     }
 
     private void impression(TimeContext<Long> time, Pair pair, RowData row) {
@@ -420,7 +404,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         } else if (pair.seen == null && pair.pendingTimes == null) {
             ctx.clearAllState(); // only orphans were held, and they are out
         } else {
-            entry.bytes = pair.encode();
+            entry.bytes = pair.encode(sink);
         }
     }
 

@@ -14,7 +14,7 @@ class SampleJoinPairTest {
     private static final long NONE = Long.MIN_VALUE;
 
     private static SampleJoin.Pair roundTrip(SampleJoin.Pair pair) {
-        return SampleJoin.Pair.decode(pair.encode());
+        return SampleJoin.Pair.decode(pair.encode(new ByteSink(16)));
     }
 
     private static byte[] utf8(String s) {
@@ -23,7 +23,7 @@ class SampleJoinPairTest {
 
     @Test
     void anEmptyPairIsNoEntry() {
-        assertNull(new SampleJoin.Pair().encode());
+        assertNull(new SampleJoin.Pair().encode(new ByteSink(16)));
         SampleJoin.Pair fresh = SampleJoin.Pair.decode(null);
         assertNull(fresh.seen);
         assertNull(fresh.t);
@@ -65,7 +65,7 @@ class SampleJoinPairTest {
         assertNull(back.id);
         assertNull(back.body);
         assertNull(back.labelTimes);
-        assertEquals(1 + 8 + 8, pair.encode().length);
+        assertEquals(1 + 8 + 8, pair.encode(new ByteSink(16)).length);
     }
 
     @Test
