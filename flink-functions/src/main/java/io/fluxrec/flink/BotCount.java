@@ -6,12 +6,14 @@ import org.apache.flink.table.annotation.ArgumentHint;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
 import org.apache.flink.table.annotation.StateHint;
+import org.apache.flink.table.api.dataview.MapView;
 import org.apache.flink.table.data.GenericRowData;
 import org.apache.flink.table.data.RowData;
 import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
+import java.nio.ByteBuffer;
 import java.util.Arrays;
 
 /**
@@ -22,8 +24,16 @@ import java.util.Arrays;
  * {@code bot_max_actions}, else null.
  *
  * <p>Input {@code acts}, partitioned by user_id: the unique timely actions ({@link
- * DedupActions}). State: the user's recent action times (those a later window can still
- * reach) and the actions waiting for the watermark; one timer per distinct action time.
+ * DedupActions}), none at or behind the watermark. State: {@code recent}, the sorted times of
+ * the user's waiting actions and of the decided ones a later window can still reach (a value
+ * the framework reads, hashes and writes at every call: small); {@code waiting}, the actions
+ * waiting for the watermark by their time (a map view: a call reads and writes only the
+ * entry of its time, so a user with many waiting actions, as when the actions' topic is read
+ * ahead of the impressions' in a backlog, costs no more per action than one with few); one
+ * timer per distinct action time, which decides the actions of that time.
+ *
+ * <p>A {@code waiting} entry: the actions at its time, each {@code len:i32, payload,
+ * len:i32, request_id, len:i32, item_id, label:i32} (big-endian, UTF-8).
  */
 @FunctionHint(
         output =
@@ -38,31 +48,24 @@ public class BotCount extends ProcessTableFunction<RowData> {
 
     private static final StringData BOT = StringData.fromString(Reasons.BOT);
 
-    /** Times of the user's actions that were decided and may fall in a later window. */
+    /** The sorted times of the user's waiting actions and of the decided ones still in reach. */
     public static class Recent {
         public long[] times;
     }
 
-    /** Actions waiting for the watermark: their columns, position by position. */
-    public static class Waiting {
-        public long[] times;
-        public byte[][] payloads;
-        public byte[][] requestIds;
-        public byte[][] itemIds;
-        public int[] labels;
-    }
-
     private transient JoinSpec spec;
+    private transient ByteSink sink;
 
     @Override
     public void open(FunctionContext context) throws Exception {
         spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
+        sink = new ByteSink(256);
     }
 
     public void eval(
             Context ctx,
             @StateHint(name = "recent", ttl = "0") Recent recent,
-            @StateHint(name = "waiting", ttl = "0") Waiting waiting,
+            @StateHint(name = "waiting", ttl = "0") MapView<Long, byte[]> waiting,
             @ArgumentHint(
                             name = "acts",
                             value = SET_SEMANTIC_TABLE,
@@ -70,90 +73,71 @@ public class BotCount extends ProcessTableFunction<RowData> {
                                     @DataTypeHint(
                                             value = JoinSpec.ACTION_ROW,
                                             bridgedTo = RowData.class))
-                    RowData row) {
+                    RowData row)
+            throws Exception {
         long t = row.getLong(5);
-        int n = waiting.times == null ? 0 : waiting.times.length;
-        waiting.times = append(waiting.times, t);
-        waiting.payloads = append(waiting.payloads, row.getString(0).toBytes());
-        waiting.requestIds = append(waiting.requestIds, row.getString(1).toBytes());
-        waiting.itemIds = append(waiting.itemIds, row.getString(2).toBytes());
-        waiting.labels = Arrays.copyOf(waiting.labels == null ? new int[0] : waiting.labels, n + 1);
-        waiting.labels[n] = row.getInt(4);
+        recent.times = insert(recent.times, t);
+        byte[] before = waiting.get(t);
+        sink.reset();
+        if (before != null) {
+            sink.write(before);
+        }
+        field(row.getString(0).toBytes());
+        field(row.getString(1).toBytes());
+        field(row.getString(2).toBytes());
+        sink.int32(row.getInt(4));
+        waiting.put(t, sink.toArray());
         ctx.timeContext(Long.class).registerOnTime(t);
     }
 
-    public void onTimer(OnTimerContext ctx, Recent recent, Waiting waiting) {
+    private void field(byte[] b) {
+        sink.int32(b.length).write(b);
+    }
+
+    public void onTimer(OnTimerContext ctx, Recent recent, MapView<Long, byte[]> waiting)
+            throws Exception {
         long now = ctx.timeContext(Long.class).time();
-        if (waiting.times == null) {
+        byte[] due = waiting.get(now);
+        if (due == null || recent.times == null) {
             return;
         }
-        long[] history = recent.times == null ? new long[0] : recent.times;
-        int n = waiting.times.length;
-        // every action of the user seen so far: decided ones and waiting ones
-        long[] all = Arrays.copyOf(history, history.length + n);
-        System.arraycopy(waiting.times, 0, all, history.length, n);
-        Arrays.sort(all);
-        boolean[] due = new boolean[n];
-        int left = 0;
-        for (int i = 0; i < n; i++) {
-            long t = waiting.times[i];
-            if (t > now) {
-                left++;
-                continue;
-            }
-            due[i] = true;
-            int count = countBetween(all, t - spec.botWindowMs, t);
-            collect(
-                    GenericRowData.of(
-                            count > spec.botMaxActions ? BOT : null,
-                            StringData.fromBytes(waiting.payloads[i]),
-                            t,
-                            StringData.fromBytes(waiting.requestIds[i]),
-                            StringData.fromBytes(waiting.itemIds[i]),
-                            waiting.labels[i]));
+        waiting.remove(now);
+        long[] times = recent.times;
+        StringData verdict =
+                countBetween(times, now - spec.botWindowMs, now) > spec.botMaxActions ? BOT : null;
+        ByteBuffer b = ByteBuffer.wrap(due);
+        while (b.hasRemaining()) {
+            StringData payload = StringData.fromBytes(bytes(b));
+            StringData requestId = StringData.fromBytes(bytes(b));
+            StringData itemId = StringData.fromBytes(bytes(b));
+            collect(GenericRowData.of(verdict, payload, now, requestId, itemId, b.getInt()));
         }
-        // keep what a later action's window [t' - window, t'] can reach: t' > now
-        long[] kept =
-                Arrays.stream(history).filter(x -> x > now - spec.botWindowMs).toArray();
-        long[] decided = new long[n - left];
-        Waiting rest = new Waiting();
-        rest.times = new long[left];
-        rest.payloads = new byte[left][];
-        rest.requestIds = new byte[left][];
-        rest.itemIds = new byte[left][];
-        rest.labels = new int[left];
-        for (int i = 0, d = 0, w = 0; i < n; i++) {
-            if (due[i]) {
-                decided[d++] = waiting.times[i];
-            } else {
-                rest.times[w] = waiting.times[i];
-                rest.payloads[w] = waiting.payloads[i];
-                rest.requestIds[w] = waiting.requestIds[i];
-                rest.itemIds[w] = waiting.itemIds[i];
-                rest.labels[w++] = waiting.labels[i];
-            }
-        }
-        long[] recentTimes = new long[kept.length + decided.length];
-        System.arraycopy(kept, 0, recentTimes, 0, kept.length);
-        int r = kept.length;
-        for (long x : decided) {
-            if (x > now - spec.botWindowMs) {
-                recentTimes[r++] = x;
-            }
-        }
-        recent.times = r == 0 ? null : Arrays.copyOf(recentTimes, r);
-        if (left == 0) {
-            ctx.clearState("waiting");
-        } else {
-            waiting.times = rest.times;
-            waiting.payloads = rest.payloads;
-            waiting.requestIds = rest.requestIds;
-            waiting.itemIds = rest.itemIds;
-            waiting.labels = rest.labels;
-        }
-        if (recent.times == null) {
+        // keep what a later action's window [t' - window, t'] (t' > now) can reach
+        int from = upperBound(times, now - spec.botWindowMs);
+        if (from == times.length) {
             ctx.clearState("recent");
+        } else if (from > 0) {
+            recent.times = Arrays.copyOfRange(times, from, times.length);
         }
+    }
+
+    private static byte[] bytes(ByteBuffer b) {
+        byte[] out = new byte[b.getInt()];
+        b.get(out);
+        return out;
+    }
+
+    /** {@code times} (sorted, or null) with {@code t} inserted in order. */
+    static long[] insert(long[] times, long t) {
+        if (times == null) {
+            return new long[] {t};
+        }
+        int at = upperBound(times, t);
+        long[] out = new long[times.length + 1];
+        System.arraycopy(times, 0, out, 0, at);
+        out[at] = t;
+        System.arraycopy(times, at, out, at + 1, times.length - at);
+        return out;
     }
 
     /** How many of the sorted {@code times} lie in {@code [from, to]}. */
@@ -187,17 +171,5 @@ public class BotCount extends ProcessTableFunction<RowData> {
             }
         }
         return lo;
-    }
-
-    private static long[] append(long[] a, long x) {
-        long[] out = a == null ? new long[1] : Arrays.copyOf(a, a.length + 1);
-        out[out.length - 1] = x;
-        return out;
-    }
-
-    private static byte[][] append(byte[][] a, byte[] x) {
-        byte[][] out = a == null ? new byte[1][] : Arrays.copyOf(a, a.length + 1);
-        out[out.length - 1] = x;
-        return out;
     }
 }

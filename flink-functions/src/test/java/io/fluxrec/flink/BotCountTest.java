@@ -1,5 +1,6 @@
 package io.fluxrec.flink;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
 import org.junit.jupiter.api.Test;
@@ -14,5 +15,17 @@ class BotCountTest {
         assertEquals(0, BotCount.countBetween(times, 6, 8));
         assertEquals(1, BotCount.countBetween(times, 12, 20));
         assertEquals(0, BotCount.countBetween(new long[0], 0, 1));
+    }
+
+    @Test
+    void insertKeepsTheTimesSortedWithRepeats() {
+        long[] times = BotCount.insert(null, 7);
+        assertArrayEquals(new long[] {7}, times);
+        times = BotCount.insert(times, 3);
+        times = BotCount.insert(times, 9);
+        times = BotCount.insert(times, 7);
+        times = BotCount.insert(times, -1);
+        assertArrayEquals(new long[] {-1, 3, 7, 7, 9}, times);
+        assertEquals(2, BotCount.countBetween(times, 7, 8));
     }
 }
