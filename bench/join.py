@@ -34,7 +34,10 @@ between collections; each recording ends with one, so none is left uncounted).
 
 The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_events_per_s``,
 ``anchor_events_per_s``, ``vs_anchor`` (kafka / anchor), ``cpu_us_per_event`` (kafka) and
-``samples_ok`` (the Kafka job's samples equal the reference's, record for record).
+``samples_ok`` (the Kafka job's samples equal the reference's, record for record), then
+``alloc_kb_per_event`` and ``anchor_alloc_kb_per_event``: the heap bytes the JVM's threads
+allocate per extra event (the same difference, from the JVM's own per-thread counters), a
+figure that varies far less from run to run than CPU time on a shared machine.
 """
 
 from __future__ import annotations
@@ -119,15 +122,24 @@ def n_events(n: int) -> int:
 
 
 class JvmClock:
-    """CPU seconds (user + system) of the PyFlink gateway JVM, where the MiniCluster runs."""
+    """CPU seconds (user + system) of the PyFlink gateway JVM, where the MiniCluster runs, and
+    the bytes its threads have allocated on the heap."""
 
     def __init__(self) -> None:
+        from pyflink.java_gateway import get_gateway
+
         self.pid = _gateway_pid()
         self.tick = os.sysconf("SC_CLK_TCK")
+        self._threads = get_gateway().jvm.java.lang.management.ManagementFactory.getThreadMXBean()
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def allocated(self) -> int:
+        """Bytes allocated on the heap by all the JVM's threads since it started (ended ones
+        included: ``com.sun.management.ThreadMXBean.getTotalThreadAllocatedBytes``)."""
+        return int(self._threads.getTotalThreadAllocatedBytes())
 
 
 def _gateway_pid() -> int:
@@ -146,18 +158,18 @@ def _gateway_pid() -> int:
 
 
 def _timed(run: Callable[[], Any], clock: JvmClock) -> dict[str, Any]:
-    """``{"s": wall seconds, "cpu_s": JVM CPU seconds, "threads": CPU seconds per kind of
-    thread}`` of ``run()`` (task threads, garbage collection, JIT compiler, ...:
+    """``{"s": wall seconds, "cpu_s": JVM CPU seconds, "alloc": bytes allocated, "threads": CPU
+    seconds per kind of thread}`` of ``run()`` (task threads, garbage collection, JIT compiler, ...:
     :class:`ThreadCpu`), after a full collection: each run starts with the garbage of the
     ones before it collected, so that none pays for another's (the jobs share one JVM, and a
     job's state becomes garbage when it ends)."""
     _jcmd(clock.pid, "GC.run")
     threads = ThreadCpu(clock.pid)
     threads.start()
-    cpu, started = clock.cpu_s(), time.perf_counter()
+    alloc, cpu, started = clock.allocated(), clock.cpu_s(), time.perf_counter()
     run()
     wall, cpu = time.perf_counter() - started, clock.cpu_s() - cpu
-    return {"s": wall, "cpu_s": cpu, "threads": threads.stop()}
+    return {"s": wall, "cpu_s": cpu, "alloc": clock.allocated() - alloc, "threads": threads.stop()}
 
 
 # ------------------------------------------------------------------ the three jobs
@@ -368,6 +380,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     dn = n_events(a.large) - n_events(a.small)
     rates: dict[str, list[float]] = {name: [] for name in jobs}
     cpus: dict[str, list[float]] = {name: [] for name in jobs}
+    allocs: dict[str, list[float]] = {name: [] for name in jobs}
     want = _reference_samples(cfg, a.large, t0)
     samples_ok = True
     for r in range(a.repeats):
@@ -375,6 +388,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             small, large = job(a.small), job(a.large)
             rates[name].append(dn / (large["s"] - small["s"]))
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
+            allocs[name].append((large["alloc"] - small["alloc"]) / dn / 1e3)
             if name in ("kafka", "variant"):
                 samples_ok &= _same_samples(want, large["samples"])
             per_kind = {
@@ -386,7 +400,8 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             )
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
-                f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event ({split})",
+                f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event ({split}), "
+                f"{allocs[name][-1]:.2f} KB allocated/event",
                 flush=True,
             )
     if a.profile:  # a profile of a small and a large run: their difference per event
@@ -425,6 +440,8 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
         "vs_anchor": round(med["kafka"] / med["anchor"], 3),
         "cpu_us_per_event": round(cpu["kafka"], 2),
         "samples_ok": samples_ok,
+        "alloc_kb_per_event": round(statistics.median(allocs["kafka"]), 2),
+        "anchor_alloc_kb_per_event": round(statistics.median(allocs["anchor"]), 2),
         **extra,
     }
 
