@@ -82,16 +82,12 @@ public class BotCount extends ProcessTableFunction<RowData> {
         if (before != null) {
             sink.write(before);
         }
-        field(row.getString(0).toBytes());
-        field(row.getString(1).toBytes());
-        field(row.getString(2).toBytes());
-        sink.int32(row.getInt(4));
+        sink.sized(row.getString(0).toBytes())
+                .sized(row.getString(1).toBytes())
+                .sized(row.getString(2).toBytes())
+                .int32(row.getInt(4));
         waiting.put(t, sink.toArray());
         ctx.timeContext(Long.class).registerOnTime(t);
-    }
-
-    private void field(byte[] b) {
-        sink.int32(b.length).write(b);
     }
 
     public void onTimer(OnTimerContext ctx, Recent recent, MapView<Long, byte[]> waiting)
@@ -107,9 +103,9 @@ public class BotCount extends ProcessTableFunction<RowData> {
                 countBetween(times, now - spec.botWindowMs, now) > spec.botMaxActions ? BOT : null;
         ByteBuffer b = ByteBuffer.wrap(due);
         while (b.hasRemaining()) {
-            StringData payload = StringData.fromBytes(bytes(b));
-            StringData requestId = StringData.fromBytes(bytes(b));
-            StringData itemId = StringData.fromBytes(bytes(b));
+            StringData payload = StringData.fromBytes(ByteSink.readSized(b));
+            StringData requestId = StringData.fromBytes(ByteSink.readSized(b));
+            StringData itemId = StringData.fromBytes(ByteSink.readSized(b));
             collect(GenericRowData.of(verdict, payload, now, requestId, itemId, b.getInt()));
         }
         // keep what a later action's window [t' - window, t'] (t' > now) can reach
@@ -119,12 +115,6 @@ public class BotCount extends ProcessTableFunction<RowData> {
         } else if (from > 0) {
             recent.times = Arrays.copyOfRange(times, from, times.length);
         }
-    }
-
-    private static byte[] bytes(ByteBuffer b) {
-        byte[] out = new byte[b.getInt()];
-        b.get(out);
-        return out;
     }
 
     /** {@code times} (sorted, or null) with {@code t} inserted in order. */

@@ -1,5 +1,6 @@
 package io.fluxrec.flink;
 
+import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 
@@ -78,6 +79,18 @@ public final class ByteSink {
             buf[size++] = (byte) (v >>> shift);
         }
         return this;
+    }
+
+    /** A byte string with its length: {@code len:i32} (big-endian), then the bytes. */
+    public ByteSink sized(byte[] b) {
+        return int32(b.length).write(b);
+    }
+
+    /** The byte string that {@link #sized} wrote at {@code b}'s position, which moves past it. */
+    public static byte[] readSized(ByteBuffer b) {
+        byte[] out = new byte[b.getInt()];
+        b.get(out);
+        return out;
     }
 
     public ByteSink decimal(long v) {

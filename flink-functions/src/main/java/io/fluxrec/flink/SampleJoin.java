@@ -147,8 +147,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 }
             }
             if ((flags & SAMPLE) != 0) {
-                pair.id = bytes(b);
-                pair.body = bytes(b);
+                pair.id = ByteSink.readSized(b);
+                pair.body = ByteSink.readSized(b);
             }
             if ((flags & PENDING) != 0) {
                 int n = b.get() & 0xff;
@@ -157,7 +157,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 for (int l = 0; l < n; l++) {
                     pair.pendingTimes[l] = b.getLong();
                     if (pair.pendingTimes[l] != NONE) {
-                        pair.pendingPayloads[l] = bytes(b);
+                        pair.pendingPayloads[l] = ByteSink.readSized(b);
                     }
                 }
             }
@@ -191,24 +191,18 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 }
             }
             if (id != null) {
-                out.int32(id.length).write(id).int32(body.length).write(body);
+                out.sized(id).sized(body);
             }
             if (pendingTimes != null) {
                 out.write((byte) pendingTimes.length);
                 for (int l = 0; l < pendingTimes.length; l++) {
                     out.int64(pendingTimes[l]);
                     if (pendingTimes[l] != NONE) {
-                        out.int32(pendingPayloads[l].length).write(pendingPayloads[l]);
+                        out.sized(pendingPayloads[l]);
                     }
                 }
             }
             return out.toArray();
-        }
-
-        private static byte[] bytes(ByteBuffer b) {
-            byte[] out = new byte[b.getInt()];
-            b.get(out);
-            return out;
         }
     }
 
