@@ -13,7 +13,6 @@ import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
-import java.nio.ByteBuffer;
 import java.util.Arrays;
 
 /**
@@ -48,18 +47,24 @@ public class BotCount extends ProcessTableFunction<RowData> {
 
     private static final StringData BOT = StringData.fromString(Reasons.BOT);
 
-    /** The sorted times of the user's waiting actions and of the decided ones still in reach. */
+    /**
+     * The sorted times of the user's waiting actions and of the decided ones still in reach,
+     * each {@code i64} (big-endian): bytes, which the framework and the changelog copy in one
+     * piece, where an array of longs is converted element by element, each boxed.
+     */
     public static class Recent {
-        public long[] times;
+        public byte[] times;
     }
 
     private transient JoinSpec spec;
     private transient ByteSink sink;
+    private transient ByteSink.Reader reader;
 
     @Override
     public void open(FunctionContext context) throws Exception {
         spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
         sink = new ByteSink(256);
+        reader = new ByteSink.Reader();
     }
 
     public void eval(
@@ -98,49 +103,53 @@ public class BotCount extends ProcessTableFunction<RowData> {
             return;
         }
         waiting.remove(now);
-        long[] times = recent.times;
+        byte[] times = recent.times;
         StringData verdict =
                 countBetween(times, now - spec.botWindowMs, now) > spec.botMaxActions ? BOT : null;
-        ByteBuffer b = ByteBuffer.wrap(due);
-        while (b.hasRemaining()) {
-            StringData payload = StringData.fromBytes(ByteSink.readSized(b));
-            StringData requestId = StringData.fromBytes(ByteSink.readSized(b));
-            StringData itemId = StringData.fromBytes(ByteSink.readSized(b));
-            collect(GenericRowData.of(verdict, payload, now, requestId, itemId, b.getInt()));
+        // the strings are slices of the entry, which nothing writes to once it is out of the map
+        ByteSink.Reader b = reader.of(due);
+        while (b.hasMore()) {
+            StringData payload = StringData.fromBytes(due, b.sized(), b.length());
+            StringData requestId = StringData.fromBytes(due, b.sized(), b.length());
+            StringData itemId = StringData.fromBytes(due, b.sized(), b.length());
+            collect(GenericRowData.of(verdict, payload, now, requestId, itemId, b.int32()));
         }
         // keep what a later action's window [t' - window, t'] (t' > now) can reach
         int from = upperBound(times, now - spec.botWindowMs);
-        if (from == times.length) {
+        if (from == times.length / 8) {
             ctx.clearState("recent");
         } else if (from > 0) {
-            recent.times = Arrays.copyOfRange(times, from, times.length);
+            recent.times = Arrays.copyOfRange(times, 8 * from, times.length);
         }
     }
 
-    /** {@code times} (sorted, or null) with {@code t} inserted in order. */
-    static long[] insert(long[] times, long t) {
-        if (times == null) {
-            return new long[] {t};
+    /** {@code times} (sorted {@code i64}s, or null) with {@code t} inserted in order. */
+    static byte[] insert(byte[] times, long t) {
+        int n = times == null ? 0 : times.length;
+        int at = n == 0 ? 0 : 8 * upperBound(times, t);
+        byte[] out = new byte[n + 8];
+        if (n > 0) {
+            System.arraycopy(times, 0, out, 0, at);
+            System.arraycopy(times, at, out, at + 8, n - at);
         }
-        int at = upperBound(times, t);
-        long[] out = new long[times.length + 1];
-        System.arraycopy(times, 0, out, 0, at);
-        out[at] = t;
-        System.arraycopy(times, at, out, at + 1, times.length - at);
+        for (int i = 0; i < 8; i++) {
+            out[at + i] = (byte) (t >>> (56 - 8 * i));
+        }
         return out;
     }
 
     /** How many of the sorted {@code times} lie in {@code [from, to]}. */
-    static int countBetween(long[] times, long from, long to) {
+    static int countBetween(byte[] times, long from, long to) {
         return upperBound(times, to) - lowerBound(times, from);
     }
 
-    private static int lowerBound(long[] a, long x) {
+    /** The index of the first time at or after {@code x}. */
+    private static int lowerBound(byte[] a, long x) {
         int lo = 0;
-        int hi = a.length;
+        int hi = a.length / 8;
         while (lo < hi) {
             int mid = (lo + hi) >>> 1;
-            if (a[mid] < x) {
+            if (ByteSink.int64At(a, 8 * mid) < x) {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -149,12 +158,13 @@ public class BotCount extends ProcessTableFunction<RowData> {
         return lo;
     }
 
-    private static int upperBound(long[] a, long x) {
+    /** The index of the first time after {@code x}. */
+    private static int upperBound(byte[] a, long x) {
         int lo = 0;
-        int hi = a.length;
+        int hi = a.length / 8;
         while (lo < hi) {
             int mid = (lo + hi) >>> 1;
-            if (a[mid] <= x) {
+            if (ByteSink.int64At(a, 8 * mid) <= x) {
                 lo = mid + 1;
             } else {
                 hi = mid;

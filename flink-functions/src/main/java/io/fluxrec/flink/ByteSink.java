@@ -1,6 +1,5 @@
 package io.fluxrec.flink;
 
-import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 
@@ -20,6 +19,12 @@ public final class ByteSink {
 
     public int size() {
         return size;
+    }
+
+    /** The sink's own buffer: its first {@link #size} bytes are what was written (valid until
+     * the next write or {@link #reset}). */
+    public byte[] buffer() {
+        return buf;
     }
 
     public byte[] toArray() {
@@ -86,11 +91,81 @@ public final class ByteSink {
         return int32(b.length).write(b);
     }
 
-    /** The byte string that {@link #sized} wrote at {@code b}'s position, which moves past it. */
-    public static byte[] readSized(ByteBuffer b) {
-        byte[] out = new byte[b.getInt()];
-        b.get(out);
-        return out;
+    /** {@link #sized(byte[])} of {@code b[off, off + len)}. */
+    public ByteSink sized(byte[] b, int off, int len) {
+        return int32(len).write(b, off, len);
+    }
+
+    /** Big-endian, 4 bytes at {@code b[at]}. */
+    public static int int32At(byte[] b, int at) {
+        return (b[at] << 24)
+                | ((b[at + 1] & 0xff) << 16)
+                | ((b[at + 2] & 0xff) << 8)
+                | (b[at + 3] & 0xff);
+    }
+
+    /** Big-endian, 8 bytes at {@code b[at]}. */
+    public static long int64At(byte[] b, int at) {
+        return ((long) int32At(b, at) << 32) | (int32At(b, at + 4) & 0xffffffffL);
+    }
+
+    /**
+     * Reads, in place, what a sink wrote: no copies, no wrapper objects; one reader serves every
+     * call of a function ({@link #of}). A byte string ({@link #sized}) is read as its length and
+     * offset in the array, so that a caller can keep it as a slice of the array.
+     */
+    public static final class Reader {
+        private byte[] b;
+        private int pos;
+        private int length;
+
+        /** Read {@code bytes} from their start. */
+        public Reader of(byte[] bytes) {
+            b = bytes;
+            pos = 0;
+            return this;
+        }
+
+        public boolean hasMore() {
+            return pos < b.length;
+        }
+
+        public int u8() {
+            return b[pos++] & 0xff;
+        }
+
+        public int int32() {
+            int v = int32At(b, pos);
+            pos += 4;
+            return v;
+        }
+
+        public long int64() {
+            long v = int64At(b, pos);
+            pos += 8;
+            return v;
+        }
+
+        /**
+         * A byte string that {@link ByteSink#sized} wrote: where its bytes start in the array
+         * ({@link #length} of them); the position moves past them.
+         */
+        public int sized() {
+            length = int32();
+            int start = pos;
+            pos += length;
+            return start;
+        }
+
+        /** The length of the last {@link #sized} string. */
+        public int length() {
+            return length;
+        }
+
+        /** A copy of the last {@link #sized} string. */
+        public byte[] copy() {
+            return Arrays.copyOfRange(b, pos - length, pos);
+        }
     }
 
     public ByteSink decimal(long v) {

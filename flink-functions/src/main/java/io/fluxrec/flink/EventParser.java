@@ -245,7 +245,7 @@ public final class EventParser {
      */
     public static void writeBody(ByteSink out, byte[] b, int base, byte[] spans) {
         for (int i = 0; i < BODY_FIELDS.length; i++) {
-            int from = getInt(spans, 8 * i);
+            int from = ByteSink.int32At(spans, 8 * i);
             if (from < 0) {
                 continue;
             }
@@ -253,7 +253,7 @@ public final class EventParser {
                 out.write((byte) ',');
             }
             out.write((byte) '"').ascii(NAMES[BODY_FIELDS[i]]).ascii("\":");
-            out.write(b, base + from, getInt(spans, 8 * i + 4) - from);
+            out.write(b, base + from, ByteSink.int32At(spans, 8 * i + 4) - from);
         }
     }
 
@@ -262,13 +262,6 @@ public final class EventParser {
         b[at + 1] = (byte) (v >>> 16);
         b[at + 2] = (byte) (v >>> 8);
         b[at + 3] = (byte) v;
-    }
-
-    private static int getInt(byte[] b, int at) {
-        return (b[at] << 24)
-                | ((b[at + 1] & 0xff) << 16)
-                | ((b[at + 2] & 0xff) << 8)
-                | (b[at + 3] & 0xff);
     }
 
     // ------------------------------------------------------------------ grammar

@@ -14,7 +14,6 @@ import org.apache.flink.table.data.binary.BinaryStringData;
 import org.apache.flink.table.functions.FunctionContext;
 import org.apache.flink.table.functions.ProcessTableFunction;
 
-import java.nio.ByteBuffer;
 import java.util.Arrays;
 
 /**
@@ -103,6 +102,10 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
      * pending:(n:u8, n x (time:i64, and unless time is Long.MIN_VALUE: len:i32, len bytes))};
      * flags: 1 seen, 2 t, 4 emitted is set, 8 emitted is true, 16 keepUntil, 32 labelTimes,
      * 64 id and body, 128 pending. No field set: null (no entry).
+     *
+     * <p>One pair serves every call of the function ({@link #read} resets it): the id and the
+     * body are slices of the entry's bytes as decoded (never written to: each encoding is a new
+     * array) or of a buffer of the function's, not copies; the label times reuse one array.
      */
     static final class Pair {
         private static final int SEEN = 1;
@@ -114,74 +117,122 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         private static final int SAMPLE = 64;
         private static final int PENDING = 128;
 
-        Boolean seen;
-        Long t;
-        byte[] id;
-        byte[] body;
+        private final ByteSink.Reader in = new ByteSink.Reader();
+        private long[] labelTimesBuffer = new long[0];
+
+        boolean seen;
+        boolean hasT;
+        long t;
+        boolean emittedSet;
+        boolean emitted;
+        boolean hasKeepUntil;
+        long keepUntil;
         long[] labelTimes;
-        Boolean emitted;
+        /** the sample id {@code idBytes[idOff, idOff + idLen)}; null: none (set with the body) */
+        byte[] idBytes;
+        int idOff;
+        int idLen;
+        byte[] bodyBytes;
+        int bodyOff;
+        int bodyLen;
         long[] pendingTimes;
         byte[][] pendingPayloads;
-        Long keepUntil;
 
-        /** The pair of an entry's bytes (null: a new key). */
+        /** A new pair of an entry's bytes (null: a new key). */
         static Pair decode(byte[] bytes) {
-            Pair pair = new Pair();
+            return new Pair().read(bytes);
+        }
+
+        /** This pair, reset to the entry's bytes (null: a new key). */
+        Pair read(byte[] bytes) {
+            seen = hasT = emittedSet = emitted = hasKeepUntil = false;
+            labelTimes = null;
+            idBytes = bodyBytes = null;
+            pendingTimes = null;
+            pendingPayloads = null;
             if (bytes == null) {
-                return pair;
+                return this;
             }
-            ByteBuffer b = ByteBuffer.wrap(bytes);
-            int flags = b.get() & 0xff;
-            pair.seen = (flags & SEEN) != 0 ? Boolean.TRUE : null;
-            pair.emitted = (flags & EMITTED_SET) != 0 ? (flags & EMITTED) != 0 : null;
+            ByteSink.Reader b = in.of(bytes);
+            int flags = b.u8();
+            seen = (flags & SEEN) != 0;
+            emittedSet = (flags & EMITTED_SET) != 0;
+            emitted = (flags & EMITTED) != 0;
             if ((flags & T) != 0) {
-                pair.t = b.getLong();
+                hasT = true;
+                t = b.int64();
             }
             if ((flags & KEEP_UNTIL) != 0) {
-                pair.keepUntil = b.getLong();
+                hasKeepUntil = true;
+                keepUntil = b.int64();
             }
             if ((flags & LABEL_TIMES) != 0) {
-                pair.labelTimes = new long[b.get() & 0xff];
-                for (int l = 0; l < pair.labelTimes.length; l++) {
-                    pair.labelTimes[l] = b.getLong();
+                long[] times = labelTimes(b.u8());
+                for (int l = 0; l < times.length; l++) {
+                    times[l] = b.int64();
                 }
             }
             if ((flags & SAMPLE) != 0) {
-                pair.id = ByteSink.readSized(b);
-                pair.body = ByteSink.readSized(b);
+                idOff = b.sized();
+                idLen = b.length();
+                bodyOff = b.sized();
+                bodyLen = b.length();
+                idBytes = bodyBytes = bytes;
             }
             if ((flags & PENDING) != 0) {
-                int n = b.get() & 0xff;
-                pair.pendingTimes = new long[n];
-                pair.pendingPayloads = new byte[n][];
+                int n = b.u8();
+                pendingTimes = new long[n];
+                pendingPayloads = new byte[n][];
                 for (int l = 0; l < n; l++) {
-                    pair.pendingTimes[l] = b.getLong();
-                    if (pair.pendingTimes[l] != NONE) {
-                        pair.pendingPayloads[l] = ByteSink.readSized(b);
+                    pendingTimes[l] = b.int64();
+                    if (pendingTimes[l] != NONE) {
+                        b.sized();
+                        pendingPayloads[l] = b.copy();
                     }
                 }
             }
-            return pair;
+            return this;
+        }
+
+        /** {@code labelTimes}, {@code n} of them (this pair's one array; values not set). */
+        long[] labelTimes(int n) {
+            if (labelTimesBuffer.length != n) {
+                labelTimesBuffer = new long[n];
+            }
+            labelTimes = labelTimesBuffer;
+            return labelTimes;
+        }
+
+        void id(byte[] bytes, int off, int len) {
+            idBytes = bytes;
+            idOff = off;
+            idLen = len;
+        }
+
+        void body(byte[] bytes, int off, int len) {
+            bodyBytes = bytes;
+            bodyOff = off;
+            bodyLen = len;
         }
 
         /** The entry's bytes (layout above), built in {@code out}, or null when no field is set. */
         byte[] encode(ByteSink out) {
-            int flags = (seen != null ? SEEN : 0)
-                    | (t != null ? T : 0)
-                    | (emitted != null ? EMITTED_SET | (emitted ? EMITTED : 0) : 0)
-                    | (keepUntil != null ? KEEP_UNTIL : 0)
+            int flags = (seen ? SEEN : 0)
+                    | (hasT ? T : 0)
+                    | (emittedSet ? EMITTED_SET | (emitted ? EMITTED : 0) : 0)
+                    | (hasKeepUntil ? KEEP_UNTIL : 0)
                     | (labelTimes != null ? LABEL_TIMES : 0)
-                    | (id != null ? SAMPLE : 0) // id and body are set and cleared together
+                    | (idBytes != null ? SAMPLE : 0) // id and body are set and cleared together
                     | (pendingTimes != null ? PENDING : 0);
             if (flags == 0) {
                 return null;
             }
             out.reset();
             out.write((byte) flags);
-            if (t != null) {
+            if (hasT) {
                 out.int64(t);
             }
-            if (keepUntil != null) {
+            if (hasKeepUntil) {
                 out.int64(keepUntil);
             }
             if (labelTimes != null) {
@@ -190,8 +241,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                     out.int64(time);
                 }
             }
-            if (id != null) {
-                out.sized(id).sized(body);
+            if (idBytes != null) {
+                out.sized(idBytes, idOff, idLen).sized(bodyBytes, bodyOff, bodyLen);
             }
             if (pendingTimes != null) {
                 out.write((byte) pendingTimes.length);
@@ -207,12 +258,19 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     }
 
     private transient JoinSpec spec;
+    /** records and entries are built here */
     private transient ByteSink sink;
+    /** a new impression's sample id and body, until its entry is encoded */
+    private transient ByteSink fields;
+    /** the pair of the key of the current call */
+    private transient Pair pair;
 
     @Override
     public void open(FunctionContext context) throws Exception {
         spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
         sink = new ByteSink(1024);
+        fields = new ByteSink(1024);
+        pair = new Pair();
     }
 
     public void eval(
@@ -231,7 +289,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                                             bridgedTo = RowData.class))
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
-        Pair pair = Pair.decode(entry.bytes);
+        Pair pair = this.pair.read(entry.bytes);
         if (row.getBoolean(IS_ACTION)) {
             action(time, pair, row);
         } else {
@@ -241,13 +299,15 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     }
 
     private void impression(TimeContext<Long> time, Pair pair, RowData row) {
-        Long t = row.isNullAt(T) ? null : row.getLong(T);
-        count(Reasons.IMPRESSION, Reasons.IN, t);
         if (!row.isNullAt(REASON)) {
+            Long t = row.isNullAt(T) ? null : row.getLong(T);
+            count(Reasons.IMPRESSION, Reasons.IN, t);
             dead(Reasons.IMPRESSION, row.getString(REASON).toString(), row.getString(PAYLOAD), t);
             return;
         }
-        if (pair.seen != null) {
+        long t = row.getLong(T); // set in every valid impression
+        count(Reasons.IMPRESSION, Reasons.IN, t);
+        if (pair.seen) {
             count(Reasons.IMPRESSION, Reasons.DUPLICATE_KIND, t);
             return;
         }
@@ -259,15 +319,15 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             return;
         }
         keepUntil(time, pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
+        pair.hasT = true;
         pair.t = t;
-        pair.body = body(row.getString(PAYLOAD), row.getBinary(SPANS));
+        pair.emittedSet = true;
         pair.emitted = false;
-        pair.id = sampleId(row.getString(REQUEST_ID).toBytes(), row.getString(ITEM_ID).toBytes());
+        sampleFields(pair, row);
         if (spec.fakeNegative) {
             emitSample(pair);
         } else {
-            pair.labelTimes = new long[spec.names.length];
-            Arrays.fill(pair.labelTimes, NONE);
+            Arrays.fill(pair.labelTimes(spec.names.length), NONE);
         }
         if (pair.pendingTimes != null) {
             for (int l = 0; l < pair.pendingTimes.length; l++) {
@@ -297,7 +357,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
         int label = row.getInt(LABEL);
         byte[] payload = row.getString(PAYLOAD).toBytes();
-        if (pair.t != null) {
+        if (pair.hasT) {
             decide(pair, label, t, payload);
             if (!pair.emitted) {
                 scheduleOrEmit(time, pair);
@@ -361,7 +421,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     /** Hold the entry at least until event time {@code until}. */
     private static void keepUntil(TimeContext<Long> time, Pair pair, long until) {
-        if (pair.keepUntil == null || until > pair.keepUntil) {
+        if (!pair.hasKeepUntil || until > pair.keepUntil) {
+            pair.hasKeepUntil = true;
             pair.keepUntil = until;
             time.registerOnTime(until);
         }
@@ -369,7 +430,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     public void onTimer(OnTimerContext ctx, Entry entry) {
         long now = ctx.timeContext(Long.class).time();
-        Pair pair = Pair.decode(entry.bytes);
+        Pair pair = this.pair.read(entry.bytes);
         if (pair.pendingTimes != null) { // no impression came: orphans
             boolean left = false;
             for (int l = 0; l < pair.pendingTimes.length; l++) {
@@ -387,15 +448,15 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 pair.pendingPayloads = null;
             }
         }
-        if (pair.t != null && !pair.emitted && due(pair) <= now) {
+        if (pair.hasT && !pair.emitted && due(pair) <= now) {
             emitSample(pair);
         }
         // state only: Flink 2.2's clearAll()/clearAllTimers() walks the timers of every key and
         // deletes this key's timestamps under another key's context; a timer left here fires
         // on an empty entry, which is a no-op
-        if (pair.keepUntil != null && now >= pair.keepUntil) {
+        if (pair.hasKeepUntil && now >= pair.keepUntil) {
             ctx.clearAllState();
-        } else if (pair.seen == null && pair.pendingTimes == null) {
+        } else if (!pair.seen && pair.pendingTimes == null) {
             ctx.clearAllState(); // only orphans were held, and they are out
         } else {
             entry.bytes = pair.encode(sink);
@@ -406,40 +467,52 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
 
     private void emitSample(Pair pair) {
         pair.emitted = true;
-        writeSample(pair.id, pair.labelTimes, false, pair.body);
-        emit(SAMPLE, pair.id, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
+        writeSample(pair.idBytes, pair.idOff, pair.idLen, pair.labelTimes, false, pair);
+        // the key: a slice of the entry's bytes, which nothing writes to; a copy where the id
+        // is still in the function's buffer (a new impression's), which the next one reuses
+        byte[] id = pair.idBytes;
+        int from = pair.idOff;
+        int to = from + pair.idLen;
+        StringData k =
+                id == fields.buffer()
+                        ? StringData.fromBytes(Arrays.copyOfRange(id, from, to))
+                        : StringData.fromBytes(id, from, pair.idLen);
+        emit(SAMPLE, k, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
         // the label times only decide the sample and its due time: the entry is held until
         // keepUntil (join.dedup_ttl_ms) without them (two objects and ~56 bytes per key less)
         pair.labelTimes = null;
         if (!spec.fakeNegative && !spec.lateCorrection) {
             // no correction can follow: the entry only dedups from here on (until keepUntil,
             // join.dedup_ttl_ms), so it keeps neither the sample's fields nor its id
-            pair.body = null;
-            pair.id = null;
+            pair.idBytes = pair.bodyBytes = null;
         }
     }
 
     private void emitCorrection(Pair pair, int label, long t) {
         byte[] name = spec.nameBytes[label];
-        byte[] id = Arrays.copyOf(pair.id, pair.id.length + 1 + name.length);
-        id[pair.id.length] = '|';
-        System.arraycopy(name, 0, id, pair.id.length + 1, name.length);
+        byte[] id = new byte[pair.idLen + 1 + name.length];
+        System.arraycopy(pair.idBytes, pair.idOff, id, 0, pair.idLen);
+        id[pair.idLen] = '|';
+        System.arraycopy(name, 0, id, pair.idLen + 1, name.length);
         long[] times = new long[spec.names.length];
         Arrays.fill(times, NONE);
         times[label] = t;
-        writeSample(id, times, true, pair.body);
-        emit(SAMPLE, id, sink.toArray(), t, Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
+        writeSample(id, 0, id.length, times, true, pair);
+        emit(SAMPLE, StringData.fromBytes(id), sink.toArray(), t,
+                Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
     }
 
     /**
-     * A sample record into {@link #sink}: label {@code l} is 1 at {@code times[l]}, 0 where
-     * that is {@link #NONE} (or {@code times} is null); {@code body} holds its other fields.
+     * A sample record into {@link #sink}: its id {@code id[off, off + len)}; label {@code l} is
+     * 1 at {@code times[l]}, 0 where that is {@link #NONE} (or {@code times} is null); the
+     * pair's body holds its other fields.
      */
-    private void writeSample(byte[] id, long[] times, boolean correction, byte[] body) {
+    private void writeSample(
+            byte[] id, int off, int len, long[] times, boolean correction, Pair pair) {
         int n = spec.names.length;
         sink.reset();
         sink.ascii("{\"v\":1,\"sample_id\":");
-        JsonOut.string(sink, id);
+        JsonOut.string(sink, id, off, len);
         sink.ascii(",\"labels\":{");
         for (int l = 0; l < n; l++) {
             if (l > 0) {
@@ -464,32 +537,45 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         sink.ascii("},\"strategy\":");
         sink.write((byte) '"').ascii(spec.strategy);
         sink.ascii(correction ? "\",\"correction\":true," : "\",\"correction\":false,");
-        sink.write(body).write((byte) '}');
+        sink.write(pair.bodyBytes, pair.bodyOff, pair.bodyLen).write((byte) '}');
     }
 
-    /** The sample's fields, copied once from the payload at the spans its parse gave. */
-    private byte[] body(StringData payload, byte[] spans) {
-        sink.reset();
-        BinaryStringData s = (BinaryStringData) payload; // Flink's only StringData
+    /**
+     * A new impression's sample id, {@code request_id|item_id|0} (CONTRACTS.md section 2), and
+     * its sample's fields, copied once from the payload at the spans its parse gave, into
+     * {@link #fields}: the pair's id and body until its entry is encoded.
+     */
+    private void sampleFields(Pair pair, RowData row) {
+        ByteSink f = fields;
+        f.reset();
+        writeUtf8(f, row.getString(REQUEST_ID));
+        f.write((byte) '|');
+        writeUtf8(f, row.getString(ITEM_ID));
+        f.write((byte) '|').write((byte) '0');
+        int idLen = f.size();
+        BinaryStringData s = (BinaryStringData) row.getString(PAYLOAD); // Flink's only StringData
         s.ensureMaterialized(); // one made from a java.lang.String has no bytes until then
         MemorySegment[] segments = s.getSegments();
+        byte[] spans = row.getBinary(SPANS);
         if (segments.length == 1 && !segments[0].isOffHeap()) { // in place, no copy
-            EventParser.writeBody(sink, segments[0].getArray(), s.getOffset(), spans);
+            EventParser.writeBody(f, segments[0].getArray(), s.getOffset(), spans);
         } else {
-            EventParser.writeBody(sink, s.toBytes(), 0, spans);
+            EventParser.writeBody(f, s.toBytes(), 0, spans);
         }
-        return sink.toArray();
+        pair.id(f.buffer(), 0, idLen);
+        pair.body(f.buffer(), idLen, f.size() - idLen);
     }
 
-    /** {@code request_id|item_id|0} (CONTRACTS.md section 2), decoded. */
-    private static byte[] sampleId(byte[] rid, byte[] iid) {
-        byte[] k = new byte[rid.length + iid.length + 3];
-        System.arraycopy(rid, 0, k, 0, rid.length);
-        k[rid.length] = '|';
-        System.arraycopy(iid, 0, k, rid.length + 1, iid.length);
-        k[k.length - 2] = '|';
-        k[k.length - 1] = '0';
-        return k;
+    /** The UTF-8 bytes of {@code s}, without a copy where they lie in one heap segment. */
+    private static void writeUtf8(ByteSink out, StringData s) {
+        BinaryStringData b = (BinaryStringData) s;
+        b.ensureMaterialized();
+        MemorySegment[] segments = b.getSegments();
+        if (segments.length == 1 && !segments[0].isOffHeap()) {
+            out.write(segments[0].getArray(), b.getOffset(), b.getSizeInBytes());
+        } else {
+            out.write(b.toBytes());
+        }
     }
 
     private void dead(int stream, String reason, StringData payload, Long t) {
@@ -514,13 +600,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         emit(COUNT, null, null, t, Reasons.code(stream, kind));
     }
 
-    private void emit(int kind, byte[] k, byte[] v, Long t, int code) {
-        collect(
-                GenericRowData.of(
-                        kind,
-                        k == null ? null : StringData.fromBytes(k),
-                        v == null ? null : StringData.fromBytes(v),
-                        spec.window(t),
-                        code));
+    private void emit(int kind, StringData k, byte[] v, Long t, int code) {
+        StringData value = v == null ? null : StringData.fromBytes(v);
+        collect(GenericRowData.of(kind, k, value, spec.window(t), code));
     }
 }

@@ -2,11 +2,14 @@ package io.fluxrec.flink;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.api.Test;
 
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 
 /** The join's state entry: {@code SampleJoin.Pair} encoded and decoded. */
 class SampleJoinPairTest {
@@ -21,13 +24,21 @@ class SampleJoinPairTest {
         return s.getBytes(StandardCharsets.UTF_8);
     }
 
+    private static byte[] id(SampleJoin.Pair pair) {
+        return Arrays.copyOfRange(pair.idBytes, pair.idOff, pair.idOff + pair.idLen);
+    }
+
+    private static byte[] body(SampleJoin.Pair pair) {
+        return Arrays.copyOfRange(pair.bodyBytes, pair.bodyOff, pair.bodyOff + pair.bodyLen);
+    }
+
     @Test
     void anEmptyPairIsNoEntry() {
         assertNull(new SampleJoin.Pair().encode(new ByteSink(16)));
         SampleJoin.Pair fresh = SampleJoin.Pair.decode(null);
-        assertNull(fresh.seen);
-        assertNull(fresh.t);
-        assertNull(fresh.emitted);
+        assertFalse(fresh.seen);
+        assertFalse(fresh.hasT);
+        assertFalse(fresh.emittedSet);
         assertNull(fresh.pendingTimes);
     }
 
@@ -35,20 +46,26 @@ class SampleJoinPairTest {
     void aHeldImpressionKeepsEveryField() {
         SampleJoin.Pair pair = new SampleJoin.Pair();
         pair.seen = true;
+        pair.hasT = true;
         pair.t = 1_700_000_000_123L;
+        pair.hasKeepUntil = true;
         pair.keepUntil = 1_700_007_200_123L;
+        pair.emittedSet = true;
         pair.emitted = false;
-        pair.id = utf8("r1|i1|0");
-        pair.body = utf8("\"user_id\":\"u1\",\"features\":{\"é\":[1]}");
-        pair.labelTimes = new long[] {NONE, 1_700_000_002_000L, -5L};
+        byte[] fields = utf8("xxr1|i1|0\"user_id\":\"u1\",\"features\":{\"é\":[1]}yy");
+        pair.id(fields, 2, 7);
+        pair.body(fields, 9, fields.length - 11);
+        long[] labels = {NONE, 1_700_000_002_000L, -5L};
+        System.arraycopy(labels, 0, pair.labelTimes(3), 0, 3);
         SampleJoin.Pair back = roundTrip(pair);
-        assertEquals(Boolean.TRUE, back.seen);
+        assertTrue(back.seen);
         assertEquals(pair.t, back.t);
         assertEquals(pair.keepUntil, back.keepUntil);
-        assertEquals(Boolean.FALSE, back.emitted);
-        assertArrayEquals(pair.id, back.id);
-        assertArrayEquals(pair.body, back.body);
-        assertArrayEquals(pair.labelTimes, back.labelTimes);
+        assertTrue(back.emittedSet);
+        assertFalse(back.emitted);
+        assertArrayEquals(utf8("r1|i1|0"), id(back));
+        assertArrayEquals(utf8("\"user_id\":\"u1\",\"features\":{\"é\":[1]}"), body(back));
+        assertArrayEquals(labels, back.labelTimes);
         assertNull(back.pendingTimes);
         assertNull(back.pendingPayloads);
     }
@@ -57,13 +74,16 @@ class SampleJoinPairTest {
     void anEmittedSampleKeepsOnlyTheDedupMarker() {
         SampleJoin.Pair pair = new SampleJoin.Pair();
         pair.seen = true;
+        pair.hasT = true;
         pair.t = 42L;
+        pair.hasKeepUntil = true;
         pair.keepUntil = 7_200_042L;
+        pair.emittedSet = true;
         pair.emitted = true;
         SampleJoin.Pair back = roundTrip(pair);
-        assertEquals(Boolean.TRUE, back.emitted);
-        assertNull(back.id);
-        assertNull(back.body);
+        assertTrue(back.emitted);
+        assertNull(back.idBytes);
+        assertNull(back.bodyBytes);
         assertNull(back.labelTimes);
         assertEquals(1 + 8 + 8, pair.encode(new ByteSink(16)).length);
     }
@@ -74,11 +94,36 @@ class SampleJoinPairTest {
         pair.pendingTimes = new long[] {NONE, 99L, 0L};
         pair.pendingPayloads = new byte[][] {null, utf8("{\"action\":\"click\"}"), new byte[0]};
         SampleJoin.Pair back = roundTrip(pair);
-        assertNull(back.seen);
-        assertNull(back.t);
+        assertFalse(back.seen);
+        assertFalse(back.hasT);
         assertArrayEquals(pair.pendingTimes, back.pendingTimes);
         assertNull(back.pendingPayloads[0]);
         assertArrayEquals(pair.pendingPayloads[1], back.pendingPayloads[1]);
         assertArrayEquals(new byte[0], back.pendingPayloads[2]);
+    }
+
+    @Test
+    void aReusedPairForgetsThePreviousEntry() {
+        SampleJoin.Pair pair = new SampleJoin.Pair();
+        pair.seen = true;
+        pair.hasT = true;
+        pair.t = 5L;
+        pair.labelTimes(2)[0] = 1L;
+        pair.labelTimes[1] = NONE;
+        byte[] held = pair.encode(new ByteSink(16));
+        SampleJoin.Pair orphan = new SampleJoin.Pair();
+        orphan.pendingTimes = new long[] {NONE, 9L};
+        orphan.pendingPayloads = new byte[][] {null, utf8("{}")};
+        byte[] orphans = orphan.encode(new ByteSink(16));
+
+        SampleJoin.Pair reused = new SampleJoin.Pair().read(held);
+        assertArrayEquals(new long[] {1L, NONE}, reused.labelTimes);
+        reused.read(orphans);
+        assertFalse(reused.seen);
+        assertFalse(reused.hasT);
+        assertNull(reused.labelTimes);
+        assertArrayEquals(new long[] {NONE, 9L}, reused.pendingTimes);
+        reused.read(null);
+        assertNull(reused.encode(new ByteSink(16)));
     }
 }
