@@ -54,13 +54,17 @@ public final class ByteSink {
         return this;
     }
 
-    /** ASCII text (the constant parts of records). */
+    /**
+     * ASCII text (the constant parts of records), copied in one piece: {@code String}'s own
+     * copy of the low byte of each char, an array copy for a Latin-1 string, where a loop of
+     * {@code charAt} checks each index (profiled: ~8% of the join's task time in sample writes).
+     */
+    @SuppressWarnings("deprecation") // the low byte of each char is what ASCII text needs
     public ByteSink ascii(String s) {
         int n = s.length();
         ensure(n);
-        for (int i = 0; i < n; i++) {
-            buf[size++] = (byte) s.charAt(i);
-        }
+        s.getBytes(0, n, buf, size);
+        size += n;
         return this;
     }
 
@@ -168,8 +172,32 @@ public final class ByteSink {
         }
     }
 
+    /** {@code v} in decimal, without a String. */
     public ByteSink decimal(long v) {
-        return ascii(Long.toString(v));
+        if (v == Long.MIN_VALUE) {
+            return ascii("-9223372036854775808");
+        }
+        ensure(20);
+        if (v < 0) {
+            buf[size++] = '-';
+            v = -v;
+        }
+        int end = size + digits(v);
+        for (int i = end - 1; i >= size; i--) {
+            buf[i] = (byte) ('0' + v % 10);
+            v /= 10;
+        }
+        size = end;
+        return this;
+    }
+
+    private static int digits(long v) {
+        int n = 1;
+        while (v >= 10) {
+            v /= 10;
+            n++;
+        }
+        return n;
     }
 
     /** One code point as UTF-8; a surrogate code point as its 3-byte (WTF-8) form. */

@@ -252,7 +252,8 @@ public final class EventParser {
             if (i > 0) {
                 out.write((byte) ',');
             }
-            out.write((byte) '"').ascii(NAMES[BODY_FIELDS[i]]).ascii("\":");
+            out.write((byte) '"').write(NAME_BYTES[BODY_FIELDS[i]]);
+            out.write((byte) '"').write((byte) ':');
             out.write(b, base + from, ByteSink.int32At(spans, 8 * i + 4) - from);
         }
     }
