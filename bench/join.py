@@ -67,7 +67,7 @@ from fluxrec.topics import ensure_topics, read_topic
 from pipelines.flink_env import create_table_env
 from pipelines.join_job import JoinTopics, declare_join, join_job, prepare_join
 from sample_join.reference import RawEvent, run_reference
-from sample_join.sql import RECORD_COLUMNS, JoinSql, interval, rowtime_columns
+from sample_join.sql import JoinSql, interval, rowtime_columns
 from sample_join.testing import produce_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,10 +241,10 @@ def _payload_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
 
 
 def _blackholes(t_env: Any, prefix: str) -> dict[str, str]:
-    """The records sink (the join's rows) and the metrics sink ``(k, v)``, into blackhole."""
+    """The records sink ``(topic, k, v)`` and the metrics sink ``(k, v)``, into blackhole."""
     sinks = {"records": f"{prefix}_records_sink", "metrics": f"{prefix}_metrics_sink"}
     for name, columns in (
-        ("records", f"{RECORD_COLUMNS}, topic STRING"),
+        ("records", "topic STRING, k STRING, v STRING"),
         ("metrics", "k STRING, v STRING"),
     ):
         t_env.execute_sql(
@@ -262,7 +262,7 @@ def run_sql(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     for name, query in JoinSql(cfg.join, "cj").raw_views():
         t_env.create_temporary_view(name, t_env.sql_query(query))
     sinks = _blackholes(t_env, "cj")
-    stmt = declare_join(t_env, cfg, "cj", sinks=sinks)
+    stmt = declare_join(t_env, cfg, "cj", sinks=sinks, record_topics=("samples", "dead"))
     return _timed(lambda: stmt.execute().wait(), clock)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from fluxrec.config import Config, load_config
 from pipelines.flink_env import create_table_env, kafka_table_options
-from sample_join.sql import RECORD_COLUMNS, JoinSql, source_columns
+from sample_join.sql import JoinSql, source_columns
 
 if TYPE_CHECKING:
     from pyflink.table import StatementSet, TableEnvironment, TableResult
@@ -64,14 +64,11 @@ _SINK_PRODUCER = {
 }
 
 
-def prepare_join(
-    t_env: TableEnvironment, cfg: Config, record_topics: tuple[str, str] = ("samples", "dead")
-) -> None:
+def prepare_join(t_env: TableEnvironment, cfg: Config) -> None:
     """Register the join's Java functions and give them the join settings (the job parameter
-    ``fluxrec.join.spec``, with ``record_topics``: the topics the join's records name, samples
-    and dead letters): before the source tables, whose rowtime uses a function."""
+    ``fluxrec.join.spec``): before the source tables, whose rowtime uses a function."""
     jc = cfg.join
-    sql = JoinSql(jc, record_topics=record_topics)
+    sql = JoinSql(jc)
     conf = t_env.get_config()
     conf.set("pipeline.global-job-parameters", sql.spec_parameter())
     # the metrics totals are kept this long after their last update (the functions release
@@ -99,19 +96,19 @@ def declare_join(
     prefix: str = "fj",
     *,
     sinks: dict[str, str],
+    record_topics: tuple[str, str],
 ) -> StatementSet:
     """Create the views over the parsed events ``{prefix}_imp`` / ``{prefix}_act`` (tables
     or views declared by the caller after :func:`prepare_join`: ``sample_join/sql.py``) and
     return a statement set inserting into the tables
-    named by ``sinks``: ``records``, a table of :data:`~sample_join.sql.RECORD_COLUMNS` and
-    ``topic STRING`` taking the samples and the dead letters (``topic`` one of the
-    ``record_topics`` of :func:`prepare_join`), and ``metrics``, a table of ``(k STRING, v
-    STRING)``."""
+    named by ``sinks``: ``records``, a table of ``(topic STRING, k STRING, v STRING)`` taking
+    the samples and the dead letters (``topic`` one of ``record_topics``: (samples, dead
+    letters)), and ``metrics``, a table of ``(k STRING, v STRING)``."""
     sql = JoinSql(cfg.join, prefix)
     for name, query in sql.views():
         t_env.create_temporary_view(name, t_env.sql_query(query))
     stmt = t_env.create_statement_set()
-    stmt.add_insert_sql(f"INSERT INTO {sinks['records']} {sql.records_select()}")
+    stmt.add_insert_sql(f"INSERT INTO {sinks['records']} {sql.records_select(*record_topics)}")
     stmt.add_insert_sql(f"INSERT INTO {sinks['metrics']} {sql.metrics_select()}")
     return stmt
 
@@ -143,8 +140,7 @@ def build_join(
     """:func:`join_job` without submitting: the statement set (``.explain()`` shows the plan)."""
     jc = cfg.join
     t_env.get_config().set("pipeline.name", f"fluxrec-join {topics.samples}")
-    records = (topics.samples, topics.dead_letters)
-    prepare_join(t_env, cfg, records)
+    prepare_join(t_env, cfg)
     src_opts = {
         "properties.group.id": jc.group_id,
         "scan.startup.mode": "group-offsets",
@@ -163,12 +159,12 @@ def build_join(
             + kafka_table_options(cfg, topic, **src_opts, **sql.format_options(stream))
         )
     # samples and dead letters: one exactly-once sink writing both topics (the topic metadata
-    # column picks one of the two the table allows), taking the join's rows as they are (the
-    # value format writes their column v, Kafka's key is k)
+    # column picks one of the two the table allows)
+    records = (topics.samples, topics.dead_letters)
     opts = {
         "key.format": "raw",
         "key.fields": "k",
-        "value.format": "fluxrec-record",
+        "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
         "sink.delivery-guarantee": "exactly-once",
         "sink.transactional-id-prefix": f"{jc.group_id}.{topics.samples}",
@@ -178,7 +174,7 @@ def build_join(
     sinks = {"records": f"{prefix}_records"}
     t_env.execute_sql(
         f"CREATE TEMPORARY TABLE {sinks['records']} "
-        f"({RECORD_COLUMNS}, `topic` STRING METADATA) "
+        "(topic STRING METADATA, k STRING, v STRING) "
         + kafka_table_options(cfg, ";".join(records), **opts)
     )
     # running totals: an upsert changelog, idempotent, so at-least-once is exact
@@ -195,7 +191,7 @@ def build_join(
         f"CREATE TEMPORARY TABLE {sinks['metrics']} (k STRING, v STRING, "
         "PRIMARY KEY (k) NOT ENFORCED) " + kafka_table_options(cfg, topics.metrics, **opts)
     )
-    return declare_join(t_env, cfg, prefix, sinks=sinks)
+    return declare_join(t_env, cfg, prefix, sinks=sinks, record_topics=records)
 
 
 def main(argv: list[str] | None = None) -> int:

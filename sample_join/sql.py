@@ -14,8 +14,7 @@ The per-record work runs in Java (``flink-functions/``, built by ``make deps``, 
     P_out = fluxrec_join(P_events, partitioned by request_id, item_id)
         impression dedup, too_late, the match of every label, samples (window: on a timer;
         fake_negative: at once, plus corrections), dead letters, one count row per fact
-    P_out ─► records: samples (kind 1) and dead letters (kind 2), the rows as they are, one
-             sink writing the two topics they name (its value format fluxrec-record writes v)
+    P_out ─► records: samples (kind 1) and dead letters (kind 2), one sink writing two topics
           ─► metrics: counts per (window, code), running totals, an upsert changelog
 
 ``P_imp`` and ``P_act`` are the parsed events (:data:`IMPRESSION_COLUMNS`,
@@ -28,11 +27,8 @@ fields stand in it (48 bytes), not a copy of those fields; ``fluxrec_join`` writ
 sample's fields from the payload once.
 
 The contracts and the semantics are in ``CONTRACTS.md``; the executable reference of the
-same semantics is :mod:`sample_join.reference`. Outputs are the rows of ``P_out`` with a
-topic (records: :data:`RECORD_COLUMNS` and the Kafka ``topic``, key ``k``, JSON value ``v``)
-and rows ``(k STRING, v STRING)`` (metrics). ``fluxrec_join`` names the records' topics
-(``JoinSql.record_topics``, in the spec), so that the records' sink takes its rows as they
-are: Flink's generated projections copy every string they read, a filter passes the row on.
+same semantics is :mod:`sample_join.reference`. Outputs are rows ``(topic STRING, k STRING,
+v STRING)`` (records) and ``(k STRING, v STRING)`` (metrics): topic, Kafka key, JSON value.
 
 Every stateful function sees the job's watermark (the minimum over both topics):
 ``fluxrec_dedup_actions`` gets the impressions' watermark through a union with the
@@ -57,7 +53,6 @@ __all__ = [
     "ACTION_COLUMNS",
     "FUNCTIONS",
     "IMPRESSION_COLUMNS",
-    "RECORD_COLUMNS",
     "SPEC_PARAMETER",
     "JoinSql",
     "interval",
@@ -113,14 +108,6 @@ ACTION_COLUMNS = (
 )
 
 
-#: The physical columns of a table of the join's records, as ``fluxrec_join`` emits them (its
-#: partition keys first); the table adds the Kafka ``topic`` as a metadata column, last, and
-#: writes ``v`` as the value (format ``fluxrec-record``) and ``k`` as the key.
-RECORD_COLUMNS = (
-    "request_id STRING, item_id STRING, kind INT, k STRING, v STRING, mq BIGINT, mc INT"
-)
-
-
 def rowtime_columns(cfg: JoinConfig, t: str = "t") -> str:
     """The rowtime ``et`` of a table of events whose event time is the expression ``t`` (null:
     none parsed), and its watermark: ``fluxrec_event_time`` gives 0 for a missing or future
@@ -142,13 +129,12 @@ def source_columns(cfg: JoinConfig, stream: str) -> str:
 class JoinSql:
     """The statements of one job: :meth:`functions` before the source tables, then
     :meth:`views`; :meth:`records_select` feeds the sink of the samples and dead letters
-    (:data:`RECORD_COLUMNS`, then ``topic``), :meth:`metrics_select` the metrics sink (rows
-    ``(k, v)``). The job parameter :data:`SPEC_PARAMETER` must be :meth:`spec_parameter`.
-    ``record_topics``: the topics of the samples and of the dead letters."""
+    (rows ``(topic, k, v)``), :meth:`metrics_select` the metrics sink (rows ``(k, v)``).
+    The job parameter :data:`SPEC_PARAMETER` must be
+    :meth:`spec_parameter`."""
 
     cfg: JoinConfig
     prefix: str = "fj"
-    record_topics: tuple[str, str] = ("samples", "dead_letters")
 
     def __post_init__(self) -> None:
         check_join_config(self.cfg)
@@ -169,7 +155,6 @@ class JoinSql:
             "bot_max_actions": cfg.bot_max_actions,
             "bot_window_ms": cfg.bot_window_ms,
             "dedup_ttl_ms": cfg.dedup_ttl_ms,
-            "record_topics": list(self.record_topics),
         }
         return json.dumps(doc, ensure_ascii=False)
 
@@ -286,14 +271,17 @@ SELECT * FROM fluxrec_join(
 
     # ------------------------------------------------------------------ outputs
 
-    def records_select(self) -> str:
-        """The rows of the records' sink (:data:`RECORD_COLUMNS`, then ``topic``): samples and
-        corrections for the samples' topic, dead letters (CONTRACTS.md section 3) for the dead
-        letters' topic, as the join emits them (a filter, which passes each row on; not on
-        ``topic IS NOT NULL``, after which the planner casts the column it proved not null). One
-        sink, not one per topic: each row the join emits goes to two consumers (this and the
-        metrics), not three, and one producer commits a transaction per checkpoint."""
-        return f"SELECT * FROM {self._v('out')} WHERE kind > 0"
+    def records_select(self, samples_topic: str, dead_letter_topic: str) -> str:
+        """Rows ``(topic, k, v)`` for one Kafka sink writing two topics: samples and
+        corrections to ``samples_topic``, dead letters (CONTRACTS.md section 3) to
+        ``dead_letter_topic``. One sink, not one per topic: each row the join emits is then
+        copied to two consumers (this and the metrics), not three, and one producer commits a
+        transaction per checkpoint."""
+        samples, dead = literal(samples_topic), literal(dead_letter_topic)
+        return (
+            f"SELECT CASE WHEN kind = 1 THEN {samples} ELSE {dead} END, k, v "
+            f"FROM {self._v('out')} WHERE kind > 0"
+        )
 
     def metrics_select(self) -> str:
         """Rows ``(k, v)`` for the metrics topic, an upsert changelog: the newest value of a

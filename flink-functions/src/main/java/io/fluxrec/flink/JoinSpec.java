@@ -14,14 +14,11 @@ import java.util.Map;
  * {"labels": [["click", "click", 300000], ["conversion", "conversion", 3600000]],
  *  "strategy": "window", "late_action_policy": "dead_letter", "late_horizon_ms": 3600000,
  *  "max_future_skew_ms": 60000, "metrics_window_ms": 60000, "bot_max_actions": 100,
- *  "bot_window_ms": 60000, "dedup_ttl_ms": 7200000,
- *  "record_topics": ["fluxrec.samples", "fluxrec.dead-letters"]}
+ *  "bot_window_ms": 60000, "dedup_ttl_ms": 7200000}
  * </pre>
  *
  * Label {@code i} is the i-th entry: its name in the sample, the action type that sets it, and
- * its window. At most 64 labels (a bit per label in the dedup state). {@code record_topics}:
- * the Kafka topics of the samples and of the dead letters, which {@link SampleJoin} names in
- * each record it emits.
+ * its window. At most 64 labels (a bit per label in the dedup state).
  */
 public final class JoinSpec {
 
@@ -39,8 +36,6 @@ public final class JoinSpec {
     public final long botWindowMs;
     public final long dedupTtlMs;
     public final String strategy;
-    public final String samplesTopic;
-    public final String deadLetterTopic;
 
     private JoinSpec(Map<String, Object> m) {
         List<?> labels = (List<?>) m.get("labels");
@@ -71,10 +66,6 @@ public final class JoinSpec {
         botMaxActions = (Long) m.getOrDefault("bot_max_actions", 0L);
         botWindowMs = (Long) m.getOrDefault("bot_window_ms", 0L);
         dedupTtlMs = (Long) m.getOrDefault("dedup_ttl_ms", 0L);
-        List<?> topics =
-                (List<?>) m.getOrDefault("record_topics", List.of("samples", "dead_letters"));
-        samplesTopic = (String) topics.get(0);
-        deadLetterTopic = (String) topics.get(1);
     }
 
     private static String cachedText;

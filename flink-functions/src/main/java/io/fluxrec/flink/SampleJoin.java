@@ -31,15 +31,9 @@ import java.util.Arrays;
  * {@code too_late} or {@code bot} (decided upstream: {@link DedupActions} and {@link
  * BotCount}).
  *
- * <p>Output rows {@code (kind, k, v, mq, mc, topic)} (after the partition keys request_id,
- * item_id, which Flink puts first): {@code kind} 1 = a sample (Kafka key {@code k}, JSON {@code
- * v}, {@code topic} the samples' topic), 2 = a dead letter ({@code v}, the dead letters' topic;
- * the topics are {@link JoinSpec}'s {@code record_topics}), 0 = a count only ({@code topic}
- * empty: not null, the type of the Kafka sink's topic, so that it takes the column as it is);
- * every row counts
- * one fact, metric code {@code mc} ({@link Reasons}) in metric window {@code mq}. The records'
- * sink takes the rows as they are ({@code WHERE kind > 0}: a filter, no copy of their strings;
- * its value format, {@link RecordFormat}, writes {@code v}).
+ * <p>Output rows {@code (kind, k, v, mq, mc)}: {@code kind} 1 = a sample (Kafka key {@code k},
+ * JSON {@code v}), 2 = a dead letter ({@code v}), 0 = a count only; every row counts one fact,
+ * metric code {@code mc} ({@link Reasons}) in metric window {@code mq}.
  *
  * <p>State: one entry per key ({@link Entry}: a {@link Pair}, encoded), read and written once
  * per call, without TTL (once its sample is out and no correction can follow, without the
@@ -61,9 +55,7 @@ import java.util.Arrays;
 @FunctionHint(
         output =
                 @DataTypeHint(
-                        value =
-                                "ROW<kind INT, k STRING, v STRING, mq BIGINT, mc INT,"
-                                        + " topic STRING NOT NULL>",
+                        value = "ROW<kind INT, k STRING, v STRING, mq BIGINT, mc INT>",
                         bridgedTo = RowData.class))
 public class SampleJoin extends ProcessTableFunction<RowData> {
 
@@ -74,9 +66,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     public static final int DEAD_LETTER = 2;
 
     private static final long NONE = Long.MIN_VALUE;
-
-    /** the topic of a count row, which the records' sink never sees: none */
-    private static final StringData NO_TOPIC = StringData.fromString("");
 
     // columns of the input
     private static final int IS_ACTION = 0;
@@ -269,8 +258,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     }
 
     private transient JoinSpec spec;
-    private transient StringData samplesTopic;
-    private transient StringData deadLetterTopic;
     /** records and entries are built here */
     private transient ByteSink sink;
     /** a new impression's sample id and body, until its entry is encoded */
@@ -281,8 +268,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     @Override
     public void open(FunctionContext context) throws Exception {
         spec = JoinSpec.fromJob(context.getJobParameter(JoinSpec.JOB_PARAMETER, null));
-        samplesTopic = StringData.fromString(spec.samplesTopic);
-        deadLetterTopic = StringData.fromString(spec.deadLetterTopic);
         sink = new ByteSink(1024);
         fields = new ByteSink(1024);
         pair = new Pair();
@@ -492,8 +477,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 id == fields.buffer()
                         ? StringData.fromBytes(Arrays.copyOfRange(id, from, to))
                         : StringData.fromBytes(id, from, pair.idLen);
-        int code = Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE);
-        emit(SAMPLE, samplesTopic, k, sink.toArray(), pair.t, code);
+        emit(SAMPLE, k, sink.toArray(), pair.t, Reasons.code(Reasons.IMPRESSION, Reasons.SAMPLE));
         // the label times only decide the sample and its due time: the entry is held until
         // keepUntil (join.dedup_ttl_ms) without them (two objects and ~56 bytes per key less)
         pair.labelTimes = null;
@@ -514,7 +498,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         Arrays.fill(times, NONE);
         times[label] = t;
         writeSample(id, 0, id.length, times, true, pair);
-        emit(SAMPLE, samplesTopic, StringData.fromBytes(id), sink.toArray(), t,
+        emit(SAMPLE, StringData.fromBytes(id), sink.toArray(), t,
                 Reasons.code(Reasons.ACTION, Reasons.CORRECTION));
     }
 
@@ -609,15 +593,15 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                 .ascii("\",\"payload\":");
         JsonOut.payload(sink, payload, 0, payload.length);
         sink.write((byte) '}');
-        emit(DEAD_LETTER, deadLetterTopic, null, sink.toArray(), t, Reasons.deadCode(stream, reason));
+        emit(DEAD_LETTER, null, sink.toArray(), t, Reasons.deadCode(stream, reason));
     }
 
     private void count(int stream, int kind, Long t) {
-        emit(COUNT, NO_TOPIC, null, null, t, Reasons.code(stream, kind));
+        emit(COUNT, null, null, t, Reasons.code(stream, kind));
     }
 
-    private void emit(int kind, StringData topic, StringData k, byte[] v, Long t, int code) {
+    private void emit(int kind, StringData k, byte[] v, Long t, int code) {
         StringData value = v == null ? null : StringData.fromBytes(v);
-        collect(GenericRowData.of(kind, k, value, spec.window(t), code, topic));
+        collect(GenericRowData.of(kind, k, value, spec.window(t), code));
     }
 }
