@@ -132,9 +132,7 @@ public class BotCount extends ProcessTableFunction<RowData> {
             System.arraycopy(times, 0, out, 0, at);
             System.arraycopy(times, at, out, at + 8, n - at);
         }
-        for (int i = 0; i < 8; i++) {
-            out[at + i] = (byte) (t >>> (56 - 8 * i));
-        }
+        ByteSink.int64To(out, at, t);
         return out;
     }
 

@@ -75,18 +75,16 @@ public final class ByteSink {
     /** Big-endian, 4 bytes. */
     public ByteSink int32(int v) {
         ensure(4);
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            buf[size++] = (byte) (v >>> shift);
-        }
+        int32To(buf, size, v);
+        size += 4;
         return this;
     }
 
     /** Big-endian, 8 bytes. */
     public ByteSink int64(long v) {
         ensure(8);
-        for (int shift = 56; shift >= 0; shift -= 8) {
-            buf[size++] = (byte) (v >>> shift);
-        }
+        int64To(buf, size, v);
+        size += 8;
         return this;
     }
 
@@ -98,6 +96,20 @@ public final class ByteSink {
     /** {@link #sized(byte[])} of {@code b[off, off + len)}. */
     public ByteSink sized(byte[] b, int off, int len) {
         return int32(len).write(b, off, len);
+    }
+
+    /** {@code v} big-endian into {@code b[at, at + 4)}. */
+    public static void int32To(byte[] b, int at, int v) {
+        b[at] = (byte) (v >>> 24);
+        b[at + 1] = (byte) (v >>> 16);
+        b[at + 2] = (byte) (v >>> 8);
+        b[at + 3] = (byte) v;
+    }
+
+    /** {@code v} big-endian into {@code b[at, at + 8)}. */
+    public static void int64To(byte[] b, int at, long v) {
+        int32To(b, at, (int) (v >>> 32));
+        int32To(b, at + 4, (int) v);
     }
 
     /** Big-endian, 4 bytes at {@code b[at]}. */

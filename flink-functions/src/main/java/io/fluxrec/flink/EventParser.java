@@ -231,8 +231,8 @@ public final class EventParser {
             int f = BODY_FIELDS[i];
             byte k = kind[f];
             boolean kept = f != P_CLICK || k == INT || k == BIG_INT || k == FLOAT;
-            putInt(spans, 8 * i, kept ? start[f] - pos0 : -1);
-            putInt(spans, 8 * i + 4, kept ? stop[f] - pos0 : -1);
+            ByteSink.int32To(spans, 8 * i, kept ? start[f] - pos0 : -1);
+            ByteSink.int32To(spans, 8 * i + 4, kept ? stop[f] - pos0 : -1);
         }
         return spans;
     }
@@ -256,13 +256,6 @@ public final class EventParser {
             out.write((byte) '"').write((byte) ':');
             out.write(b, base + from, ByteSink.int32At(spans, 8 * i + 4) - from);
         }
-    }
-
-    private static void putInt(byte[] b, int at, int v) {
-        b[at] = (byte) (v >>> 24);
-        b[at + 1] = (byte) (v >>> 16);
-        b[at + 2] = (byte) (v >>> 8);
-        b[at + 3] = (byte) v;
     }
 
     // ------------------------------------------------------------------ grammar

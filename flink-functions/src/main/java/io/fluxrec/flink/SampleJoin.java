@@ -138,11 +138,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         long[] pendingTimes;
         byte[][] pendingPayloads;
 
-        /** A new pair of an entry's bytes (null: a new key). */
-        static Pair decode(byte[] bytes) {
-            return new Pair().read(bytes);
-        }
-
         /** This pair, reset to the entry's bytes (null: a new key). */
         Pair read(byte[] bytes) {
             seen = hasT = emittedSet = emitted = hasKeepUntil = false;
@@ -554,11 +549,9 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         f.write((byte) '|').write((byte) '0');
         int idLen = f.size();
         BinaryStringData s = (BinaryStringData) row.getString(PAYLOAD); // Flink's only StringData
-        s.ensureMaterialized(); // one made from a java.lang.String has no bytes until then
-        MemorySegment[] segments = s.getSegments();
         byte[] spans = row.getBinary(SPANS);
-        if (segments.length == 1 && !segments[0].isOffHeap()) { // in place, no copy
-            EventParser.writeBody(f, segments[0].getArray(), s.getOffset(), spans);
+        if (inHeap(s)) { // in place, no copy
+            EventParser.writeBody(f, s.getSegments()[0].getArray(), s.getOffset(), spans);
         } else {
             EventParser.writeBody(f, s.toBytes(), 0, spans);
         }
@@ -569,13 +562,22 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     /** The UTF-8 bytes of {@code s}, without a copy where they lie in one heap segment. */
     private static void writeUtf8(ByteSink out, StringData s) {
         BinaryStringData b = (BinaryStringData) s;
-        b.ensureMaterialized();
-        MemorySegment[] segments = b.getSegments();
-        if (segments.length == 1 && !segments[0].isOffHeap()) {
-            out.write(segments[0].getArray(), b.getOffset(), b.getSizeInBytes());
+        if (inHeap(b)) {
+            out.write(b.getSegments()[0].getArray(), b.getOffset(), b.getSizeInBytes());
         } else {
             out.write(b.toBytes());
         }
+    }
+
+    /**
+     * Whether the bytes of {@code s} lie in one heap segment (readable in place, at {@code
+     * s.getOffset()} of its array); materializes a string made from a java.lang.String, which
+     * has no bytes until then.
+     */
+    private static boolean inHeap(BinaryStringData s) {
+        s.ensureMaterialized();
+        MemorySegment[] segments = s.getSegments();
+        return segments.length == 1 && !segments[0].isOffHeap();
     }
 
     private void dead(int stream, String reason, StringData payload, Long t) {

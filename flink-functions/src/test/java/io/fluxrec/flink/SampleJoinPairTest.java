@@ -17,7 +17,7 @@ class SampleJoinPairTest {
     private static final long NONE = Long.MIN_VALUE;
 
     private static SampleJoin.Pair roundTrip(SampleJoin.Pair pair) {
-        return SampleJoin.Pair.decode(pair.encode(new ByteSink(16)));
+        return new SampleJoin.Pair().read(pair.encode(new ByteSink(16)));
     }
 
     private static byte[] utf8(String s) {
@@ -35,7 +35,7 @@ class SampleJoinPairTest {
     @Test
     void anEmptyPairIsNoEntry() {
         assertNull(new SampleJoin.Pair().encode(new ByteSink(16)));
-        SampleJoin.Pair fresh = SampleJoin.Pair.decode(null);
+        SampleJoin.Pair fresh = new SampleJoin.Pair().read(null);
         assertFalse(fresh.seen);
         assertFalse(fresh.hasT);
         assertFalse(fresh.emittedSet);
