@@ -37,7 +37,11 @@ The last line of output is one JSON object: ``events_per_s`` (kafka), ``sql_even
 ``samples_ok`` (the Kafka job's samples equal the reference's, record for record), then
 ``alloc_kb_per_event`` and ``anchor_alloc_kb_per_event``: the heap bytes the JVM's threads
 allocate per extra event (the same difference, from the JVM's own per-thread counters), a
-figure that varies far less from run to run than CPU time on a shared machine.
+figure that varies far less from run to run than CPU time on a shared machine, and
+``broker_cpu_us_per_event``: the Kafka broker's CPU per extra event of the Kafka job (the
+same difference of the broker process's CPU time; not in ``cpu_us_per_event``, but on the
+same cores, so the job's rate is bounded by ``cores / (cpu_us_per_event +
+broker_cpu_us_per_event)``).
 """
 
 from __future__ import annotations
@@ -123,23 +127,29 @@ def n_events(n: int) -> int:
 
 class JvmClock:
     """CPU seconds (user + system) of the PyFlink gateway JVM, where the MiniCluster runs, and
-    the bytes its threads have allocated on the heap."""
+    the bytes its threads have allocated on the heap; ``broker_pid``: the stack's Kafka broker,
+    whose CPU each timed run also reads (it shares the machine's cores with the job)."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker_pid: int) -> None:
         from pyflink.java_gateway import get_gateway
 
         self.pid = _gateway_pid()
-        self.tick = os.sysconf("SC_CLK_TCK")
+        self.broker_pid = broker_pid
         self._threads = get_gateway().jvm.java.lang.management.ManagementFactory.getThreadMXBean()
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick
+        return proc_cpu_s(self.pid)
 
     def allocated(self) -> int:
         """Bytes allocated on the heap by all the JVM's threads since it started (ended ones
         included: ``com.sun.management.ThreadMXBean.getTotalThreadAllocatedBytes``)."""
         return int(self._threads.getTotalThreadAllocatedBytes())
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _gateway_pid() -> int:
@@ -159,17 +169,25 @@ def _gateway_pid() -> int:
 
 def _timed(run: Callable[[], Any], clock: JvmClock) -> dict[str, Any]:
     """``{"s": wall seconds, "cpu_s": JVM CPU seconds, "alloc": bytes allocated, "threads": CPU
-    seconds per kind of thread}`` of ``run()`` (task threads, garbage collection, JIT compiler, ...:
-    :class:`ThreadCpu`), after a full collection: each run starts with the garbage of the
-    ones before it collected, so that none pays for another's (the jobs share one JVM, and a
-    job's state becomes garbage when it ends)."""
+    seconds per kind of thread, "broker_cpu_s": the Kafka broker's CPU seconds}`` of ``run()``
+    (task threads, garbage collection, JIT compiler, ...: :class:`ThreadCpu`), after a full
+    collection: each run starts with the garbage of the ones before it collected, so that none
+    pays for another's (the jobs share one JVM, and a job's state becomes garbage when it
+    ends)."""
     _jcmd(clock.pid, "GC.run")
     threads = ThreadCpu(clock.pid)
     threads.start()
+    broker = proc_cpu_s(clock.broker_pid)
     alloc, cpu, started = clock.allocated(), clock.cpu_s(), time.perf_counter()
     run()
     wall, cpu = time.perf_counter() - started, clock.cpu_s() - cpu
-    return {"s": wall, "cpu_s": cpu, "alloc": clock.allocated() - alloc, "threads": threads.stop()}
+    return {
+        "s": wall,
+        "cpu_s": cpu,
+        "alloc": clock.allocated() - alloc,
+        "threads": threads.stop(),
+        "broker_cpu_s": proc_cpu_s(clock.broker_pid) - broker,
+    }
 
 
 # ------------------------------------------------------------------ the three jobs
@@ -333,7 +351,10 @@ def main() -> None:
         stack = Stack(cfg)
         stack.up()
         try:
-            out = _measure(cfg, a)
+            broker = next(s.pid for s in stack.status() if s.name == "kafka")
+            if broker is None:
+                raise SystemExit("the benchmark's Kafka broker is not running")
+            out = _measure(cfg, a, broker)
         finally:
             stack.down(purge=True)
     print(json.dumps(out))
@@ -359,10 +380,10 @@ def _variant(cfg: Config, items: list[str]) -> Config | None:
     return cfg
 
 
-def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
+def _measure(cfg: Config, a: argparse.Namespace, broker_pid: int) -> dict[str, Any]:
     t0 = int(time.time() * 1000) - a.large * STEP_MS - 3_600_000
     create_table_env(cfg)  # starts the gateway JVM
-    clock = JvmClock()
+    clock = JvmClock(broker_pid)
     inputs = {n: produce_inputs(cfg, n, t0) for n in (a.small, a.large)}
     jobs: dict[str, Callable[[int], dict[str, Any]]] = {
         "anchor": lambda n: run_anchor(cfg, n, t0, clock),
@@ -381,6 +402,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {name: [] for name in jobs}
     cpus: dict[str, list[float]] = {name: [] for name in jobs}
     allocs: dict[str, list[float]] = {name: [] for name in jobs}
+    brokers: dict[str, list[float]] = {name: [] for name in jobs}
     want = _reference_samples(cfg, a.large, t0)
     samples_ok = True
     for r in range(a.repeats):
@@ -389,6 +411,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             rates[name].append(dn / (large["s"] - small["s"]))
             cpus[name].append((large["cpu_s"] - small["cpu_s"]) / dn * 1e6)
             allocs[name].append((large["alloc"] - small["alloc"]) / dn / 1e3)
+            brokers[name].append((large["broker_cpu_s"] - small["broker_cpu_s"]) / dn * 1e6)
             if name in ("kafka", "variant"):
                 samples_ok &= _same_samples(want, large["samples"])
             per_kind = {
@@ -401,7 +424,8 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"repeat {r + 1} {name}: small {small['s']:.1f} s, large {large['s']:.1f} s, "
                 f"{rates[name][-1]:,.0f} events/s, {cpus[name][-1]:.1f} us CPU/event ({split}), "
-                f"{allocs[name][-1]:.2f} KB allocated/event",
+                f"{allocs[name][-1]:.2f} KB allocated/event, Kafka broker "
+                f"{brokers[name][-1]:.1f} us CPU/event",
                 flush=True,
             )
     if a.profile:  # a profile of a small and a large run: their difference per event
@@ -442,6 +466,7 @@ def _measure(cfg: Config, a: argparse.Namespace) -> dict[str, Any]:
         "samples_ok": samples_ok,
         "alloc_kb_per_event": round(statistics.median(allocs["kafka"]), 2),
         "anchor_alloc_kb_per_event": round(statistics.median(allocs["anchor"]), 2),
+        "broker_cpu_us_per_event": round(statistics.median(brokers["kafka"]), 2),
         **extra,
     }
 
