@@ -21,6 +21,14 @@ collection, so that no job pays for the garbage of the one before. The three are
 ``--repeats`` times, interleaved, and the medians reported. Everything
 runs on a private stack (Kafka, Redis) started for the benchmark and stopped after it.
 
+``--step-ms N`` spaces the impressions ``N`` ms of event time apart (default 2: the stream
+spans less than the label windows and ``join.dedup_ttl_ms``, so no timer fires before the end
+of the input, every one fires in the drain there, and the state grows through each run). With
+``--step-ms 20 --small 400000 --large 1000000`` the small run already spans more than the
+2 h that an entry is held: the state is at its plateau, each impression's timers fire during
+the run, and the drain at the end is the same in both runs, so the marginal figures are those
+of a job in its steady state.
+
 ``--variant KEY=VALUE`` (repeatable) adds a fourth job, measured interleaved with the others:
 the Kafka job with those config keys changed (e.g. ``--variant flink.state_changelog=false``),
 reported as ``variant_events_per_s`` and ``variant_cpu_us_per_event`` (its samples are checked
@@ -55,7 +63,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +83,16 @@ from sample_join.sql import JoinSql, interval, rowtime_columns
 from sample_join.testing import produce_events
 
 REPO = Path(__file__).resolve().parents[1]
-STEP_MS = 2  # event time between two impressions
+
+
+@dataclass
+class Stream:
+    """The benchmark's event stream, as every job's input and the reference build it."""
+
+    step_ms: int = 2  # event time between two impressions
+
+
+STREAM = Stream()
 CLICK_EVERY = 10
 CLICK_DELAY_MS = 2_000
 
@@ -101,7 +118,7 @@ def _impression(i: int, t0: int) -> str:
     rid, item, user = f"r{i}", f"i{i % 1000}", f"u{i % 10000}"
     return (
         f'{{"v":1,"request_id":"{rid}","item_id":"{item}","user_id":"{user}",'
-        f'"event_time_ms":{t0 + i * STEP_MS},'
+        f'"event_time_ms":{t0 + i * STREAM.step_ms},'
         f'"features":{{"sparse":{{"user_id":["{user}"],"item_id":["{item}"]}},'
         f'"dense":{{"pos":{i % 5}}}}}}}'
     )
@@ -110,7 +127,7 @@ def _impression(i: int, t0: int) -> str:
 def _click(i: int, t0: int) -> str:
     return (
         f'{{"v":1,"request_id":"r{i}","item_id":"i{i % 1000}","user_id":"u{i % 10000}",'
-        f'"action":"click","event_time_ms":{t0 + i * STEP_MS + CLICK_DELAY_MS}}}'
+        f'"action":"click","event_time_ms":{t0 + i * STREAM.step_ms + CLICK_DELAY_MS}}}'
     )
 
 
@@ -240,7 +257,7 @@ def _payload_table(name: str, n: int, t0: int, clicks: bool, cfg: Config) -> str
     rows = (n + CLICK_EVERY - 1) // CLICK_EVERY if clicks else n
     i = f"seq * {CLICK_EVERY}" if clicks else "seq"
     f = _fields(i)
-    t = f"{t0} + {i} * {STEP_MS}" + (f" + {CLICK_DELAY_MS}" if clicks else "")
+    t = f"{t0} + {i} * {STREAM.step_ms}" + (f" + {CLICK_DELAY_MS}" if clicks else "")
     common = (
         f"""'{{"v":1,"request_id":"' || {f["request_id"]} || '","item_id":"' || {f["item_id"]}"""
         f""" || '","user_id":"' || {f["user_id"]} || '",'"""
@@ -293,7 +310,7 @@ def run_anchor(cfg: Config, n: int, t0: int, clock: JvmClock) -> dict[str, Any]:
     for name, clicks in (("aj_imp", False), ("aj_click", True)):
         i = f"seq * {CLICK_EVERY}" if clicks else "seq"
         f = _fields(i)
-        t = f"{t0} + {i} * {STEP_MS}" + (f" + {CLICK_DELAY_MS}" if clicks else "")
+        t = f"{t0} + {i} * {STREAM.step_ms}" + (f" + {CLICK_DELAY_MS}" if clicks else "")
         cols = ",\n  ".join(f"{k} AS {v}" for k, v in f.items())
         if not clicks:
             cols += f",\n  features AS {_features_sql(i)}"
@@ -334,11 +351,14 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=200_000, help="impressions of the small runs")
     ap.add_argument("--large", type=int, default=1_000_000, help="impressions of the large runs")
     ap.add_argument("--repeats", type=int, default=3, help="measurements (medians reported)")
+    ap.add_argument("--step-ms", type=int, default=STREAM.step_ms,
+                    help="event time between two impressions (default %(default)s)")  # fmt: skip
     ap.add_argument("--profile", type=Path, default=None, help="JFR of a small and a large run")
     ap.add_argument("--variant", action="append", metavar="KEY=VALUE", default=[],
                     help="also measure the Kafka job with this config key changed, e.g. "
                     "flink.state_changelog=false (repeatable: all at once)")  # fmt: skip
     a = ap.parse_args()
+    STREAM.step_ms = a.step_ms
     with tempfile.TemporaryDirectory(prefix="fluxrec-bench-join-") as tmp:
         cfg = load_config(write_test_config(Path(tmp), s3_server=False))
         # checkpoints as in production (configs/local.yaml), not as in the tests
@@ -381,7 +401,7 @@ def _variant(cfg: Config, items: list[str]) -> Config | None:
 
 
 def _measure(cfg: Config, a: argparse.Namespace, broker_pid: int) -> dict[str, Any]:
-    t0 = int(time.time() * 1000) - a.large * STEP_MS - 3_600_000
+    t0 = int(time.time() * 1000) - a.large * STREAM.step_ms - 3_600_000
     create_table_env(cfg)  # starts the gateway JVM
     clock = JvmClock(broker_pid)
     inputs = {n: produce_inputs(cfg, n, t0) for n in (a.small, a.large)}

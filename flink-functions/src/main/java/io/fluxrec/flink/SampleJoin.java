@@ -44,10 +44,11 @@ import java.util.Arrays;
  * from the state.
  *
  * <p>Every timer is registered in {@code eval}, where its deadline is known, not re-armed in
- * {@code onTimer} (one timer per key at the next deadline): Flink 2.2 silently drops a timer at
- * or behind the timer service's watermark, and {@code onTimer} cannot see how far the watermark
- * that fires it goes (its {@code currentWatermark()} is the previous one), so a timer re-armed
- * there during a watermark jump may never fire (tried: samples and orphans went missing).
+ * {@code onTimer}: Flink 2.2 silently drops a timer at or behind the timer service's
+ * watermark. {@code onTimer} decides everything due by the watermark that fires it (its
+ * {@code currentWatermark()} is that watermark, not the timer's time): the key's later timers
+ * up to it fire in the same advance, before any other row, and find nothing left to do, so a
+ * drain (the end of a bounded input, a source back from idleness) writes each entry once.
  *
  * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
  * before {@code eval} sees them, and this function must see them to dead-letter them.
@@ -424,7 +425,10 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     }
 
     public void onTimer(OnTimerContext ctx, Entry entry) {
-        long now = ctx.timeContext(Long.class).time();
+        TimeContext<Long> time = ctx.timeContext(Long.class);
+        // all that is due by the watermark being advanced to, at once (class doc)
+        Long watermark = time.currentWatermark();
+        long now = watermark == null ? time.time() : Math.max(time.time(), watermark);
         Pair pair = this.pair.read(entry.bytes);
         if (pair.pendingTimes != null) { // no impression came: orphans
             boolean left = false;
