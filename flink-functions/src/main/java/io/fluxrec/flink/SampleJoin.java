@@ -43,12 +43,15 @@ import java.util.Arrays;
  * before their impression (orphans). Timers are unnamed: each firing re-derives what is due
  * from the state.
  *
- * <p>Every timer is registered in {@code eval}, where its deadline is known, not re-armed in
- * {@code onTimer}: Flink 2.2 silently drops a timer at or behind the timer service's
- * watermark. {@code onTimer} decides everything due by the watermark that fires it (its
- * {@code currentWatermark()} is that watermark, not the timer's time): the key's later timers
- * up to it fire in the same advance, before any other row, and find nothing left to do, so a
- * drain (the end of a bounded input, a source back from idleness) writes each entry once.
+ * <p>One timer per key, at its first deadline after the watermark (the earliest of its
+ * orphans' times, its sample's due time and its release): {@code eval} arms it when a row
+ * brings a deadline earlier than the armed one; {@code onTimer} decides everything due by the
+ * watermark that fires it (its {@code currentWatermark()} is that watermark, not the timer's
+ * time) and arms the next deadline, which lies after it (Flink 2.2 silently drops a timer at
+ * or behind the watermark). A timer armed for a deadline that a later row moved finds nothing
+ * due and arms the next one. So a waiting key holds one timer, not one per deadline, and a
+ * drain (the end of a bounded input, a source back from idleness) decides and releases each
+ * entry at its first timer.
  *
  * <p>No {@code on_time} argument: with one, Flink 2.2 drops rows at or behind the watermark
  * before {@code eval} sees them, and this function must see them to dead-letter them.
@@ -286,10 +289,17 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
                     RowData row) {
         TimeContext<Long> time = ctx.timeContext(Long.class);
         Pair pair = this.pair.read(entry.bytes);
+        Long watermark = time.currentWatermark();
+        long after = watermark == null ? NONE : watermark; // every timer up to it has fired
+        long armed = next(pair, after); // a timer fires by then (class doc)
         if (row.getBoolean(IS_ACTION)) {
             action(time, pair, row);
         } else {
             impression(time, pair, row);
+        }
+        long next = next(pair, after);
+        if (next != NONE && (armed == NONE || next < armed)) {
+            time.registerOnTime(next);
         }
         entry.bytes = pair.encode(sink); // the framework writes it only if it changed
     }
@@ -310,11 +320,11 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         pair.seen = true;
         Long watermark = time.currentWatermark();
         if (watermark != null && t <= watermark) {
-            keepUntil(time, pair, t + spec.dedupTtlMs);
+            keepUntil(pair, t + spec.dedupTtlMs);
             dead(Reasons.IMPRESSION, Reasons.TOO_LATE, row.getString(PAYLOAD), t);
             return;
         }
-        keepUntil(time, pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
+        keepUntil(pair, t + Math.max(spec.dedupTtlMs, spec.maxWindow + spec.lateHorizonMs));
         pair.hasT = true;
         pair.t = t;
         pair.emittedSet = true;
@@ -334,8 +344,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             pair.pendingTimes = null;
             pair.pendingPayloads = null;
         }
-        if (!pair.emitted) {
-            scheduleOrEmit(time, pair);
+        if (!pair.emitted && due(pair) == NONE) {
+            emitSample(pair);
         }
     }
 
@@ -355,8 +365,8 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         byte[] payload = row.getString(PAYLOAD).toBytes();
         if (pair.hasT) {
             decide(pair, label, t, payload);
-            if (!pair.emitted) {
-                scheduleOrEmit(time, pair);
+            if (!pair.emitted && due(pair) == NONE) {
+                emitSample(pair); // every label is set: no window to wait for
             }
             return;
         }
@@ -366,8 +376,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             pair.pendingPayloads = new byte[spec.names.length][];
         }
         pair.pendingTimes[label] = t;
-        pair.pendingPayloads[label] = payload;
-        time.registerOnTime(t); // no impression by then: an orphan
+        pair.pendingPayloads[label] = payload; // no impression by t: an orphan
     }
 
     /** An action of {@code label} at {@code t} meets the impression (CONTRACTS.md 4.3, 4.7). */
@@ -394,16 +403,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         }
     }
 
-    /** Strategy window: emit now if every label is set, else wait for the open windows. */
-    private void scheduleOrEmit(TimeContext<Long> time, Pair pair) {
-        long due = due(pair);
-        if (due == NONE) {
-            emitSample(pair);
-        } else {
-            time.registerOnTime(due);
-        }
-    }
-
     /** When the sample is due: the end of the latest window of a label not set yet. */
     private long due(Pair pair) {
         long due = NONE;
@@ -416,15 +415,44 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
     }
 
     /** Hold the entry at least until event time {@code until}. */
-    private static void keepUntil(TimeContext<Long> time, Pair pair, long until) {
+    private static void keepUntil(Pair pair, long until) {
         if (!pair.hasKeepUntil || until > pair.keepUntil) {
             pair.hasKeepUntil = true;
             pair.keepUntil = until;
-            time.registerOnTime(until);
         }
     }
 
+    /**
+     * The key's first deadline after event time {@code after} (NONE: none): the earliest of its
+     * orphans' times, its sample's due time (strategy window, not emitted yet) and its release
+     * ({@code keepUntil}) that is later than {@code after}. A deadline at or behind the
+     * watermark gets no timer (Flink would drop it), as when each had its own.
+     */
+    private long next(Pair pair, long after) {
+        long next = NONE;
+        if (pair.hasKeepUntil && pair.keepUntil > after) {
+            next = pair.keepUntil;
+        }
+        if (pair.pendingTimes != null) {
+            for (long t : pair.pendingTimes) {
+                if (t != NONE && t > after && (next == NONE || t < next)) {
+                    next = t;
+                }
+            }
+        }
+        if (pair.hasT && !pair.emitted && pair.labelTimes != null) {
+            long due = due(pair);
+            if (due != NONE && due > after && (next == NONE || due < next)) {
+                next = due;
+            }
+        }
+        return next;
+    }
+
     public void onTimer(OnTimerContext ctx, Entry entry) {
+        if (entry.bytes == null) {
+            return; // released by an earlier timer: nothing is held, nothing to clear
+        }
         TimeContext<Long> time = ctx.timeContext(Long.class);
         // all that is due by the watermark being advanced to, at once (class doc)
         Long watermark = time.currentWatermark();
@@ -458,6 +486,10 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         } else if (!pair.seen && pair.pendingTimes == null) {
             ctx.clearAllState(); // only orphans were held, and they are out
         } else {
+            long next = next(pair, now); // all up to the watermark is decided
+            if (next != NONE) {
+                time.registerOnTime(next);
+            }
             entry.bytes = pair.encode(sink);
         }
     }
