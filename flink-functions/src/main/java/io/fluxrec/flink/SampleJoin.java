@@ -293,9 +293,9 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         long after = watermark == null ? NONE : watermark; // every timer up to it has fired
         long armed = next(pair, after); // a timer fires by then (class doc)
         if (row.getBoolean(IS_ACTION)) {
-            action(time, pair, row);
+            action(pair, row);
         } else {
-            impression(time, pair, row);
+            impression(pair, row, watermark);
         }
         long next = next(pair, after);
         if (next != NONE && (armed == NONE || next < armed)) {
@@ -304,7 +304,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         entry.bytes = pair.encode(sink); // the framework writes it only if it changed
     }
 
-    private void impression(TimeContext<Long> time, Pair pair, RowData row) {
+    private void impression(Pair pair, RowData row, Long watermark) {
         if (!row.isNullAt(REASON)) {
             Long t = row.isNullAt(T) ? null : row.getLong(T);
             count(Reasons.IMPRESSION, Reasons.IN, t);
@@ -318,7 +318,6 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             return;
         }
         pair.seen = true;
-        Long watermark = time.currentWatermark();
         if (watermark != null && t <= watermark) {
             keepUntil(pair, t + spec.dedupTtlMs);
             dead(Reasons.IMPRESSION, Reasons.TOO_LATE, row.getString(PAYLOAD), t);
@@ -344,12 +343,10 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             pair.pendingTimes = null;
             pair.pendingPayloads = null;
         }
-        if (!pair.emitted && due(pair) == NONE) {
-            emitSample(pair);
-        }
+        emitIfComplete(pair);
     }
 
-    private void action(TimeContext<Long> time, Pair pair, RowData row) {
+    private void action(Pair pair, RowData row) {
         Long t = row.isNullAt(T) ? null : row.getLong(T);
         count(Reasons.ACTION, Reasons.IN, t);
         if (!row.isNullAt(REASON)) {
@@ -365,9 +362,7 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
         byte[] payload = row.getString(PAYLOAD).toBytes();
         if (pair.hasT) {
             decide(pair, label, t, payload);
-            if (!pair.emitted && due(pair) == NONE) {
-                emitSample(pair); // every label is set: no window to wait for
-            }
+            emitIfComplete(pair);
             return;
         }
         if (pair.pendingTimes == null) {
@@ -400,6 +395,13 @@ public class SampleJoin extends ProcessTableFunction<RowData> {
             emitCorrection(pair, label, t);
         } else if (pair.labelTimes != null) { // null once the sample is out: nothing reads it
             pair.labelTimes[label] = t;
+        }
+    }
+
+    /** Strategy window: the sample goes out now if every label is set (else when due). */
+    private void emitIfComplete(Pair pair) {
+        if (!pair.emitted && due(pair) == NONE) {
+            emitSample(pair);
         }
     }
 
